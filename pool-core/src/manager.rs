@@ -1,0 +1,59 @@
+//! The one seam between the pool and a backend.
+
+use std::future::Future;
+
+/// What a backend implements so that [`Pool`](crate::Pool) can manage its resources.
+///
+/// The pool never looks inside a resource: it only asks the manager to create, warm,
+/// check, reset and close one. Every method except [`is_ready`](Manager::is_ready) is
+/// async because, for network resources, each of them is a round trip.
+///
+/// The pool guarantees that every resource it obtained from [`create`](Manager::create)
+/// and then discards is passed to [`close`](Manager::close) exactly once, so that
+/// server-side sessions (websockets) are ended cleanly instead of being dropped.
+pub trait Manager: Send + Sync + 'static {
+    /// The pooled resource, e.g. an open websocket connection.
+    type Resource: Send + 'static;
+    /// The backend's error type, surfaced through [`PoolError::Backend`](crate::PoolError::Backend).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Opens a new resource: connect, handshake, authenticate. This is the cold path.
+    fn create(&self) -> impl Future<Output = Result<Self::Resource, Self::Error>> + Send;
+
+    /// Makes a freshly created resource ready for its first use (for example by sending
+    /// `speech.config`). Called once per resource, on pre-warmed and cold resources alike.
+    /// A resource whose warm-up fails is closed and never handed out.
+    fn warm(
+        &self,
+        resource: &mut Self::Resource,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = resource;
+        async { Ok(()) }
+    }
+
+    /// Cheap and synchronous: may this resource be handed out now? (Socket still open,
+    /// token still valid, not past its age.) Called on every hand-out and every return,
+    /// so it must not block or allocate.
+    fn is_ready(&self, resource: &Self::Resource) -> bool {
+        let _ = resource;
+        true
+    }
+
+    /// Clears per-session state before a session's resource serves someone else.
+    /// A resource whose reset fails is closed instead of being reused.
+    fn reset(
+        &self,
+        resource: &mut Self::Resource,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = resource;
+        async { Ok(()) }
+    }
+
+    /// Closes the resource gracefully (for a websocket: send a close frame). Runs in a
+    /// background task the pool tracks, so it never blocks the caller that gave the
+    /// resource back; [`Pool::shutdown`](crate::Pool::shutdown) waits for it, bounded.
+    fn close(&self, resource: Self::Resource) -> impl Future<Output = ()> + Send {
+        drop(resource);
+        async {}
+    }
+}

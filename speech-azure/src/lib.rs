@@ -1,0 +1,1 @@
+//! speech-azure: filled in by its issue.

@@ -1,0 +1,1 @@
+//! speech-core: filled in by its issue.

@@ -1,0 +1,1 @@
+//! The deterministic in-process backend (being written).

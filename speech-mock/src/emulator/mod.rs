@@ -1,0 +1,1 @@
+//! The Azure Speech emulator (being written).
