@@ -1,0 +1,157 @@
+//! The RAII guard that hands a resource to a caller, and the per-session slot.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+use crate::manager::Manager;
+use crate::pool::{Entry, Inner};
+use crate::tier::Tier;
+
+/// A session's binding. The async mutex around it is what serialises concurrent users of
+/// one session (a websocket serves one turn at a time) and what makes concurrent *first*
+/// acquires create exactly one resource: the second caller waits for the first.
+pub(crate) type SessionSlot<R> = tokio::sync::Mutex<SessionState<R>>;
+
+#[derive(Debug)]
+pub(crate) struct SessionState<R> {
+    /// The session's resource, absent while its user holds it or before the first bind.
+    pub entry: Option<Entry<R>>,
+    /// Set on every use; the maintainer clears it and stamps `last_seen`, so the hot path
+    /// never reads the clock.
+    pub touched: bool,
+    /// When the maintainer last saw this session used (or when it was created).
+    pub last_seen: Instant,
+    /// The slot was released, evicted or shut down; a caller that queued on it starts over.
+    pub evicted: bool,
+}
+
+#[derive(Debug)]
+enum Binding<R> {
+    /// From a plain acquire: returned to the pool on drop.
+    Plain,
+    /// Bound to a session: parked back in the session's slot on drop.
+    Session(OwnedMutexGuard<SessionState<R>>),
+}
+
+/// A resource handed out by a [`Pool`](crate::Pool). Dereferences to the resource; knows the
+/// tier it was served from. Dropping it gives the resource back without blocking: a plain
+/// resource returns to the idle set (or is closed when not ready or the set is full), a
+/// session's resource is parked for the session's next acquire.
+pub struct Pooled<M: Manager> {
+    inner: Arc<Inner<M>>,
+    /// `Some` until drop or [`discard`](Pooled::discard) takes it.
+    entry: Option<Entry<M::Resource>>,
+    tier: Tier,
+    binding: Binding<M::Resource>,
+    /// Set by [`discard`](Pooled::discard): close instead of returning.
+    broken: bool,
+}
+
+impl<M: Manager> Pooled<M> {
+    pub(crate) fn plain(inner: Arc<Inner<M>>, entry: Entry<M::Resource>, tier: Tier) -> Self {
+        Self {
+            inner,
+            entry: Some(entry),
+            tier,
+            binding: Binding::Plain,
+            broken: false,
+        }
+    }
+
+    pub(crate) fn session(
+        inner: Arc<Inner<M>>,
+        state: OwnedMutexGuard<SessionState<M::Resource>>,
+        entry: Entry<M::Resource>,
+        tier: Tier,
+    ) -> Self {
+        Self {
+            inner,
+            entry: Some(entry),
+            tier,
+            binding: Binding::Session(state),
+            broken: false,
+        }
+    }
+
+    /// Where this resource came from.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Whether this resource is bound to a session.
+    pub fn is_dedicated(&self) -> bool {
+        matches!(self.binding, Binding::Session(_))
+    }
+
+    /// Closes the resource instead of returning it: for a connection the caller knows is
+    /// broken (a failed turn). A session's binding is dropped too; its next acquire binds a
+    /// fresh resource.
+    pub fn discard(mut self) {
+        self.broken = true;
+    }
+}
+
+impl<M: Manager> std::fmt::Debug for Pooled<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled")
+            .field("pool", &self.inner.config.name)
+            .field("tier", &self.tier)
+            .field("dedicated", &self.is_dedicated())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Manager> Deref for Pooled<M> {
+    type Target = M::Resource;
+
+    fn deref(&self) -> &M::Resource {
+        match &self.entry {
+            Some(entry) => &entry.resource,
+            None => unreachable!("a Pooled holds its resource until it is dropped"),
+        }
+    }
+}
+
+impl<M: Manager> DerefMut for Pooled<M> {
+    fn deref_mut(&mut self) -> &mut M::Resource {
+        match &mut self.entry {
+            Some(entry) => &mut entry.resource,
+            None => unreachable!("a Pooled holds its resource until it is dropped"),
+        }
+    }
+}
+
+impl<M: Manager> Drop for Pooled<M> {
+    fn drop(&mut self) {
+        let Some(entry) = self.entry.take() else {
+            return;
+        };
+        let inner = &self.inner;
+        match std::mem::replace(&mut self.binding, Binding::Plain) {
+            Binding::Plain => {
+                if self.broken {
+                    inner.lock().checked_out -= 1;
+                    inner.discard(entry);
+                } else {
+                    inner.return_entry(entry);
+                }
+            }
+            Binding::Session(mut state) => {
+                state.touched = true;
+                let keep = !self.broken
+                    && !state.evicted
+                    && !inner.lock().closed
+                    && inner.manager.is_ready(&entry.resource);
+                if keep {
+                    state.entry = Some(entry);
+                } else {
+                    inner.lock().dedicated -= 1;
+                    inner.discard(entry);
+                }
+            }
+        }
+    }
+}

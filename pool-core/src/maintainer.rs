@@ -1,0 +1,56 @@
+//! The background maintainer: one task per pool that keeps the idle set full and fresh.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::time::Instant;
+
+use crate::manager::Manager;
+use crate::pool::Inner;
+
+/// Spawns the maintainer on the pool's task tracker. It holds only a `Weak` reference
+/// between passes, so it never keeps a dropped pool alive, and it stops on the pool's
+/// cancellation token (shutdown or drop of the last handle).
+pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
+    let weak = Arc::downgrade(inner);
+    let stop = inner.stop.clone();
+    let interval = inner.config.refresh_interval;
+    inner.tasks.spawn(async move {
+        let mut next_housekeeping = Instant::now() + interval;
+        let mut wake_at = Instant::now();
+        loop {
+            let woken_early = tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(wake_at) => false,
+                () = notified(&weak) => true,
+            };
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            if !woken_early && now >= next_housekeeping {
+                inner.stats.warmup_cycles.fetch_add(1, Relaxed);
+                inner.evict_stale_sessions(now);
+                next_housekeeping = now + interval;
+            }
+            let next_refresh = inner.mark_expiring(now);
+            let _ = inner.start_refill(false);
+            wake_at = [Some(next_housekeeping), next_refresh, inner.backoff_until()]
+                .into_iter()
+                .flatten()
+                .filter(|at| *at > now)
+                .min()
+                .unwrap_or(next_housekeeping);
+        }
+    });
+}
+
+/// Waits for an early wake-up without holding a strong reference while waiting.
+async fn notified<M: Manager>(weak: &std::sync::Weak<Inner<M>>) {
+    let Some(inner) = weak.upgrade() else {
+        return std::future::pending().await;
+    };
+    // `Notified` borrows the pool; keep the Arc alive only for this wait. A dropped pool
+    // cancels `stop` first, so this never outlives it for long.
+    inner.maintainer_wake.notified().await;
+}

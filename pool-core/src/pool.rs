@@ -1,0 +1,1105 @@
+//! The pool: idle set, waiters, sessions, and the create / return / discard paths.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{PoolBuilder, PoolConfig};
+use crate::error::{PoolError, TimeoutDetails};
+use crate::guard::{Pooled, SessionState, SessionSlot};
+use crate::manager::Manager;
+use crate::metrics::Stats;
+use crate::snapshot::{LatencySummary, PoolSnapshot, TierLatencies};
+use crate::tier::Tier;
+
+/// WARM and DEDICATED acquires are timed one in this many: reading the clock twice would
+/// cost more than the acquire itself. COLD acquires are always timed.
+pub const LATENCY_SAMPLE_EVERY: u32 = 16;
+
+/// A resource plus what the pool must remember about it between hand-outs.
+#[derive(Debug)]
+pub(crate) struct Entry<R> {
+    pub resource: R,
+    /// When `create` finished: the base of `max_age` refreshes.
+    pub created_at: Instant,
+    /// This resource's share of `refresh_jitter`, fixed at creation so its refresh moment
+    /// does not move on every return.
+    pub jitter: Duration,
+}
+
+/// An idle resource and the moment the maintainer should replace it.
+#[derive(Debug)]
+struct IdleEntry<R> {
+    entry: Entry<R>,
+    /// `None` when neither `max_age` nor `max_idle` is set.
+    refresh_at: Option<Instant>,
+    /// A replacement is being created; the first fresh resource that arrives retires this one.
+    replacing: bool,
+}
+
+/// What a returning resource, a finished create or a freed slot gives a waiting caller.
+#[derive(Debug)]
+enum Handoff<R> {
+    /// A ready resource, already counted as checked out for the receiver.
+    Resource(Entry<R>),
+    /// Room to create one: already counted in `creating` for the receiver.
+    Slot,
+    /// The pool shut down.
+    Closed,
+}
+
+#[derive(Debug)]
+struct Waiter<R> {
+    id: u64,
+    tx: oneshot::Sender<Handoff<R>>,
+    /// False for a caller already creating its own resource: it races for a returned
+    /// resource but must not be handed a second slot.
+    accepts_slot: bool,
+}
+
+/// Everything guarded by the pool's one state lock. Held only for a few pointer moves,
+/// never across an await.
+#[derive(Debug)]
+pub(crate) struct State<R> {
+    idle: VecDeque<IdleEntry<R>>,
+    /// Resources being created, for a caller or for the idle set.
+    pub(crate) creating: usize,
+    /// The part of `creating` that will go to the idle set (refill and refresh).
+    pub(crate) refilling: usize,
+    /// Idle entries marked `replacing`.
+    pub(crate) replacing: usize,
+    /// Resources handed out by plain acquires.
+    pub(crate) checked_out: usize,
+    /// Resources bound to sessions, in use or parked.
+    pub(crate) dedicated: usize,
+    /// Callers waiting, oldest first: FIFO fairness.
+    waiters: VecDeque<Waiter<R>>,
+    pub(crate) next_waiter_id: u64,
+    /// Set by shutdown; nothing is handed out or kept after it.
+    pub(crate) closed: bool,
+    /// Set once the idle set first reaches its target.
+    pub(crate) ever_ready: bool,
+    pub(crate) last_error: Option<String>,
+    /// Consecutive background create failures, for backoff.
+    pub(crate) failure_streak: u32,
+    /// No background create starts before this moment.
+    pub(crate) backoff_until: Option<Instant>,
+}
+
+impl<R> State<R> {
+    /// Live resources, the quantity `max_size` bounds. Derived rather than stored so it can
+    /// never drift from its parts.
+    fn live(&self) -> usize {
+        self.idle.len() + self.creating + self.checked_out + self.dedicated
+    }
+
+    fn has_slot_waiter(&self) -> bool {
+        self.waiters.iter().any(|w| w.accepts_slot)
+    }
+}
+
+/// The shared heart of a pool. Guards and background tasks hold an `Arc` of it; the public
+/// [`Pool`] handle holds it through [`Handle`], whose drop stops the maintainer.
+pub(crate) struct Inner<M: Manager> {
+    pub manager: M,
+    pub config: PoolConfig,
+    state: Mutex<State<M::Resource>>,
+    pub sessions: Mutex<HashMap<String, Arc<SessionSlot<M::Resource>>>>,
+    pub stats: Stats,
+    /// Every close, create and the maintainer run here, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Cancelled by shutdown or by dropping the last [`Pool`] handle.
+    pub stop: CancellationToken,
+    /// Wakes the maintainer early: the idle set fell below target, or a backoff changed.
+    pub maintainer_wake: Notify,
+}
+
+/// A cheap-to-clone handle to a pool of `M::Resource`.
+///
+/// See the crate docs for the tiers and the guarantees.
+pub struct Pool<M: Manager> {
+    handle: Arc<Handle<M>>,
+}
+
+impl<M: Manager> std::fmt::Debug for Pool<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.inner().config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Manager> Clone for Pool<M> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+/// Owns the pool's background work: dropping the last [`Pool`] clone stops the maintainer
+/// and closes idle resources, like a mini-redis guard. Guards in flight keep [`Inner`]
+/// alive without keeping the maintainer running.
+struct Handle<M: Manager> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M: Manager> Drop for Handle<M> {
+    fn drop(&mut self) {
+        self.inner.stop.cancel();
+        self.inner.close_everything_now();
+    }
+}
+
+impl<M: Manager> Pool<M> {
+    /// Starts building a pool around `manager`.
+    pub fn builder(manager: M) -> PoolBuilder<M> {
+        PoolBuilder::new(manager)
+    }
+
+    pub(crate) fn from_parts(manager: M, config: PoolConfig) -> Self {
+        let ever_ready = config.warm_target == 0;
+        let inner = Arc::new(Inner {
+            manager,
+            state: Mutex::new(State {
+                idle: VecDeque::with_capacity(config.warm_target),
+                creating: 0,
+                refilling: 0,
+                replacing: 0,
+                checked_out: 0,
+                dedicated: 0,
+                waiters: VecDeque::new(),
+                next_waiter_id: 0,
+                closed: false,
+                ever_ready,
+                last_error: None,
+                failure_streak: 0,
+                backoff_until: None,
+            }),
+            sessions: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            maintainer_wake: Notify::new(),
+            config,
+        });
+        if inner.config.background_warmup {
+            crate::maintainer::spawn(&inner);
+        }
+        Self {
+            handle: Arc::new(Handle { inner }),
+        }
+    }
+
+    fn inner(&self) -> &Arc<Inner<M>> {
+        &self.handle.inner
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.inner().config.name
+    }
+
+    /// The configuration the pool was built with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner().config
+    }
+
+    /// The backend manager.
+    pub fn manager(&self) -> &M {
+        &self.inner().manager
+    }
+
+    /// Fills the idle set to its target (creating at most `create_concurrency` at once) and
+    /// waits for it. Returns the last create error if the target could not be reached; the
+    /// pool stays usable and, with `background_warmup`, keeps retrying.
+    pub async fn prepare(&self) -> Result<(), PoolError<M::Error>> {
+        let inner = self.inner();
+        loop {
+            let batch = inner.start_refill(true);
+            if batch.is_empty() {
+                break;
+            }
+            let mut failed = None;
+            for rx in batch {
+                if let Ok(Err(error)) = rx.await {
+                    failed = Some(error);
+                }
+            }
+            if let Some(error) = failed {
+                return Err(error);
+            }
+        }
+        if inner.lock().closed {
+            return Err(PoolError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Takes a resource: from the idle set (WARM), else creates one (COLD) while racing
+    /// any resource returned meanwhile, else waits FIFO for one while the pool is at
+    /// `max_size`. The guard returns it when dropped.
+    pub async fn acquire(&self) -> Result<Pooled<M>, PoolError<M::Error>> {
+        let sampled = fastrand::u32(..LATENCY_SAMPLE_EVERY) == 0;
+        let started = sampled.then(Instant::now);
+        let (entry, tier) = self.inner().take(started).await?;
+        Ok(Pooled::plain(self.inner().clone(), entry, tier))
+    }
+
+    /// Takes the session's own resource (DEDICATED), binding one on first use. Concurrent
+    /// callers for one session are served one at a time with the same resource, never a
+    /// duplicate. An empty `session_id`, or a pool without session awareness, behaves like
+    /// [`acquire`](Pool::acquire).
+    pub async fn acquire_for_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Pooled<M>, PoolError<M::Error>> {
+        let inner = self.inner();
+        if session_id.is_empty() || !inner.config.session_awareness {
+            return self.acquire().await;
+        }
+        let sampled = fastrand::u32(..LATENCY_SAMPLE_EVERY) == 0;
+        let started = sampled.then(Instant::now);
+        loop {
+            let slot = inner.session_slot(session_id);
+            let mut state = match slot.clone().try_lock_owned() {
+                Ok(state) => state,
+                Err(_) => slot.lock_owned().await,
+            };
+            if state.evicted {
+                // Released or evicted while we queued for it: start over with a fresh slot.
+                continue;
+            }
+            state.touched = true;
+            if let Some(entry) = state.entry.take() {
+                if inner.manager.is_ready(&entry.resource) {
+                    inner.stats.record_allocation(Tier::Dedicated);
+                    if let Some(started) = started {
+                        inner
+                            .stats
+                            .record_latency(Tier::Dedicated, started.elapsed());
+                    }
+                    return Ok(Pooled::session(
+                        inner.clone(),
+                        state,
+                        entry,
+                        Tier::Dedicated,
+                    ));
+                }
+                // Its connection died or expired: close it and bind a new one, reporting
+                // the tier the replacement really came from.
+                inner.lock().dedicated -= 1;
+                inner.discard(entry);
+            }
+            let (entry, tier) = inner.take(started).await?;
+            {
+                let mut st = inner.lock();
+                st.checked_out -= 1;
+                st.dedicated += 1;
+            }
+            return Ok(Pooled::session(inner.clone(), state, entry, tier));
+        }
+    }
+
+    /// Ends a session: resets its resource and returns it to the idle set (or closes it if
+    /// it is not ready or the idle set is full). Waits for a caller currently using the
+    /// session's resource to finish. Returns whether the session existed.
+    pub async fn release_for_session(&self, session_id: &str) -> bool {
+        let inner = self.inner();
+        if session_id.is_empty() {
+            return false;
+        }
+        let removed = inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(session_id);
+        let Some(slot) = removed else {
+            return false;
+        };
+        let mut state = slot.lock_owned().await;
+        state.evicted = true;
+        if let Some(mut entry) = state.entry.take() {
+            drop(state);
+            let reset_ok = inner.manager.reset(&mut entry.resource).await.is_ok();
+            let mut st = inner.lock();
+            st.dedicated -= 1;
+            if reset_ok && inner.manager.is_ready(&entry.resource) {
+                let surplus = inner.place(&mut st, entry, false);
+                drop(st);
+                if let Some(entry) = surplus {
+                    inner.close_entry(entry);
+                }
+            } else {
+                inner.slot_freed(&mut st);
+                drop(st);
+                inner.close_entry(entry);
+            }
+        }
+        true
+    }
+
+    /// Stops the maintainer, wakes every waiter with [`PoolError::Closed`], closes every idle
+    /// and session resource (in-use ones are closed when their guard drops), and waits up to
+    /// `shutdown_timeout` for closes and in-flight creates to finish. Idempotent.
+    pub async fn shutdown(&self) {
+        let inner = self.inner();
+        inner.stop.cancel();
+        inner.close_everything_now();
+        inner.tasks.close();
+        if tokio::time::timeout(inner.config.shutdown_timeout, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pool = %inner.config.name,
+                "shutdown timed out waiting for in-flight closes and creates"
+            );
+        }
+    }
+
+    /// A consistent view of the pool's gauges plus its counters.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        self.inner().snapshot()
+    }
+
+    /// Tasks the pool is running right now (closes, creates, the maintainer). Zero after a
+    /// completed [`shutdown`](Pool::shutdown): proof that nothing was left behind.
+    pub fn background_tasks(&self) -> usize {
+        self.inner().tasks.len()
+    }
+}
+
+impl<M: Manager> Inner<M> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State<M::Resource>> {
+        // A panic while holding this lock can only come from a bug in this crate (no user
+        // code runs under it); the state is still structurally valid, so keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn session_slot(&self, session_id: &str) -> Arc<SessionSlot<M::Resource>> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = sessions.get(session_id) {
+            return slot.clone();
+        }
+        let slot = Arc::new(tokio::sync::Mutex::new(SessionState {
+            entry: None,
+            touched: true,
+            last_seen: Instant::now(),
+            evicted: false,
+        }));
+        sessions.insert(session_id.to_owned(), slot.clone());
+        slot
+    }
+
+    /// The plain acquire: idle set, else create (racing returns), else wait.
+    async fn take(
+        self: &Arc<Self>,
+        started: Option<Instant>,
+    ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
+        let target = self.config.warm_target;
+        loop {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(PoolError::Closed);
+            }
+            if let Some(idle) = st.idle.pop_front() {
+                if idle.replacing {
+                    st.replacing -= 1;
+                }
+                st.checked_out += 1;
+                let below_target = st.idle.len() < target;
+                drop(st);
+                if below_target && self.config.background_warmup {
+                    self.maintainer_wake.notify_one();
+                }
+                if self.manager.is_ready(&idle.entry.resource) {
+                    self.stats.record_allocation(Tier::Warm);
+                    if let Some(started) = started {
+                        self.stats.record_latency(Tier::Warm, started.elapsed());
+                    }
+                    return Ok((idle.entry, Tier::Warm));
+                }
+                self.lock().checked_out -= 1;
+                self.discard(idle.entry);
+                continue;
+            }
+            // Nothing idle: the slow path, always timed.
+            let started = started.unwrap_or_else(Instant::now);
+            let deadline = self.config.acquire_timeout.map(|t| started + t);
+            let can_create = st.live() < self.config.max_size;
+            if can_create {
+                st.creating += 1;
+            }
+            let waiter = self.register_waiter(&mut st, !can_create);
+            drop(st);
+            let result = if can_create {
+                self.create_racing(waiter, deadline).await
+            } else {
+                self.wait(waiter, deadline).await
+            };
+            if let Ok((_, tier)) = &result {
+                self.stats.record_allocation(*tier);
+                self.stats.record_latency(*tier, started.elapsed());
+            }
+            return result;
+        }
+    }
+
+    fn register_waiter(
+        self: &Arc<Self>,
+        st: &mut State<M::Resource>,
+        accepts_slot: bool,
+    ) -> WaiterGuard<M> {
+        let (tx, rx) = oneshot::channel();
+        let id = st.next_waiter_id;
+        st.next_waiter_id += 1;
+        st.waiters.push_back(Waiter {
+            id,
+            tx,
+            accepts_slot,
+        });
+        WaiterGuard {
+            inner: self.clone(),
+            id,
+            rx: Some(rx),
+        }
+    }
+
+    /// Waits for a returned resource or a freed slot, in FIFO order.
+    async fn wait(
+        self: &Arc<Self>,
+        mut waiter: WaiterGuard<M>,
+        deadline: Option<Instant>,
+    ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
+        let received = match deadline {
+            Some(deadline) => {
+                match tokio::time::timeout_at(deadline, waiter.recv()).await {
+                    Ok(received) => received,
+                    Err(_) => return Err(self.timeout_error()),
+                }
+            }
+            None => waiter.recv().await,
+        };
+        match received {
+            Handoff::Resource(entry) => Ok((entry, Tier::Warm)),
+            Handoff::Slot => {
+                // We now own a slot, already counted in `creating`: create, still racing
+                // resources that come back meanwhile.
+                let racer = {
+                    let mut st = self.lock();
+                    self.register_waiter(&mut st, false)
+                };
+                Box::pin(self.create_racing(racer, deadline)).await
+            }
+            Handoff::Closed => Err(PoolError::Closed),
+        }
+    }
+
+    /// Creates a resource for this caller (already counted in `creating`) in a tracked task,
+    /// and takes whichever comes first: the new resource (COLD) or one returned by another
+    /// caller (WARM). The loser goes to the idle set. Dropping this future loses nothing: the
+    /// task finishes and places its resource.
+    async fn create_racing(
+        self: &Arc<Self>,
+        mut waiter: WaiterGuard<M>,
+        deadline: Option<Instant>,
+    ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
+        let created = self.spawn_create();
+        let mut created = DeliveryGuard {
+            inner: self.clone(),
+            rx: Some(created),
+        };
+        let sleep = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            outcome = created.recv() => {
+                drop(waiter);
+                match outcome {
+                    Some(Ok(entry)) => Ok((entry, Tier::Cold)),
+                    Some(Err(error)) => Err(error),
+                    None => Err(PoolError::Closed),
+                }
+            }
+            received = waiter.recv() => match received {
+                Handoff::Resource(entry) => Ok((entry, Tier::Warm)),
+                // A racer never accepts slots; treat a stray one as closed-safe.
+                Handoff::Slot | Handoff::Closed => Err(PoolError::Closed),
+            },
+            () = sleep => Err(self.timeout_error()),
+        }
+    }
+
+    fn timeout_error(&self) -> PoolError<M::Error> {
+        let st = self.lock();
+        PoolError::Timeout(Box::new(TimeoutDetails {
+            pool: self.config.name.clone(),
+            waited: self.config.acquire_timeout.unwrap_or_default(),
+            size: st.live(),
+            max_size: self.config.max_size,
+            idle: st.idle.len(),
+            in_use: st.checked_out + st.dedicated,
+            creating: st.creating,
+            // The timed-out caller is still queued at this point, so it is counted.
+            waiting: st.waiters.len(),
+            last_error: st.last_error.clone(),
+        }))
+    }
+
+    /// Starts background creates toward the idle target, honouring `create_concurrency`,
+    /// `max_size` and the failure backoff (unless `ignore_backoff`). Returns a receiver per
+    /// create so [`Pool::prepare`] can wait for them.
+    pub(crate) fn start_refill(
+        self: &Arc<Self>,
+        ignore_backoff: bool,
+    ) -> Vec<oneshot::Receiver<Result<(), PoolError<M::Error>>>> {
+        let mut started = Vec::new();
+        let mut st = self.lock();
+        if st.closed {
+            return started;
+        }
+        if !ignore_backoff
+            && let Some(until) = st.backoff_until
+            && Instant::now() < until
+        {
+            return started;
+        }
+        loop {
+            let effective_idle = st.idle.len() - st.replacing;
+            let wanted = self.config.warm_target.saturating_sub(effective_idle);
+            let deficit = wanted.saturating_sub(st.refilling);
+            let refresh_due = st.replacing > 0 && st.refilling < st.replacing;
+            if (deficit == 0 && !refresh_due)
+                || st.refilling >= self.config.create_concurrency
+                || st.live() >= self.config.max_size
+                || st.has_slot_waiter()
+            {
+                break;
+            }
+            st.creating += 1;
+            st.refilling += 1;
+            let (tx, rx) = oneshot::channel();
+            started.push(rx);
+            self.spawn_refill(tx);
+        }
+        started
+    }
+
+    fn spawn_refill(self: &Arc<Self>, done: oneshot::Sender<Result<(), PoolError<M::Error>>>) {
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            let outcome = inner.create_and_warm().await;
+            let reported = match outcome {
+                Ok(entry) => {
+                    let mut st = inner.lock();
+                    st.creating -= 1;
+                    st.refilling -= 1;
+                    st.failure_streak = 0;
+                    st.backoff_until = None;
+                    let surplus = inner.place(&mut st, entry, true);
+                    drop(st);
+                    if let Some(entry) = surplus {
+                        inner.close_entry(entry);
+                    }
+                    Ok(())
+                }
+                Err(error) => {
+                    let mut st = inner.lock();
+                    st.creating -= 1;
+                    st.refilling -= 1;
+                    st.failure_streak = st.failure_streak.saturating_add(1);
+                    let delay = inner.backoff_delay(st.failure_streak);
+                    st.backoff_until = Some(Instant::now() + delay);
+                    inner.slot_freed(&mut st);
+                    drop(st);
+                    tracing::warn!(
+                        pool = %inner.config.name,
+                        error = %error,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "background create failed"
+                    );
+                    inner.maintainer_wake.notify_one();
+                    Err(error)
+                }
+            };
+            let _ = done.send(reported);
+        });
+    }
+
+    /// Exponential backoff with "equal jitter": half fixed, half random, so retries from
+    /// many pools never synchronise yet never retry immediately.
+    fn backoff_delay(&self, streak: u32) -> Duration {
+        let exponent = streak.saturating_sub(1).min(20);
+        let full = self
+            .config
+            .backoff_base
+            .saturating_mul(1u32 << exponent)
+            .min(self.config.backoff_max);
+        let half = full / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    fn spawn_create(
+        self: &Arc<Self>,
+    ) -> oneshot::Receiver<Result<Entry<M::Resource>, PoolError<M::Error>>> {
+        let (tx, rx) = oneshot::channel();
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            match inner.create_and_warm().await {
+                Ok(entry) => {
+                    {
+                        let mut st = inner.lock();
+                        st.creating -= 1;
+                        st.checked_out += 1;
+                    }
+                    if let Err(Ok(entry)) = tx.send(Ok(entry)) {
+                        // The caller gave up (timed out, was cancelled, or took a returned
+                        // resource): the new resource is the race's loser and is placed.
+                        inner.return_entry(entry);
+                    }
+                }
+                Err(error) => {
+                    {
+                        let mut st = inner.lock();
+                        st.creating -= 1;
+                        inner.slot_freed(&mut st);
+                    }
+                    let _ = tx.send(Err(error));
+                }
+            }
+        });
+        rx
+    }
+
+    /// `create` then `warm`, together bounded by `create_timeout`, with the counters and the
+    /// last error recorded. A resource whose warm-up fails is closed here, never handed out.
+    async fn create_and_warm(self: &Arc<Self>) -> Result<Entry<M::Resource>, PoolError<M::Error>> {
+        let timeout = self.config.create_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut resource = match tokio::time::timeout_at(deadline, self.manager.create()).await {
+            Ok(Ok(resource)) => resource,
+            Ok(Err(error)) => return Err(self.record_create_failure(PoolError::Create(error))),
+            Err(_) => return Err(self.record_create_failure(PoolError::CreateTimeout(timeout))),
+        };
+        self.stats.created_total.fetch_add(1, Relaxed);
+        let warmed = tokio::time::timeout_at(deadline, self.manager.warm(&mut resource)).await;
+        let error = match warmed {
+            Ok(Ok(())) => {
+                let jitter = self.config.refresh_jitter.mul_f64(fastrand::f64());
+                return Ok(Entry {
+                    resource,
+                    created_at: Instant::now(),
+                    jitter,
+                });
+            }
+            Ok(Err(error)) => PoolError::Warm(error),
+            Err(_) => PoolError::CreateTimeout(timeout),
+        };
+        self.stats.warmup_failures.fetch_add(1, Relaxed);
+        self.close_resource(resource);
+        self.lock().last_error = Some(error.to_string());
+        Err(error)
+    }
+
+    fn record_create_failure(&self, error: PoolError<M::Error>) -> PoolError<M::Error> {
+        self.stats.create_failures.fetch_add(1, Relaxed);
+        self.lock().last_error = Some(error.to_string());
+        error
+    }
+
+    /// Hands a ready resource that no one holds to the first waiter, else keeps it idle if
+    /// the idle set is below target (or it replaces an expiring idle resource), else returns
+    /// it for the caller to close outside the lock.
+    pub(crate) fn place(
+        &self,
+        st: &mut State<M::Resource>,
+        mut entry: Entry<M::Resource>,
+        fresh: bool,
+    ) -> Option<Entry<M::Resource>> {
+        if st.closed {
+            return Some(entry);
+        }
+        while let Some(waiter) = st.waiters.pop_front() {
+            st.checked_out += 1;
+            match waiter.tx.send(Handoff::Resource(entry)) {
+                Ok(()) => return None,
+                Err(Handoff::Resource(returned)) => {
+                    st.checked_out -= 1;
+                    entry = returned;
+                }
+                Err(_) => unreachable!("send returns the value it was given"),
+            }
+        }
+        let mut retired = None;
+        if fresh
+            && st.replacing > 0
+            && let Some(position) = st.idle.iter().position(|i| i.replacing)
+        {
+            retired = st.idle.remove(position).map(|i| i.entry);
+            st.replacing -= 1;
+        }
+        if retired.is_some() || st.idle.len() < self.config.warm_target {
+            let refresh_at = self.refresh_at(&entry, Instant::now());
+            st.idle.push_back(IdleEntry {
+                entry,
+                refresh_at,
+                replacing: false,
+            });
+            if st.idle.len() >= self.config.warm_target {
+                st.ever_ready = true;
+            }
+            return retired;
+        }
+        Some(entry)
+    }
+
+    fn refresh_at(&self, entry: &Entry<M::Resource>, now: Instant) -> Option<Instant> {
+        let by_age = self.config.max_age.map(|age| entry.created_at + age);
+        let by_idle = self.config.max_idle.map(|idle| now + idle);
+        let expires = match (by_age, by_idle) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        let lead = self.config.refresh_lead + entry.jitter;
+        Some(expires.checked_sub(lead).unwrap_or(now).max(now))
+    }
+
+    /// A slot was freed (a resource closed or a create failed): let the oldest caller that
+    /// is waiting for room create its own resource.
+    pub(crate) fn slot_freed(&self, st: &mut State<M::Resource>) {
+        if st.closed {
+            return;
+        }
+        while st.live() < self.config.max_size {
+            let Some(position) = st.waiters.iter().position(|w| w.accepts_slot) else {
+                return;
+            };
+            let Some(waiter) = st.waiters.remove(position) else {
+                return;
+            };
+            st.creating += 1;
+            if waiter.tx.send(Handoff::Slot).is_ok() {
+                return;
+            }
+            st.creating -= 1;
+        }
+    }
+
+    /// Gives back a resource that was checked out by a plain acquire.
+    pub(crate) fn return_entry(self: &Arc<Self>, entry: Entry<M::Resource>) {
+        let ready = self.manager.is_ready(&entry.resource);
+        let mut st = self.lock();
+        st.checked_out -= 1;
+        if ready {
+            let surplus = self.place(&mut st, entry, false);
+            drop(st);
+            if let Some(entry) = surplus {
+                self.close_entry(entry);
+            }
+        } else {
+            self.slot_freed(&mut st);
+            drop(st);
+            self.close_entry(entry);
+        }
+    }
+
+    /// Closes a resource that is no longer counted anywhere, freeing its slot.
+    pub(crate) fn discard(self: &Arc<Self>, entry: Entry<M::Resource>) {
+        {
+            let mut st = self.lock();
+            self.slot_freed(&mut st);
+        }
+        self.close_entry(entry);
+    }
+
+    /// Passes a resource to `Manager::close` in a tracked task, so the caller (often a
+    /// guard's `drop`) never blocks. Outside a runtime the resource can only be dropped.
+    pub(crate) fn close_entry(self: &Arc<Self>, entry: Entry<M::Resource>) {
+        self.close_resource(entry.resource);
+    }
+
+    pub(crate) fn close_resource(self: &Arc<Self>, resource: M::Resource) {
+        self.stats.closed_total.fetch_add(1, Relaxed);
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::debug!(pool = %self.config.name, "no runtime: dropping a resource unclosed");
+            drop(resource);
+            return;
+        }
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            inner.manager.close(resource).await;
+        });
+    }
+
+    /// Marks the pool closed and closes everything not in a caller's hands: idle resources,
+    /// parked session resources; wakes waiters with `Closed`. Synchronous so that dropping
+    /// the last handle can do it too.
+    pub(crate) fn close_everything_now(self: &Arc<Self>) {
+        let (idle, waiters) = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.replacing = 0;
+            let idle: Vec<_> = st.idle.drain(..).map(|i| i.entry).collect();
+            let waiters: Vec<_> = st.waiters.drain(..).collect();
+            (idle, waiters)
+        };
+        for waiter in waiters {
+            let _ = waiter.tx.send(Handoff::Closed);
+        }
+        for entry in idle {
+            self.close_entry(entry);
+        }
+        let slots: Vec<_> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect();
+        for slot in slots {
+            // A session in use is closed by its guard's drop, which sees the pool closed.
+            if let Ok(mut state) = slot.try_lock_owned() {
+                state.evicted = true;
+                if let Some(entry) = state.entry.take() {
+                    self.lock().dedicated -= 1;
+                    self.close_entry(entry);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> PoolSnapshot {
+        let (gauges, last_error) = {
+            let st = self.lock();
+            (
+                (
+                    st.ever_ready && !st.closed,
+                    st.idle.len(),
+                    st.live(),
+                    st.checked_out + st.dedicated,
+                    st.dedicated,
+                    st.waiters.len(),
+                    st.creating,
+                ),
+                st.last_error.clone(),
+            )
+        };
+        let (ready, idle, size, in_use, dedicated, waiting, creating) = gauges;
+        let active_sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let allocation = |tier: Tier| self.stats.allocations[tier.index()].load(Relaxed);
+        let latency = |tier: Tier| {
+            let histogram = &self.stats.latency[tier.index()];
+            let micros = |q| histogram.quantile(q).map(|d| d.as_nanos() as f64 / 1000.0);
+            LatencySummary {
+                samples: histogram.count(),
+                p50_us: micros(0.5),
+                p99_us: micros(0.99),
+            }
+        };
+        let (dedicated_n, warm_n, cold_n) = (
+            allocation(Tier::Dedicated),
+            allocation(Tier::Warm),
+            allocation(Tier::Cold),
+        );
+        PoolSnapshot {
+            name: self.config.name.clone(),
+            ready,
+            warm_pool_size: idle,
+            warm_pool_target: self.config.warm_target,
+            session_awareness: self.config.session_awareness,
+            active_sessions,
+            background_warmup: self.config.background_warmup,
+            allocations_total: dedicated_n + warm_n + cold_n,
+            allocations_dedicated: dedicated_n,
+            allocations_warm: warm_n,
+            allocations_cold: cold_n,
+            warmup_cycles: self.stats.warmup_cycles.load(Relaxed),
+            warmup_failures: self.stats.warmup_failures.load(Relaxed),
+            max_size: self.config.max_size,
+            size,
+            in_use,
+            dedicated,
+            waiting,
+            creating,
+            created_total: self.stats.created_total.load(Relaxed),
+            closed_total: self.stats.closed_total.load(Relaxed),
+            create_failures: self.stats.create_failures.load(Relaxed),
+            last_error,
+            acquire_latency: TierLatencies {
+                dedicated: latency(Tier::Dedicated),
+                warm: latency(Tier::Warm),
+                cold: latency(Tier::Cold),
+            },
+        }
+    }
+
+    /// Idle entries due for refresh are marked `replacing` (a replacement create starts in
+    /// `start_refill`); when there is no room for a replacement, they are closed at once.
+    /// Returns the earliest future refresh moment, for the maintainer's next wake-up.
+    pub(crate) fn mark_expiring(self: &Arc<Self>, now: Instant) -> Option<Instant> {
+        let mut to_close = Vec::new();
+        let mut next = None::<Instant>;
+        {
+            let mut st = self.lock();
+            let mut headroom = self.config.max_size.saturating_sub(st.live());
+            let mut index = 0;
+            while index < st.idle.len() {
+                let idle = &mut st.idle[index];
+                match idle.refresh_at {
+                    Some(at) if at <= now && !idle.replacing => {
+                        if headroom > 0 {
+                            idle.replacing = true;
+                            headroom -= 1;
+                            st.replacing += 1;
+                            index += 1;
+                        } else if let Some(removed) = st.idle.remove(index) {
+                            to_close.push(removed.entry);
+                        }
+                    }
+                    Some(at) if at > now => {
+                        next = Some(next.map_or(at, |n| n.min(at)));
+                        index += 1;
+                    }
+                    _ => index += 1,
+                }
+            }
+            if !to_close.is_empty() {
+                self.slot_freed(&mut st);
+            }
+        }
+        for entry in to_close {
+            self.close_entry(entry);
+        }
+        next
+    }
+
+    /// Evicts sessions unused for `session_max_age`, closing their resources. A session in
+    /// use right now is never evicted. Use is noticed through the `touched` flag, so the
+    /// session hot path never reads the clock.
+    pub(crate) fn evict_stale_sessions(self: &Arc<Self>, now: Instant) {
+        let mut evicted = Vec::new();
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.retain(|_, slot| {
+                let Ok(mut state) = slot.try_lock() else {
+                    return true;
+                };
+                if state.touched {
+                    state.touched = false;
+                    state.last_seen = now;
+                    return true;
+                }
+                if now.saturating_duration_since(state.last_seen) < self.config.session_max_age {
+                    return true;
+                }
+                state.evicted = true;
+                if let Some(entry) = state.entry.take() {
+                    evicted.push(entry);
+                }
+                false
+            });
+        }
+        if evicted.is_empty() {
+            return;
+        }
+        {
+            let mut st = self.lock();
+            st.dedicated -= evicted.len();
+            self.slot_freed(&mut st);
+        }
+        tracing::debug!(pool = %self.config.name, count = evicted.len(), "evicted stale sessions");
+        for entry in evicted {
+            self.close_entry(entry);
+        }
+    }
+
+    /// The moment the failure backoff ends, if one is running.
+    pub(crate) fn backoff_until(&self) -> Option<Instant> {
+        self.lock().backoff_until
+    }
+}
+
+/// A caller's place in the waiter queue. Dropping it (the acquire future was cancelled or
+/// timed out) leaves the queue, and anything handed over in the meantime goes back to the
+/// pool: this is what makes waiting cancellation-safe.
+struct WaiterGuard<M: Manager> {
+    inner: Arc<Inner<M>>,
+    id: u64,
+    rx: Option<oneshot::Receiver<Handoff<M::Resource>>>,
+}
+
+impl<M: Manager> WaiterGuard<M> {
+    async fn recv(&mut self) -> Handoff<M::Resource> {
+        let Some(rx) = self.rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        let received = rx.await.unwrap_or(Handoff::Closed);
+        self.rx = None;
+        received
+    }
+}
+
+impl<M: Manager> Drop for WaiterGuard<M> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        {
+            let mut st = self.inner.lock();
+            if let Some(position) = st.waiters.iter().position(|w| w.id == self.id) {
+                st.waiters.remove(position);
+            }
+        }
+        // Senders act under the state lock, which we just held: after it, nothing new
+        // arrives, and whatever arrived before is still in the channel.
+        rx.close();
+        match rx.try_recv() {
+            Ok(Handoff::Resource(entry)) => self.inner.return_entry(entry),
+            Ok(Handoff::Slot) => {
+                let mut st = self.inner.lock();
+                st.creating -= 1;
+                self.inner.slot_freed(&mut st);
+            }
+            Ok(Handoff::Closed) | Err(_) => {}
+        }
+    }
+}
+
+/// The receiving end of a caller's own create. Dropping it before the create finished is
+/// fine (the task places the resource); dropping it after a resource arrived but before it
+/// was taken gives that resource back.
+struct DeliveryGuard<M: Manager> {
+    inner: Arc<Inner<M>>,
+    rx: Option<oneshot::Receiver<Result<Entry<M::Resource>, PoolError<M::Error>>>>,
+}
+
+impl<M: Manager> DeliveryGuard<M> {
+    async fn recv(&mut self) -> Option<Result<Entry<M::Resource>, PoolError<M::Error>>> {
+        let rx = self.rx.as_mut()?;
+        let received = rx.await.ok();
+        self.rx = None;
+        received
+    }
+}
+
+impl<M: Manager> Drop for DeliveryGuard<M> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(Ok(entry)) = rx.try_recv() {
+                self.inner.return_entry(entry);
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! A serialisable, point-in-time view of a pool.
+
+use serde::Serialize;
+
+use crate::tier::Tier;
+
+/// Everything a dashboard or health endpoint needs about one pool. Holds the seed's
+/// `PoolMetrics` fields under their original names, plus the fields the seed lacked.
+///
+/// Gauges (`warm_pool_size`, `in_use`, …) are read together under the pool's lock, so they
+/// are mutually consistent; counters are read one by one and may be a few operations apart.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolSnapshot {
+    /// The pool's name.
+    pub name: String,
+    /// True once the idle set first reached its target, until shutdown.
+    pub ready: bool,
+    /// Idle, ready resources now.
+    pub warm_pool_size: usize,
+    /// The idle target.
+    pub warm_pool_target: usize,
+    /// Whether session binding is on.
+    pub session_awareness: bool,
+    /// Sessions currently known to the pool.
+    pub active_sessions: usize,
+    /// Whether the background maintainer runs.
+    pub background_warmup: bool,
+    /// All acquires that returned a resource.
+    pub allocations_total: u64,
+    /// Acquires served by the session's own resource.
+    pub allocations_dedicated: u64,
+    /// Acquires served from the warm set (or by a returned resource) without a connect.
+    pub allocations_warm: u64,
+    /// Acquires that paid a create.
+    pub allocations_cold: u64,
+    /// Passes of the background maintainer.
+    pub warmup_cycles: u64,
+    /// Warm-ups that failed (those resources were closed, never handed out).
+    pub warmup_failures: u64,
+    /// Bound on live resources.
+    pub max_size: usize,
+    /// Live resources: idle + in use + being created.
+    pub size: usize,
+    /// Resources handed out, including those bound to sessions.
+    pub in_use: usize,
+    /// Resources bound to sessions (in use or parked in their session).
+    pub dedicated: usize,
+    /// Callers waiting for a resource.
+    pub waiting: usize,
+    /// Resources being created (for callers or by the maintainer).
+    pub creating: usize,
+    /// Resources ever created successfully.
+    pub created_total: u64,
+    /// Resources ever passed to `Manager::close`.
+    pub closed_total: u64,
+    /// Creates that failed or timed out.
+    pub create_failures: u64,
+    /// The most recent create or warm failure.
+    pub last_error: Option<String>,
+    /// Acquire latency per tier.
+    pub acquire_latency: TierLatencies,
+}
+
+/// Acquire latency percentiles per tier.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TierLatencies {
+    /// Latency of DEDICATED acquires.
+    pub dedicated: LatencySummary,
+    /// Latency of WARM acquires.
+    pub warm: LatencySummary,
+    /// Latency of COLD acquires.
+    pub cold: LatencySummary,
+}
+
+impl TierLatencies {
+    /// The summary for one tier.
+    pub fn get(&self, tier: Tier) -> &LatencySummary {
+        match tier {
+            Tier::Dedicated => &self.dedicated,
+            Tier::Warm => &self.warm,
+            Tier::Cold => &self.cold,
+        }
+    }
+}
+
+/// Percentiles of one tier's acquire latency, in microseconds. COLD acquires are all timed;
+/// WARM and DEDICATED acquires are sampled (one in [`LATENCY_SAMPLE_EVERY`](crate::LATENCY_SAMPLE_EVERY))
+/// because reading the clock would cost more than the acquire itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Timed acquires behind these figures.
+    pub samples: u64,
+    /// Median, or `None` before the first sample.
+    pub p50_us: Option<f64>,
+    /// 99th percentile, or `None` before the first sample.
+    pub p99_us: Option<f64>,
+}
