@@ -224,7 +224,21 @@ impl<M: Manager> Pool<M> {
         loop {
             let batch = inner.start_refill(true);
             if batch.is_empty() {
-                break;
+                let st = inner.lock();
+                if st.closed {
+                    return Err(PoolError::Closed);
+                }
+                let reached = st.idle.len() >= inner.config.warm_target;
+                // Nothing more can start: either the target is reached, or the pool is full
+                // of resources in use, or the maintainer's creates are still in flight.
+                if reached || st.refilling == 0 {
+                    return Ok(());
+                }
+                drop(st);
+                // The maintainer's creates will land shortly; poll rather than add a
+                // notification to every place() for this start-up-only path.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
             }
             let mut failed = None;
             for rx in batch {
@@ -236,10 +250,6 @@ impl<M: Manager> Pool<M> {
                 return Err(error);
             }
         }
-        if inner.lock().closed {
-            return Err(PoolError::Closed);
-        }
-        Ok(())
     }
 
     /// Takes a resource: from the idle set (WARM), else creates one (COLD) while racing
@@ -579,8 +589,9 @@ impl<M: Manager> Inner<M> {
             let effective_idle = st.idle.len() - st.replacing;
             let wanted = self.config.warm_target.saturating_sub(effective_idle);
             let deficit = wanted.saturating_sub(st.refilling);
-            let refresh_due = st.replacing > 0 && st.refilling < st.replacing;
-            if (deficit == 0 && !refresh_due)
+            // Entries being replaced do not count toward the target, so their replacements
+            // are part of the deficit.
+            if deficit == 0
                 || st.refilling >= self.config.create_concurrency
                 || st.live() >= self.config.max_size
                 || st.has_slot_waiter()
