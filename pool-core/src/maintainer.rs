@@ -41,6 +41,7 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
                 .filter(|at| *at > now)
                 .min()
                 .unwrap_or(next_housekeeping);
+            inner.plan_maintenance(wake_at);
         }
     });
 }

@@ -79,7 +79,7 @@ fn bucket_upper_bound(index: usize) -> u64 {
     let sub = (offset % SUB_BUCKETS) as u64;
     let base = 1u64 << exponent;
     let step = base >> SUB_BUCKET_BITS;
-    (base + (sub + 1) * step).saturating_sub(1)
+    base.saturating_add((sub + 1) * step - 1)
 }
 
 impl LatencyHistogram {

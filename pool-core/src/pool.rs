@@ -90,6 +90,9 @@ pub(crate) struct State<R> {
     pub(crate) failure_streak: u32,
     /// No background create starts before this moment.
     pub(crate) backoff_until: Option<Instant>,
+    /// When the maintainer plans to wake next (`None` without a maintainer), so a returned
+    /// resource due for refresh sooner can wake it.
+    pub(crate) next_maintenance: Option<Instant>,
 }
 
 impl<R> State<R> {
@@ -181,6 +184,7 @@ impl<M: Manager> Pool<M> {
                 last_error: None,
                 failure_streak: 0,
                 backoff_until: None,
+                next_maintenance: None,
             }),
             sessions: Mutex::new(HashMap::new()),
             stats: Stats::default(),
@@ -288,7 +292,7 @@ impl<M: Manager> Pool<M> {
             }
             state.touched = true;
             if let Some(entry) = state.entry.take() {
-                if inner.manager.is_ready(&entry.resource) {
+                if !inner.past_max_age(&entry) && inner.manager.is_ready(&entry.resource) {
                     inner.stats.record_allocation(Tier::Dedicated);
                     if let Some(started) = started {
                         inner
@@ -761,7 +765,14 @@ impl<M: Manager> Inner<M> {
             st.replacing -= 1;
         }
         if retired.is_some() || st.idle.len() < self.config.warm_target {
-            let refresh_at = self.refresh_at(&entry, Instant::now());
+            let refresh_at = self.refresh_at(&entry);
+            if let (Some(at), Some(planned)) = (refresh_at, st.next_maintenance)
+                && at < planned
+            {
+                // The maintainer sleeps until `planned`; wake it so this resource is
+                // replaced before it expires.
+                self.maintainer_wake.notify_one();
+            }
             st.idle.push_back(IdleEntry {
                 entry,
                 refresh_at,
@@ -775,7 +786,14 @@ impl<M: Manager> Inner<M> {
         Some(entry)
     }
 
-    fn refresh_at(&self, entry: &Entry<M::Resource>, now: Instant) -> Option<Instant> {
+    /// When the maintainer should start replacing this idle resource: `lead` + its jitter
+    /// before the earlier of its age and idle limits. Reads the clock only when a limit is
+    /// configured, so pools without limits keep the return path clock-free.
+    fn refresh_at(&self, entry: &Entry<M::Resource>) -> Option<Instant> {
+        if self.config.max_age.is_none() && self.config.max_idle.is_none() {
+            return None;
+        }
+        let now = Instant::now();
         let by_age = self.config.max_age.map(|age| entry.created_at + age);
         let by_idle = self.config.max_idle.map(|idle| now + idle);
         let expires = match (by_age, by_idle) {
@@ -809,7 +827,7 @@ impl<M: Manager> Inner<M> {
 
     /// Gives back a resource that was checked out by a plain acquire.
     pub(crate) fn return_entry(self: &Arc<Self>, entry: Entry<M::Resource>) {
-        let ready = self.manager.is_ready(&entry.resource);
+        let ready = !self.past_max_age(&entry) && self.manager.is_ready(&entry.resource);
         let mut st = self.lock();
         st.checked_out -= 1;
         if ready {
@@ -1038,6 +1056,18 @@ impl<M: Manager> Inner<M> {
     /// The moment the failure backoff ends, if one is running.
     pub(crate) fn backoff_until(&self) -> Option<Instant> {
         self.lock().backoff_until
+    }
+
+    /// Whether a resource outlived `max_age` (reads the clock only when `max_age` is set).
+    pub(crate) fn past_max_age(&self, entry: &Entry<M::Resource>) -> bool {
+        self.config
+            .max_age
+            .is_some_and(|age| entry.created_at.elapsed() >= age)
+    }
+
+    /// Records when the maintainer will wake next (see `State::next_maintenance`).
+    pub(crate) fn plan_maintenance(&self, at: Instant) {
+        self.lock().next_maintenance = Some(at);
     }
 }
 
