@@ -1,1 +1,74 @@
-//! The Azure Speech emulator (being written).
+//! A protocol-faithful Azure Speech emulator: token endpoint, TTS REST, voices list, TTS
+//! and STT websockets, over plain http/ws or https/wss with a generated certificate, with
+//! simulated network delay and fault injection.
+//!
+//! It is self-contained on purpose (its own framing codec, format table, SSML reader): it
+//! exists to test the client crates against the protocol, so it must not share their code.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use speech_mock::emulator::{Emulator, EmulatorConfig, Fault, FaultRule};
+//!
+//! let emu = Emulator::start(EmulatorConfig::plain().with_key("test-key")).await?;
+//! let tts_url = format!("{}/tts/cognitiveservices/websocket/v1", emu.base_url_ws());
+//! // One handshake answered 429 with Retry-After, then recovery.
+//! emu.add_fault(FaultRule::new(Fault::Handshake { status: 429, retry_after: Some(1) }).once());
+//! # let _ = tts_url;
+//! assert_eq!(emu.counters().connections_open, 0);
+//! emu.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Routes (paths are case-insensitive):
+//! - `POST /sts/v1.0/issueToken`: a JWT-shaped token, `exp` = now + the token lifetime;
+//! - `POST /cognitiveservices/v1`, `POST /tts/cognitiveservices/v1`: TTS REST;
+//! - `GET /cognitiveservices/voices/list` (also under `/tts`): the voices list;
+//! - `GET /cognitiveservices/websocket/v1`, `GET /tts/cognitiveservices/websocket/v1`: TTS;
+//! - `GET /speech/recognition/{interactive,conversation,dictation}/cognitiveservices/v1`,
+//!   the same under `/stt`, and `/stt/speech/universal/v2`: STT websocket (a `POST` there is
+//!   STT REST for short audio);
+//! - `/_emulator/…`: the control API ([`control`] describes it);
+//! - anything else: `404`.
+
+mod audio;
+mod auth;
+mod config;
+pub mod control;
+mod counters;
+mod faults;
+pub mod formats;
+pub mod frame;
+mod http;
+mod rest;
+mod server;
+mod ssml;
+mod stt;
+mod tls;
+mod tts;
+mod turn;
+mod ws;
+
+pub use config::EmulatorConfig;
+pub use counters::Counters;
+pub use faults::{Endpoint, Fault, FaultParseError, FaultPlan, FaultRule, Phase, Target, TurnPoint};
+pub use server::{Emulator, EmulatorError, EmulatorHandle};
+pub use tls::TlsIdentity;
+
+/// Audio timing used by the emulator's synthetic speech, for tests that check lengths.
+pub mod timing {
+    pub use super::audio::{LEAD_MS, MAX_AUDIO_MS, MS_PER_CHAR, TAIL_MS, TICKS_PER_MS};
+
+    /// Milliseconds of audio the emulator synthesises for `text` (already plain text, with
+    /// whitespace collapsed as SSML rendering does).
+    pub fn synthesized_ms(text: &str) -> u64 {
+        super::audio::Timeline::new(text).duration_ms()
+    }
+}
+
+/// The token helpers, for tests that need to mint or inspect tokens.
+pub mod token {
+    /// Reads the `exp` claim (Unix seconds) of a token without validating it.
+    pub fn exp(token: &str) -> Option<u64> {
+        super::auth::token_exp(token)
+    }
+}

@@ -1,0 +1,208 @@
+// Conformance: Microsoft's JavaScript Speech SDK against the speech-mock emulator.
+//
+// Starts nothing itself. Needs a running emulator in plain mode:
+//   EMULATOR_URL=ws://127.0.0.1:PORT   (required)
+//   EMULATOR_KEY=...                   (the emulator's --key; default "conformance-key")
+//   EMULATOR_TRANSCRIPT=...            (the emulator's --transcript; default "hello world")
+// `bash conformance/run.sh` builds and starts the emulator, then runs `node --test` here.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import sdk from "microsoft-cognitiveservices-speech-sdk";
+
+const url = process.env.EMULATOR_URL;
+const key = process.env.EMULATOR_KEY ?? "conformance-key";
+const transcript = process.env.EMULATOR_TRANSCRIPT ?? "hello world";
+if (!url) {
+  throw new Error("EMULATOR_URL is not set (e.g. ws://127.0.0.1:PORT); run conformance/run.sh");
+}
+const httpBase = url.replace(/^ws/, "http");
+
+// The emulator's synthetic speech: 50 ms lead, 60 ms per character, 50 ms tail.
+const expectedMs = (text) => 50 + 60 * [...text.replace(/\s+/g, " ").trim()].length + 50;
+
+function speechConfig() {
+  return sdk.SpeechConfig.fromHost(new URL(url), key);
+}
+
+function synthesize(config, text, onWord) {
+  // A null audio config: keep the audio in the result instead of playing it.
+  const synth = new sdk.SpeechSynthesizer(config, null);
+  if (onWord) synth.wordBoundary = (_s, e) => onWord(e);
+  return new Promise((resolve, reject) => {
+    synth.speakTextAsync(
+      text,
+      (result) => {
+        synth.close();
+        resolve(result);
+      },
+      (err) => {
+        synth.close();
+        reject(new Error(String(err)));
+      },
+    );
+  });
+}
+
+function riffInfo(buf) {
+  const v = new DataView(buf);
+  const tag = (o) => String.fromCharCode(...new Uint8Array(buf, o, 4));
+  return {
+    riff: tag(0),
+    wave: tag(8),
+    format: v.getUint16(20, true),
+    channels: v.getUint16(22, true),
+    sampleRate: v.getUint32(24, true),
+    bits: v.getUint16(34, true),
+    dataTag: tag(36),
+    dataLen: v.getUint32(40, true),
+  };
+}
+
+test("TTS: RIFF 24 kHz PCM of the right format and length, with word boundaries", async () => {
+  const config = speechConfig();
+  config.speechSynthesisOutputFormat = sdk.SpeechSynthesisOutputFormat.Riff24Khz16BitMonoPcm;
+  const text = "The quick brown fox jumps over the lazy dog.";
+  const words = [];
+  const result = await synthesize(config, text, (e) => words.push(e.text));
+  assert.equal(result.reason, sdk.ResultReason.SynthesizingAudioCompleted, result.errorDetails);
+  const audio = result.audioData;
+  const info = riffInfo(audio);
+  assert.equal(info.riff, "RIFF");
+  assert.equal(info.wave, "WAVE");
+  assert.equal(info.format, 1, "PCM");
+  assert.equal(info.channels, 1);
+  assert.equal(info.sampleRate, 24000);
+  assert.equal(info.bits, 16);
+  assert.equal(info.dataTag, "data");
+  const pcmBytes = audio.byteLength - 44;
+  assert.equal(info.dataLen, pcmBytes, "the SDK's RIFF header describes the PCM it received");
+  const ms = (pcmBytes / 48000) * 1000;
+  assert.ok(Math.abs(ms - expectedMs(text)) <= 1, `audio is ${ms} ms, expected ${expectedMs(text)} ms`);
+  // Plausible speech: between 50 and 200 ms per character.
+  assert.ok(ms > text.length * 50 && ms < text.length * 200);
+  assert.deepEqual(words, ["The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]);
+  // SessionEnd metadata gives the SDK the audio duration (in ticks).
+  assert.ok(result.audioDuration > 0);
+});
+
+test("TTS: MP3 output, two requests on one synthesizer (one warm connection)", async () => {
+  const config = speechConfig();
+  config.speechSynthesisOutputFormat =
+    sdk.SpeechSynthesisOutputFormat.Audio24Khz48KBitRateMonoMp3;
+  const synth = new sdk.SpeechSynthesizer(config, null);
+  const speak = (text) =>
+    new Promise((resolve, reject) => synth.speakTextAsync(text, resolve, (e) => reject(new Error(String(e)))));
+  try {
+    for (const text of ["First request.", "Second request on the same socket."]) {
+      const result = await speak(text);
+      assert.equal(result.reason, sdk.ResultReason.SynthesizingAudioCompleted, result.errorDetails);
+      const bytes = new Uint8Array(result.audioData);
+      assert.equal(bytes[0], 0xff, "MP3 frame sync");
+      assert.equal(bytes[1] & 0xe0, 0xe0, "MP3 frame sync");
+      // 48 kbit/s = 6000 bytes per second of audio.
+      const ms = (bytes.length / 6000) * 1000;
+      assert.ok(ms >= expectedMs(text) && ms < expectedMs(text) + 100, `mp3 of ${ms} ms`);
+    }
+  } finally {
+    synth.close();
+  }
+});
+
+function pcm16k(seconds) {
+  // A 440 Hz tone: the emulator hears the configured transcript in any audio.
+  const samples = Math.round(16000 * seconds);
+  const buf = new ArrayBuffer(samples * 2);
+  const v = new DataView(buf);
+  for (let i = 0; i < samples; i++) {
+    v.setInt16(i * 2, Math.round(Math.sin((2 * Math.PI * 440 * i) / 16000) * 8000), true);
+  }
+  return buf;
+}
+
+function pushStream(seconds) {
+  const format = sdk.AudioStreamFormat.getWaveFormatPCM(16000, 16, 1);
+  const stream = sdk.AudioInputStream.createPushStream(format);
+  const audio = pcm16k(seconds);
+  // 100 ms chunks, as a live source would deliver them.
+  for (let off = 0; off < audio.byteLength; off += 3200) {
+    stream.write(audio.slice(off, Math.min(off + 3200, audio.byteLength)));
+  }
+  stream.close();
+  return stream;
+}
+
+test("STT: recognizeOnce over a pushed 16 kHz PCM stream returns the transcript", async () => {
+  const config = speechConfig();
+  config.speechRecognitionLanguage = "en-US";
+  const reco = new sdk.SpeechRecognizer(config, sdk.AudioConfig.fromStreamInput(pushStream(1.5)));
+  const hypotheses = [];
+  reco.recognizing = (_s, e) => hypotheses.push(e.result.text);
+  try {
+    const result = await new Promise((resolve, reject) =>
+      reco.recognizeOnceAsync(resolve, (e) => reject(new Error(String(e)))),
+    );
+    assert.equal(result.reason, sdk.ResultReason.RecognizedSpeech, result.errorDetails);
+    assert.equal(result.text, transcript);
+    // Offsets in 100-ns ticks, computed from the audio sent: 1.5 s of speech.
+    assert.equal(result.offset, 0);
+    assert.equal(result.duration, 15_000_000);
+    assert.ok(hypotheses.length >= 4, `hypotheses: ${JSON.stringify(hypotheses)}`);
+  } finally {
+    reco.close();
+  }
+});
+
+test("STT: continuous recognition, detailed output, token auth", async () => {
+  // Fetch a token from the emulator's STS endpoint, then authenticate with it alone.
+  const res = await fetch(`${httpBase}/sts/v1.0/issueToken`, {
+    method: "POST",
+    headers: { "Ocp-Apim-Subscription-Key": key },
+  });
+  assert.equal(res.status, 200);
+  const token = await res.text();
+  assert.equal(token.split(".").length, 3, "JWT-shaped");
+  const config = sdk.SpeechConfig.fromHost(new URL(url));
+  config.authorizationToken = token;
+  config.speechRecognitionLanguage = "en-US";
+  config.outputFormat = sdk.OutputFormat.Detailed;
+  const reco = new sdk.SpeechRecognizer(config, sdk.AudioConfig.fromStreamInput(pushStream(1.0)));
+  const recognized = [];
+  let canceled;
+  try {
+    await new Promise((resolve, reject) => {
+      reco.recognized = (_s, e) => {
+        if (e.result.reason === sdk.ResultReason.RecognizedSpeech) recognized.push(e.result);
+      };
+      reco.canceled = (_s, e) => {
+        canceled = e;
+      };
+      reco.sessionStopped = () => resolve();
+      reco.startContinuousRecognitionAsync(() => {}, (e) => reject(new Error(String(e))));
+    });
+    await new Promise((resolve) => reco.stopContinuousRecognitionAsync(resolve, resolve));
+  } finally {
+    reco.close();
+  }
+  if (canceled && canceled.reason === sdk.CancellationReason.Error) {
+    assert.fail(`canceled: ${canceled.errorDetails}`);
+  }
+  assert.equal(recognized.length, 1);
+  assert.equal(recognized[0].text, transcript);
+  const json = JSON.parse(recognized[0].properties.getProperty(sdk.PropertyId.SpeechServiceResponse_JsonResult));
+  assert.equal(json.NBest[0].Display, transcript);
+  assert.equal(recognized[0].duration, 10_000_000);
+});
+
+test("TTS: a wrong key is refused", async () => {
+  const config = sdk.SpeechConfig.fromHost(new URL(url), `${key}-wrong`);
+  const synth = new sdk.SpeechSynthesizer(config, null);
+  try {
+    const result = await new Promise((resolve) =>
+      synth.speakTextAsync("nope", resolve, (e) => resolve({ reason: sdk.ResultReason.Canceled, errorDetails: String(e) })),
+    );
+    assert.equal(result.reason, sdk.ResultReason.Canceled);
+  } finally {
+    synth.close();
+  }
+});

@@ -1,0 +1,104 @@
+//! The traits a speech backend implements.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::error::SpeechError;
+use crate::event::{RecognitionEvent, SynthesisEvent, SynthesisSummary};
+use crate::request::{RecognitionRequest, SynthesisRequest};
+
+/// Lifecycle shared by every pooled speech connection (one websocket, or one REST client
+/// with its auth state).
+///
+/// These methods are what the type-erased pool managers
+/// ([`SynthesizerManager`](crate::SynthesizerManager),
+/// [`RecognizerManager`](crate::RecognizerManager)) forward `pool_core::Manager` calls to,
+/// which is why they live on the connection rather than on a factory: only the connection
+/// knows its socket and token state.
+///
+/// All methods have defaults suitable for a stateless connection (always ready, nothing to
+/// warm, reset or close), so a minimal backend only implements the turn method.
+#[async_trait]
+pub trait Connection: Send {
+    /// Cheap, synchronous, non-blocking: may this connection serve a turn now? (Socket open,
+    /// token valid, younger than the server's age limit, not broken by a cancelled turn.)
+    ///
+    /// Called by the pool on every hand-out and every return, so it must not lock anything
+    /// contended, do I/O or allocate. Return `false` as soon as the state is unknown, e.g.
+    /// when a turn future was dropped mid-flight.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    /// Prepares a freshly created connection for its first turn (e.g. sends
+    /// `speech.config`), so that the first turn of a call pays no extra round trip.
+    /// Called once per connection, before it is first handed out. An error makes the
+    /// pool close the connection.
+    async fn warm(&mut self) -> Result<(), SpeechError> {
+        Ok(())
+    }
+
+    /// Clears per-session state before the connection serves another session. An error
+    /// makes the pool close the connection instead of reusing it.
+    async fn reset(&mut self) -> Result<(), SpeechError> {
+        Ok(())
+    }
+
+    /// Closes gracefully (for a websocket: a close frame, then wait briefly for the
+    /// server's). Takes the box by value so a connection cannot be used, or closed twice,
+    /// afterwards. Must not fail: there is nobody left to report to, so problems are
+    /// logged by the implementation.
+    async fn close(self: Box<Self>) {}
+}
+
+/// A text-to-speech connection: one synthesis turn at a time.
+///
+/// Object-safe so the service can hold `Box<dyn Synthesizer>` from any backend; one turn at
+/// a time is guaranteed by `&mut self`, matching Azure's rule that a websocket serves
+/// requests sequentially.
+#[async_trait]
+pub trait Synthesizer: Connection {
+    /// Synthesizes one request, pushing [`SynthesisEvent`]s into `events` as they arrive
+    /// from the service, so that the caller can play the first chunk before the last one
+    /// exists. Returns once the turn is complete (Azure's `turn.end`).
+    ///
+    /// Contract for implementations:
+    /// - Validate with [`SynthesisRequest::validate`] before any I/O.
+    /// - **Receiver dropped** (the caller is gone): stop as soon as a `send` fails and
+    ///   return `Err(SpeechError::Cancelled)` (the `From<SendError>` conversion makes this
+    ///   `events.send(e).await?`). Before returning, either leave the connection reusable
+    ///   (e.g. drain the rest of the turn up to `turn.end`) or make
+    ///   [`is_ready`](Connection::is_ready) return `false` so the pool discards it.
+    /// - **Future dropped** mid-turn: the connection state is unknown, so `is_ready` must
+    ///   return `false` afterwards (set an "in turn" flag on entry, clear it on exit).
+    /// - Any other error: return it classified; if the connection is no longer usable,
+    ///   `is_ready` must say so.
+    async fn synthesize(
+        &mut self,
+        request: SynthesisRequest,
+        events: mpsc::Sender<SynthesisEvent>,
+    ) -> Result<SynthesisSummary, SpeechError>;
+}
+
+/// A speech-to-text connection: several recognition turns, one at a time.
+#[async_trait]
+pub trait Recognizer: Connection {
+    /// Runs one recognition turn.
+    ///
+    /// `audio` carries 16 kHz, 16-bit, mono little-endian PCM without a WAV header, in
+    /// chunks of any size; **closing the channel (dropping its sender) ends the audio**.
+    /// [`RecognitionEvent`]s are pushed into `events` as the service produces them, ending
+    /// with [`RecognitionEvent::TurnEnd`], after which this returns `Ok(())` and the
+    /// connection can serve the next turn.
+    ///
+    /// The cancellation contract of [`Synthesizer::synthesize`] applies: a dropped events
+    /// receiver gives `Err(SpeechError::Cancelled)`, and a connection left in an unknown
+    /// state must report `is_ready() == false`.
+    async fn recognize(
+        &mut self,
+        request: RecognitionRequest,
+        audio: mpsc::Receiver<Bytes>,
+        events: mpsc::Sender<RecognitionEvent>,
+    ) -> Result<(), SpeechError>;
+}

@@ -1,0 +1,165 @@
+//! The control API under `/_emulator` (no authentication: it is a local test tool).
+//!
+//! | Method and path | Body | Effect |
+//! |---|---|---|
+//! | `GET /_emulator` | | this list, as JSON |
+//! | `GET /_emulator/counters` | | the [`Counters`](super::Counters) as JSON |
+//! | `GET /_emulator/faults` | | the armed fault rules |
+//! | `POST /_emulator/faults` | a rule or an array of rules | adds them |
+//! | `PUT /_emulator/faults` | a rule or an array of rules | replaces all rules |
+//! | `DELETE /_emulator/faults` | | removes all rules |
+//! | `POST /_emulator/disconnect` | `{"target":"tts_ws","rst":false}` (both optional) | drops matching open websockets without a close frame |
+//! | `POST /_emulator/close` | `{"target":"any","code":1000,"reason":"…"}` (all optional) | closes matching open websockets |
+//! | `PUT /_emulator/transcript` | plain text | sets what STT recognises |
+//! | `GET /_emulator/ca.pem` | | the CA certificate to trust (404 in plain mode) |
+//!
+//! A rule is a [`FaultRule`](super::FaultRule) in JSON, e.g.
+//! `{"kind":"handshake","status":429,"retry_after":2,"target":"tts_ws","times":1}`.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::faults::{FaultRule, Target};
+use super::http::{self as h, Body};
+use super::server::{Run, SessionCmd, lock};
+
+const MAX_CONTROL_BODY: usize = 64 * 1024;
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Rules {
+    Many(Vec<FaultRule>),
+    One(FaultRule),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Disconnect {
+    target: Target,
+    rst: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct Close {
+    target: Target,
+    code: u16,
+    reason: String,
+}
+
+impl Default for Close {
+    fn default() -> Self {
+        Self {
+            target: Target::Any,
+            code: 1000,
+            reason: "Closed by the emulator control API".to_owned(),
+        }
+    }
+}
+
+fn bad(msg: &str) -> Response<Body> {
+    h::error(StatusCode::BAD_REQUEST, msg, None)
+}
+
+async fn body<T: for<'de> Deserialize<'de> + Default>(req: &mut Request<Incoming>) -> Result<T, Response<Body>> {
+    let bytes = h::read_body(req.body_mut(), MAX_CONTROL_BODY)
+        .await
+        .map_err(|_| bad("body too large or unreadable"))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad(&format!("bad JSON: {e}")))
+}
+
+fn plan(run: &Run) -> Response<Body> {
+    let rules = lock(&run.shared.faults).rules.clone();
+    h::json(StatusCode::OK, &serde_json::to_value(rules).unwrap_or_default())
+}
+
+/// Serves `/_emulator{rest}`.
+pub(crate) async fn handle(run: &Arc<Run>, rest: &str, mut req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    match (method, rest) {
+        (Method::GET, "") => h::json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "counters": "GET /_emulator/counters",
+                "faults": "GET|POST|PUT|DELETE /_emulator/faults",
+                "disconnect": "POST /_emulator/disconnect {\"target\":\"any\",\"rst\":false}",
+                "close": "POST /_emulator/close {\"target\":\"any\",\"code\":1000,\"reason\":\"...\"}",
+                "transcript": "PUT /_emulator/transcript <text>",
+                "ca": "GET /_emulator/ca.pem",
+            }),
+        ),
+        (Method::GET, "/counters") => h::json(
+            StatusCode::OK,
+            &serde_json::to_value(run.shared.counters.snapshot()).unwrap_or_default(),
+        ),
+        (Method::GET, "/faults") => plan(run),
+        (m @ (Method::POST | Method::PUT), "/faults") => {
+            let bytes = match h::read_body(req.body_mut(), MAX_CONTROL_BODY).await {
+                Ok(b) => b,
+                Err(_) => return bad("body too large or unreadable"),
+            };
+            let rules = match serde_json::from_slice::<Rules>(&bytes) {
+                Ok(Rules::Many(v)) => v,
+                Ok(Rules::One(r)) => vec![r],
+                Err(e) => return bad(&format!("bad fault rule: {e}")),
+            };
+            {
+                let mut p = lock(&run.shared.faults);
+                if m == Method::PUT {
+                    p.clear();
+                }
+                for r in rules {
+                    tracing::info!(rule = %r, "fault armed via control API");
+                    p.add(r);
+                }
+            }
+            plan(run)
+        }
+        (Method::DELETE, "/faults") => {
+            lock(&run.shared.faults).clear();
+            plan(run)
+        }
+        (Method::POST, "/disconnect") => match body::<Disconnect>(&mut req).await {
+            Ok(d) => {
+                let n = run.broadcast(d.target, &SessionCmd::Disconnect { rst: d.rst });
+                h::json(StatusCode::OK, &serde_json::json!({"affected": n}))
+            }
+            Err(r) => r,
+        },
+        (Method::POST, "/close") => match body::<Close>(&mut req).await {
+            Ok(c) => {
+                let cmd = SessionCmd::Close {
+                    code: c.code,
+                    reason: c.reason,
+                };
+                let n = run.broadcast(c.target, &cmd);
+                h::json(StatusCode::OK, &serde_json::json!({"affected": n}))
+            }
+            Err(r) => r,
+        },
+        (Method::PUT | Method::POST, "/transcript") => {
+            match h::read_body(req.body_mut(), MAX_CONTROL_BODY).await.map(String::from_utf8) {
+                Ok(Ok(t)) => {
+                    *lock(&run.shared.transcript) = t.trim().to_owned();
+                    h::text(StatusCode::OK, "ok")
+                }
+                _ => bad("transcript must be UTF-8 text"),
+            }
+        }
+        (Method::GET, "/ca.pem") => match &run.shared.config.tls_identity {
+            Some(id) if run.shared.config.tls => h::with_type(
+                StatusCode::OK,
+                "application/x-pem-file",
+                id.ca_cert_pem().as_bytes().to_vec(),
+            ),
+            _ => h::text(StatusCode::NOT_FOUND, "plain mode: no certificate"),
+        },
+        _ => h::text(StatusCode::NOT_FOUND, "unknown control route"),
+    }
+}

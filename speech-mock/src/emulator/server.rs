@@ -1,0 +1,586 @@
+//! Listener, connection tasks, routing, and the shared state behind the handle.
+//!
+//! Every task the emulator starts (accept loop, one per TCP connection, h2 streams, one per
+//! websocket) is spawned on one [`TaskTracker`] and watches one [`CancellationToken`], so
+//! [`EmulatorHandle::shutdown`] can stop them all and wait until none is left.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::EmulatorConfig;
+use super::counters::{Counters, GaugeGuard, LiveCounters};
+use super::faults::{Endpoint, Fault, FaultPlan, FaultRule, Phase, Target};
+use super::http::{self as h, Body};
+use super::tls::TlsIdentity;
+use super::{control, rest, ws};
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The certificate could not be generated.
+    #[error("cannot generate the TLS certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// The TLS configuration was refused.
+    #[error("cannot configure TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Entry point: `Emulator::start(config)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Emulator;
+
+impl Emulator {
+    /// Binds and starts serving. Returns once the socket is listening, so the address in the
+    /// handle is immediately connectable.
+    pub async fn start(mut config: EmulatorConfig) -> Result<EmulatorHandle, EmulatorError> {
+        // The workspace builds rustls with ring only; install it as the process default
+        // for any client code in the same process (an error means one is already set).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if config.tls && config.tls_identity.is_none() {
+            config.tls_identity = Some(TlsIdentity::generate(&[])?);
+        }
+        let shared = Arc::new(Shared {
+            faults: Mutex::new(FaultPlan {
+                rules: config.faults.clone(),
+            }),
+            transcript: Mutex::new(config.transcript.clone()),
+            counters: LiveCounters::default(),
+            config,
+        });
+        start_run(shared).await
+    }
+}
+
+/// State that outlives one run (kept across [`EmulatorHandle::restart`]).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: EmulatorConfig,
+    pub(crate) counters: LiveCounters,
+    pub(crate) faults: Mutex<FaultPlan>,
+    pub(crate) transcript: Mutex<String>,
+}
+
+/// Locks a mutex, recovering from poisoning: every critical section here leaves the data
+/// consistent, so a panic elsewhere must not wedge the emulator.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Consumes the faults firing for one event and counts them.
+    pub(crate) fn take_faults(
+        &self,
+        phase: Phase,
+        endpoint: Option<Endpoint>,
+        identity: Option<&str>,
+    ) -> Vec<Fault> {
+        let fired = lock(&self.faults).take(phase, endpoint, identity);
+        self.counters
+            .add(&self.counters.faults_injected, fired.len() as u64);
+        if !fired.is_empty() {
+            tracing::info!(?endpoint, ?fired, "injecting faults");
+        }
+        fired
+    }
+
+    pub(crate) fn transcript(&self) -> String {
+        lock(&self.transcript).clone()
+    }
+}
+
+/// A command to one open websocket, from the handle or the control API.
+#[derive(Debug, Clone)]
+pub(crate) enum SessionCmd {
+    /// Drop the TCP connection without a close frame.
+    Disconnect { rst: bool },
+    /// Close with a code and reason.
+    Close { code: u16, reason: String },
+}
+
+/// State of one run: its tasks, its open websockets, its per-key slots.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) sessions: Mutex<HashMap<u64, (Endpoint, mpsc::Sender<SessionCmd>)>>,
+    pub(crate) per_key: Mutex<HashMap<String, usize>>,
+    pub(crate) next_id: AtomicU64,
+}
+
+impl Run {
+    /// Sends `cmd` to every open websocket matching `target`; returns how many.
+    pub(crate) fn broadcast(&self, target: Target, cmd: &SessionCmd) -> usize {
+        let sessions = lock(&self.sessions);
+        sessions
+            .values()
+            .filter(|(e, _)| target.matches(Some(*e)))
+            .filter(|(_, tx)| tx.try_send(cmd.clone()).is_ok())
+            .count()
+    }
+}
+
+async fn start_run(shared: Arc<Shared>) -> Result<EmulatorHandle, EmulatorError> {
+    let bind = shared.config.bind;
+    let listener = bind_listener(bind).map_err(|source| EmulatorError::Bind { addr: bind, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| EmulatorError::Bind { addr: bind, source })?;
+    let acceptor = match &shared.config.tls_identity {
+        Some(id) if shared.config.tls => Some(TlsAcceptor::from(Arc::new(id.server_config()?))),
+        _ => None,
+    };
+    let run = Arc::new(Run {
+        shared,
+        tracker: TaskTracker::new(),
+        cancel: CancellationToken::new(),
+        sessions: Mutex::new(HashMap::new()),
+        per_key: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+    });
+    run.tracker
+        .spawn(accept_loop(Arc::clone(&run), listener, acceptor));
+    tracing::info!(%addr, tls = run.shared.config.tls, "speech emulator listening");
+    Ok(EmulatorHandle { run, addr })
+}
+
+/// Binds with `SO_REUSEADDR` so a restart can take the same port at once, even while the
+/// previous run's connections sit in TIME_WAIT.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(run: Arc<Run>, listener: TcpListener, acceptor: Option<TlsAcceptor>) {
+    loop {
+        tokio::select! {
+            () = run.cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let run2 = Arc::clone(&run);
+                    let acceptor = acceptor.clone();
+                    run.tracker.spawn(async move {
+                        let cancel = run2.cancel.clone();
+                        tokio::select! {
+                            () = cancel.cancelled() => {}
+                            () = serve_tcp(run2, stream, peer, acceptor) => {}
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Per-connection facts the routes need.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// Set by a session that wants its socket reset (RST) rather than closed when dropped.
+    pub(crate) rst_on_drop: Arc<AtomicBool>,
+}
+
+async fn serve_tcp(
+    run: Arc<Run>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+) {
+    let shared = Arc::clone(&run.shared);
+    shared.counters.inc(&shared.counters.tcp_accepted);
+    let _ = stream.set_nodelay(true);
+    let info = ConnInfo {
+        rst_on_drop: Arc::new(AtomicBool::new(false)),
+    };
+    let io = CountedIo {
+        stream,
+        _gauge: GaugeGuard::new(Arc::clone(&shared), |c| &c.tcp_open),
+        rst_on_drop: Arc::clone(&info.rst_on_drop),
+    };
+    // One simulated round trip for TCP set-up, one more for TLS, plus injected slowness.
+    let mut delay = shared.config.rtt;
+    if acceptor.is_some() {
+        delay += shared.config.rtt;
+    }
+    for f in shared.take_faults(Phase::Accept, None, None) {
+        if let Fault::TlsDelay { ms } = f {
+            delay += Duration::from_millis(ms);
+        }
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match acceptor {
+        Some(acceptor) => {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(io)).await {
+                Ok(Ok(tls)) => serve_http(run, tls, info).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+        None => serve_http(run, io, info).await,
+    }
+}
+
+/// Runs hyper's tasks (h2 streams) on the run's tracker so shutdown waits for them too.
+#[derive(Debug, Clone)]
+struct TrackedExecutor(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+async fn serve_http<IO>(run: Arc<Run>, io: IO, info: ConnInfo)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let run = Arc::clone(&run);
+        service_fn(move |req| {
+            let run = Arc::clone(&run);
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(route(run, info, req).await) }
+        })
+    };
+    let mut builder = auto::Builder::new(TrackedExecutor(run.tracker.clone()));
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Request routing (paths are matched case-insensitively, as the service does).
+async fn route(run: Arc<Run>, info: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_ascii_lowercase();
+    let path = path.trim_end_matches('/');
+    let method = req.method().clone();
+    if let Some(rest) = path.strip_prefix("/_emulator") {
+        return control::handle(&run, rest, req).await;
+    }
+    if let Some(kind) = ws::stt_path_mode(path) {
+        return if method == Method::GET && h::is_upgrade(&req) {
+            ws::upgrade(run, info, req, Endpoint::SttWs, Some(kind)).await
+        } else if method == Method::POST && !path.contains("/universal/") {
+            rest::stt_short(&run, req).await
+        } else {
+            h::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        };
+    }
+    match path {
+        "/cognitiveservices/websocket/v1" | "/tts/cognitiveservices/websocket/v1" => {
+            if method == Method::GET {
+                ws::upgrade(run, info, req, Endpoint::TtsWs, None).await
+            } else {
+                h::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+        }
+        "/sts/v1.0/issuetoken" if method == Method::POST => rest::issue_token(&run, req).await,
+        "/cognitiveservices/v1" | "/tts/cognitiveservices/v1" if method == Method::POST => {
+            rest::tts(&run, req).await
+        }
+        "/cognitiveservices/voices/list" | "/tts/cognitiveservices/voices/list"
+            if method == Method::GET =>
+        {
+            rest::voices(&run, req).await
+        }
+        "/sts/v1.0/issuetoken"
+        | "/cognitiveservices/v1"
+        | "/tts/cognitiveservices/v1"
+        | "/cognitiveservices/voices/list"
+        | "/tts/cognitiveservices/voices/list" => {
+            h::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => h::text(StatusCode::NOT_FOUND, "resource not found"),
+    }
+}
+
+/// The TCP stream, counted in `tcp_open` for as long as it lives (through TLS and the
+/// websocket upgrade), and able to end with a reset instead of a FIN.
+struct CountedIo {
+    stream: TcpStream,
+    _gauge: GaugeGuard,
+    rst_on_drop: Arc<AtomicBool>,
+}
+
+impl Drop for CountedIo {
+    fn drop(&mut self) {
+        if self.rst_on_drop.load(Ordering::SeqCst) {
+            // SO_LINGER 0: closing sends RST, which a client sees as "connection reset".
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for CountedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// A running emulator. Dropping it stops serving (without waiting); call
+/// [`shutdown`](Self::shutdown) to stop and wait until every task has ended.
+#[derive(Debug)]
+pub struct EmulatorHandle {
+    run: Arc<Run>,
+    addr: SocketAddr,
+}
+
+impl EmulatorHandle {
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether it serves TLS.
+    pub fn is_tls(&self) -> bool {
+        self.run.shared.config.tls
+    }
+
+    /// `https://127.0.0.1:PORT` (or `http://` in plain mode): the base of the REST routes.
+    pub fn base_url_http(&self) -> String {
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// `wss://127.0.0.1:PORT` (or `ws://` in plain mode): the base of the websocket routes,
+    /// and what `SpeechConfig.fromHost` takes.
+    pub fn base_url_ws(&self) -> String {
+        let scheme = if self.is_tls() { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The TLS identity in use (pass it back in a config to restart with the same one).
+    pub fn tls_identity(&self) -> Option<&TlsIdentity> {
+        self.run
+            .shared
+            .config
+            .tls_identity
+            .as_ref()
+            .filter(|_| self.is_tls())
+    }
+
+    /// The CA certificate clients must trust, in PEM (`None` in plain mode).
+    pub fn ca_cert_pem(&self) -> Option<&str> {
+        self.tls_identity().map(TlsIdentity::ca_cert_pem)
+    }
+
+    /// The CA certificate clients must trust, in DER (`None` in plain mode).
+    pub fn ca_cert_der(&self) -> Option<CertificateDer<'static>> {
+        self.tls_identity().map(TlsIdentity::ca_cert_der)
+    }
+
+    /// The effective configuration (the port and certificate filled in), e.g. to start an
+    /// identical emulator later.
+    pub fn config(&self) -> EmulatorConfig {
+        let mut c = self.run.shared.config.clone();
+        c.bind = self.addr;
+        c.faults = self.faults();
+        c.transcript = self.run.shared.transcript();
+        c
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        self.run.shared.counters.snapshot()
+    }
+
+    /// Waits until `pred` holds for the counters or `timeout` passes. `Ok` carries the
+    /// snapshot that satisfied it, `Err` the last one seen.
+    pub async fn wait_for_counters(
+        &self,
+        pred: impl Fn(&Counters) -> bool,
+        timeout: Duration,
+    ) -> Result<Counters, Counters> {
+        self.run.shared.counters.wait_for(pred, timeout).await
+    }
+
+    /// Adds a fault rule.
+    pub fn add_fault(&self, rule: FaultRule) {
+        lock(&self.run.shared.faults).add(rule);
+    }
+
+    /// Replaces every fault rule.
+    pub fn set_faults(&self, rules: Vec<FaultRule>) {
+        lock(&self.run.shared.faults).rules = rules;
+    }
+
+    /// Removes every fault rule.
+    pub fn clear_faults(&self) {
+        lock(&self.run.shared.faults).clear();
+    }
+
+    /// The fault rules still armed (spent one-shot rules are gone).
+    pub fn faults(&self) -> Vec<FaultRule> {
+        lock(&self.run.shared.faults).rules.clone()
+    }
+
+    /// Changes what the STT routes recognise from now on.
+    pub fn set_transcript(&self, transcript: impl Into<String>) {
+        *lock(&self.run.shared.transcript) = transcript.into();
+    }
+
+    /// Mints a token as the token endpoint would for `key`, without a request.
+    pub fn issue_token(&self, key: &str) -> String {
+        super::auth::issue_token(
+            key,
+            std::time::SystemTime::now(),
+            self.run.shared.config.token_lifetime,
+        )
+    }
+
+    /// Drops every open websocket matching `target` without a close frame (RST if `rst`);
+    /// returns how many. Models a network failure hitting warm, idle sockets.
+    pub fn disconnect_all(&self, target: Target, rst: bool) -> usize {
+        self.run.broadcast(target, &SessionCmd::Disconnect { rst })
+    }
+
+    /// Closes every open websocket matching `target` with `code` and `reason`; returns how
+    /// many.
+    pub fn close_all(&self, target: Target, code: u16, reason: &str) -> usize {
+        self.run.broadcast(
+            target,
+            &SessionCmd::Close {
+                code,
+                reason: reason.to_owned(),
+            },
+        )
+    }
+
+    /// Stops accepting, closes every connection (websockets get close 1001) and waits until
+    /// every task has ended (bounded: a client that never reads cannot hold it up).
+    pub async fn shutdown(self) {
+        Self::stop(&self.run).await;
+    }
+
+    async fn stop(run: &Run) {
+        run.cancel.cancel();
+        run.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), run.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = run.tracker.len(),
+                "emulator tasks still running after shutdown"
+            );
+        }
+    }
+
+    /// Stops this run and starts another on the same address with the same certificate,
+    /// faults, transcript and counters: what a client sees when the service restarts.
+    pub async fn restart(self) -> Result<EmulatorHandle, EmulatorError> {
+        Self::stop(&self.run).await;
+        let mut config = self.run.shared.config.clone();
+        config.bind = self.addr;
+        let shared = Arc::new(Shared {
+            config,
+            counters: LiveCounters::default(),
+            faults: Mutex::new(lock(&self.run.shared.faults).clone()),
+            transcript: Mutex::new(self.run.shared.transcript()),
+        });
+        // Counters carry over so totals span the restart; the gauges are zero by now.
+        let old = self.run.shared.counters.snapshot();
+        let c = &shared.counters;
+        for (dst, v) in [
+            (&c.tcp_accepted, old.tcp_accepted),
+            (&c.connections_opened, old.connections_opened),
+            (&c.handshakes_rejected, old.handshakes_rejected),
+            (&c.turns_started, old.turns_started),
+            (&c.turns_served, old.turns_served),
+            (&c.tokens_issued, old.tokens_issued),
+            (&c.rest_requests, old.rest_requests),
+            (&c.faults_injected, old.faults_injected),
+        ] {
+            dst.store(v, Ordering::SeqCst);
+        }
+        start_run(shared).await
+    }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        // Stop serving even if the owner forgot `shutdown` (e.g. a failed test).
+        self.run.cancel.cancel();
+    }
+}
