@@ -64,7 +64,7 @@ test("TTS: RIFF 24 kHz PCM of the right format and length, with word boundaries"
   config.speechSynthesisOutputFormat = sdk.SpeechSynthesisOutputFormat.Riff24Khz16BitMonoPcm;
   const text = "The quick brown fox jumps over the lazy dog.";
   const words = [];
-  const result = await synthesize(config, text, (e) => words.push(e.text));
+  const result = await synthesize(config, text, (e) => words.push([e.text, e.boundaryType]));
   assert.equal(result.reason, sdk.ResultReason.SynthesizingAudioCompleted, result.errorDetails);
   const audio = result.audioData;
   const info = riffInfo(audio);
@@ -81,7 +81,14 @@ test("TTS: RIFF 24 kHz PCM of the right format and length, with word boundaries"
   assert.ok(Math.abs(ms - expectedMs(text)) <= 1, `audio is ${ms} ms, expected ${expectedMs(text)} ms`);
   // Plausible speech: between 50 and 200 ms per character.
   assert.ok(ms > text.length * 50 && ms < text.length * 200);
-  assert.deepEqual(words, ["The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]);
+  // Attaching a word-boundary handler makes the SDK ask for punctuation boundaries too; the
+  // service reports both as WordBoundary metadata, told apart by BoundaryType.
+  const spoken = words.filter(([, t]) => t === sdk.SpeechSynthesisBoundaryType.Word).map(([w]) => w);
+  assert.deepEqual(spoken, ["The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]);
+  assert.deepEqual(
+    words.filter(([, t]) => t === sdk.SpeechSynthesisBoundaryType.Punctuation).map(([w]) => w),
+    ["."],
+  );
   // SessionEnd metadata gives the SDK the audio duration (in ticks).
   assert.ok(result.audioDuration > 0);
 });
@@ -194,14 +201,69 @@ test("STT: continuous recognition, detailed output, token auth", async () => {
   assert.equal(recognized[0].duration, 10_000_000);
 });
 
-test("TTS: a wrong key is refused", async () => {
-  const config = sdk.SpeechConfig.fromHost(new URL(url), `${key}-wrong`);
-  const synth = new sdk.SpeechSynthesizer(config, null);
+async function counters() {
+  const res = await fetch(`${httpBase}/_emulator/counters`);
+  return res.json();
+}
+
+test("a wrong key is refused: TTS gives up at once, STT retries the handshake", async () => {
+  const wrong = sdk.SpeechConfig.fromHost(new URL(url), `${key}-wrong`);
+  const before = (await counters()).handshakes_rejected;
+  const synth = new sdk.SpeechSynthesizer(wrong, null);
   try {
     const result = await new Promise((resolve) =>
       synth.speakTextAsync("nope", resolve, (e) => resolve({ reason: sdk.ResultReason.Canceled, errorDetails: String(e) })),
     );
     assert.equal(result.reason, sdk.ResultReason.Canceled);
+    assert.match(result.errorDetails, /401/);
+  } finally {
+    synth.close();
+  }
+  // The synthesizer retries only on a 403 status, which Node's ws never reports (it reports
+  // 1006), so a refused TTS handshake is tried once.
+  const afterTts = (await counters()).handshakes_rejected;
+  assert.equal(afterTts - before, 1);
+
+  wrong.speechRecognitionLanguage = "en-US";
+  const reco = new sdk.SpeechRecognizer(wrong, sdk.AudioConfig.fromStreamInput(pushStream(0.3)));
+  try {
+    const result = await new Promise((resolve) => reco.recognizeOnceAsync(resolve, (e) => resolve({ reason: sdk.ResultReason.Canceled, errorDetails: String(e) })));
+    assert.equal(result.reason, sdk.ResultReason.Canceled);
+  } finally {
+    reco.close();
+  }
+  // The recognizer treats the 1006 as an expired token and retries (maxRetryCount = 4).
+  const afterStt = (await counters()).handshakes_rejected;
+  assert.equal(afterStt - afterTts, 5);
+});
+
+test("TTS: the SDK reconnects after a server close, and recovers from an injected 4429", async () => {
+  const config = speechConfig();
+  config.speechSynthesisOutputFormat = sdk.SpeechSynthesisOutputFormat.Raw16Khz16BitMonoPcm;
+  const synth = new sdk.SpeechSynthesizer(config, null);
+  const speak = (text) =>
+    new Promise((resolve) =>
+      synth.speakTextAsync(text, resolve, (e) => resolve({ reason: sdk.ResultReason.Canceled, errorDetails: String(e) })),
+    );
+  const post = (path, body) =>
+    fetch(`${httpBase}/_emulator/${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  try {
+    const ok = sdk.ResultReason.SynthesizingAudioCompleted;
+    assert.equal((await speak("warm up")).reason, ok);
+    const opened = (await counters()).connections_opened;
+    // The service closes the warm socket (idle / max age): the next request reconnects.
+    assert.equal((await (await post("close", { target: "tts_ws", code: 1000, reason: "Idle timeout" })).json()).affected, 1);
+    await new Promise((r) => setTimeout(r, 100));
+    const again = await speak("after the close");
+    assert.equal(again.reason, ok, again.errorDetails);
+    assert.equal(again.audioData.byteLength, 32 * expectedMs("after the close"));
+    assert.equal((await counters()).connections_opened, opened + 1);
+    // Throttled mid-turn: the request is canceled with the close code, the next one works.
+    await post("faults", { kind: "close", code: 4429, target: "tts_ws", times: 1 });
+    const throttled = await speak("throttled");
+    assert.equal(throttled.reason, sdk.ResultReason.Canceled);
+    assert.match(throttled.errorDetails, /4429/);
+    assert.equal((await speak("recovered")).reason, ok);
   } finally {
     synth.close();
   }

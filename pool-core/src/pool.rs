@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{PoolBuilder, PoolConfig};
 use crate::error::{PoolError, TimeoutDetails};
-use crate::guard::{Pooled, SessionState, SessionSlot};
+use crate::guard::{Pooled, SessionSlot, SessionState};
 use crate::manager::Manager;
 use crate::metrics::Stats;
 use crate::snapshot::{LatencySummary, PoolSnapshot, TierLatencies};
@@ -21,6 +21,17 @@ use crate::tier::Tier;
 /// WARM and DEDICATED acquires are timed one in this many: reading the clock twice would
 /// cost more than the acquire itself. COLD acquires are always timed.
 pub const LATENCY_SAMPLE_EVERY: u32 = 16;
+
+/// What an acquire's locked step decided, acted on after the lock is released.
+enum TakeStep<M: Manager> {
+    /// Took an idle entry; the flag says whether the idle set fell below target.
+    Idle(Entry<M::Resource>, bool),
+    /// Nothing idle: queued; the flag says whether this caller may create.
+    Slow(WaiterGuard<M>, bool),
+}
+
+/// What a caller's own create delivers.
+type Delivery<M> = Result<Entry<<M as Manager>::Resource>, PoolError<<M as Manager>::Error>>;
 
 /// A resource plus what the pool must remember about it between hand-outs.
 #[derive(Debug)]
@@ -228,17 +239,22 @@ impl<M: Manager> Pool<M> {
         loop {
             let batch = inner.start_refill(true);
             if batch.is_empty() {
-                let st = inner.lock();
-                if st.closed {
+                let (closed, reached, refilling) = {
+                    let st = inner.lock();
+                    (
+                        st.closed,
+                        st.idle.len() >= inner.config.warm_target,
+                        st.refilling > 0,
+                    )
+                };
+                if closed {
                     return Err(PoolError::Closed);
                 }
-                let reached = st.idle.len() >= inner.config.warm_target;
                 // Nothing more can start: either the target is reached, or the pool is full
                 // of resources in use, or the maintainer's creates are still in flight.
-                if reached || st.refilling == 0 {
+                if reached || !refilling {
                     return Ok(());
                 }
-                drop(st);
                 // The maintainer's creates will land shortly; poll rather than add a
                 // notification to every place() for this start-up-only path.
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -419,40 +435,49 @@ impl<M: Manager> Inner<M> {
     ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
         let target = self.config.warm_target;
         loop {
-            let mut st = self.lock();
-            if st.closed {
-                return Err(PoolError::Closed);
-            }
-            if let Some(idle) = st.idle.pop_front() {
-                if idle.replacing {
-                    st.replacing -= 1;
+            let step = {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(PoolError::Closed);
                 }
-                st.checked_out += 1;
-                let below_target = st.idle.len() < target;
-                drop(st);
-                if below_target && self.config.background_warmup {
-                    self.maintainer_wake.notify_one();
-                }
-                if self.manager.is_ready(&idle.entry.resource) {
-                    self.stats.record_allocation(Tier::Warm);
-                    if let Some(started) = started {
-                        self.stats.record_latency(Tier::Warm, started.elapsed());
+                match st.idle.pop_front() {
+                    Some(idle) => {
+                        if idle.replacing {
+                            st.replacing -= 1;
+                        }
+                        st.checked_out += 1;
+                        TakeStep::Idle(idle.entry, st.idle.len() < target)
                     }
-                    return Ok((idle.entry, Tier::Warm));
+                    None => {
+                        let can_create = st.live() < self.config.max_size;
+                        if can_create {
+                            st.creating += 1;
+                        }
+                        TakeStep::Slow(self.register_waiter(&mut st, !can_create), can_create)
+                    }
                 }
-                self.lock().checked_out -= 1;
-                self.discard(idle.entry);
-                continue;
-            }
+            };
+            let (waiter, can_create) = match step {
+                TakeStep::Idle(entry, below_target) => {
+                    if below_target && self.config.background_warmup {
+                        self.maintainer_wake.notify_one();
+                    }
+                    if self.manager.is_ready(&entry.resource) {
+                        self.stats.record_allocation(Tier::Warm);
+                        if let Some(started) = started {
+                            self.stats.record_latency(Tier::Warm, started.elapsed());
+                        }
+                        return Ok((entry, Tier::Warm));
+                    }
+                    self.lock().checked_out -= 1;
+                    self.discard(entry);
+                    continue;
+                }
+                TakeStep::Slow(waiter, can_create) => (waiter, can_create),
+            };
             // Nothing idle: the slow path, always timed.
             let started = started.unwrap_or_else(Instant::now);
             let deadline = self.config.acquire_timeout.map(|t| started + t);
-            let can_create = st.live() < self.config.max_size;
-            if can_create {
-                st.creating += 1;
-            }
-            let waiter = self.register_waiter(&mut st, !can_create);
-            drop(st);
             let result = if can_create {
                 self.create_racing(waiter, deadline).await
             } else {
@@ -493,12 +518,10 @@ impl<M: Manager> Inner<M> {
         deadline: Option<Instant>,
     ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
         let received = match deadline {
-            Some(deadline) => {
-                match tokio::time::timeout_at(deadline, waiter.recv()).await {
-                    Ok(received) => received,
-                    Err(_) => return Err(self.timeout_error()),
-                }
-            }
+            Some(deadline) => match tokio::time::timeout_at(deadline, waiter.recv()).await {
+                Ok(received) => received,
+                Err(_) => return Err(self.timeout_error()),
+            },
             None => waiter.recv().await,
         };
         match received {
@@ -665,9 +688,7 @@ impl<M: Manager> Inner<M> {
         half + half.mul_f64(fastrand::f64())
     }
 
-    fn spawn_create(
-        self: &Arc<Self>,
-    ) -> oneshot::Receiver<Result<Entry<M::Resource>, PoolError<M::Error>>> {
+    fn spawn_create(self: &Arc<Self>) -> oneshot::Receiver<Delivery<M>> {
         let (tx, rx) = oneshot::channel();
         let inner = self.clone();
         self.tasks.spawn(async move {
@@ -925,7 +946,11 @@ impl<M: Manager> Inner<M> {
             )
         };
         let (ready, idle, size, in_use, dedicated, waiting, creating) = gauges;
-        let active_sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let active_sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
         let allocation = |tier: Tier| self.stats.allocations[tier.index()].load(Relaxed);
         let latency = |tier: Tier| {
             let histogram = &self.stats.latency[tier.index()];
@@ -1122,11 +1147,11 @@ impl<M: Manager> Drop for WaiterGuard<M> {
 /// was taken gives that resource back.
 struct DeliveryGuard<M: Manager> {
     inner: Arc<Inner<M>>,
-    rx: Option<oneshot::Receiver<Result<Entry<M::Resource>, PoolError<M::Error>>>>,
+    rx: Option<oneshot::Receiver<Delivery<M>>>,
 }
 
 impl<M: Manager> DeliveryGuard<M> {
-    async fn recv(&mut self) -> Option<Result<Entry<M::Resource>, PoolError<M::Error>>> {
+    async fn recv(&mut self) -> Option<Delivery<M>> {
         let rx = self.rx.as_mut()?;
         let received = rx.await.ok();
         self.rx = None;

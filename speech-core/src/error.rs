@@ -348,7 +348,10 @@ mod tests {
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
         assert_eq!(SpeechError::transient("x").retry_after(), None);
         let e = SpeechError::connection_closed(None, "reset by peer");
-        assert_eq!(e.to_string(), "connection closed (no close frame): reset by peer");
+        assert_eq!(
+            e.to_string(),
+            "connection closed (no close frame): reset by peer"
+        );
         let e = SpeechError::connection_closed(Some(1000), "idle");
         assert_eq!(e.to_string(), "connection closed (code 1000): idle");
     }

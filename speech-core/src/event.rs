@@ -136,8 +136,14 @@ mod tests {
         assert_eq!(duration_to_ticks(Duration::from_secs(1)), TICKS_PER_SECOND);
         assert_eq!(duration_to_ticks(Duration::from_millis(300)), 3_000_000);
         assert_eq!(duration_to_ticks(Duration::MAX), u64::MAX);
-        assert_eq!(ticks_to_duration(12_345_678), Duration::from_nanos(1_234_567_800));
-        assert_eq!(ticks_to_duration(u64::MAX).as_secs(), u64::MAX / TICKS_PER_SECOND);
+        assert_eq!(
+            ticks_to_duration(12_345_678),
+            Duration::from_nanos(1_234_567_800)
+        );
+        assert_eq!(
+            ticks_to_duration(u64::MAX).as_secs(),
+            u64::MAX / TICKS_PER_SECOND
+        );
         assert_eq!(pcm16k_bytes_to_ticks(32_000), TICKS_PER_SECOND);
         assert_eq!(pcm16k_bytes_to_ticks(3_201), 1_000_000);
         assert_eq!(pcm16k_bytes_to_ticks(u64::MAX), u64::MAX);

@@ -236,15 +236,23 @@ impl AudioFormat {
             Self::Riff16Khz16BitMonoPcm => {
                 row("riff-16khz-16bit-mono-pcm", 16000, Pcm16, true, "audio/wav")
             }
-            Self::Riff22050Hz16BitMonoPcm => {
-                row("riff-22050hz-16bit-mono-pcm", 22050, Pcm16, true, "audio/wav")
-            }
+            Self::Riff22050Hz16BitMonoPcm => row(
+                "riff-22050hz-16bit-mono-pcm",
+                22050,
+                Pcm16,
+                true,
+                "audio/wav",
+            ),
             Self::Riff24Khz16BitMonoPcm => {
                 row("riff-24khz-16bit-mono-pcm", 24000, Pcm16, true, "audio/wav")
             }
-            Self::Riff44100Hz16BitMonoPcm => {
-                row("riff-44100hz-16bit-mono-pcm", 44100, Pcm16, true, "audio/wav")
-            }
+            Self::Riff44100Hz16BitMonoPcm => row(
+                "riff-44100hz-16bit-mono-pcm",
+                44100,
+                Pcm16,
+                true,
+                "audio/wav",
+            ),
             Self::Riff48Khz16BitMonoPcm => {
                 row("riff-48khz-16bit-mono-pcm", 48000, Pcm16, true, "audio/wav")
             }
@@ -685,7 +693,10 @@ mod tests {
         }
         assert_eq!(AudioFormat::Riff22050Hz16BitMonoPcm.sample_rate_hz(), 22050);
         assert_eq!(AudioFormat::Raw44100Hz16BitMonoPcm.sample_rate_hz(), 44100);
-        assert_eq!(AudioFormat::Audio48Khz192KBitRateMonoMp3.sample_rate_hz(), 48000);
+        assert_eq!(
+            AudioFormat::Audio48Khz192KBitRateMonoMp3.sample_rate_hz(),
+            48000
+        );
     }
 
     #[test]
@@ -750,7 +761,10 @@ mod tests {
         assert_eq!(Riff8Khz8BitMonoAlaw.bytes_per_second(), Some(8_000));
         assert_eq!(Audio24Khz48KBitRateMonoMp3.bytes_per_second(), None);
         assert_eq!(Ogg24Khz16BitMonoOpus.bytes_per_second(), None);
-        assert_eq!(Riff8Khz8BitMonoMulaw.wav_format_tag(), Some(WAV_FORMAT_MULAW));
+        assert_eq!(
+            Riff8Khz8BitMonoMulaw.wav_format_tag(),
+            Some(WAV_FORMAT_MULAW)
+        );
         assert_eq!(Webm24Khz16BitMonoOpus.wav_format_tag(), None);
     }
 

@@ -15,6 +15,8 @@
 //! This crate does no I/O and knows nothing of a particular backend; it changes rarely so
 //! that backends and the service can evolve independently.
 
+#![warn(missing_docs)]
+
 mod connection;
 mod error;
 mod event;
@@ -25,9 +27,9 @@ mod request;
 pub use connection::{Connection, Recognizer, Synthesizer};
 pub use error::{ErrorClass, SpeechError};
 pub use event::{
-    RECOGNITION_BYTES_PER_SECOND, RECOGNITION_SAMPLE_RATE_HZ, RecognitionEvent,
-    SynthesisEvent, SynthesisSummary, TICKS_PER_SECOND, duration_to_ticks,
-    pcm16k_bytes_to_ticks, phrase_status, ticks_to_duration,
+    RECOGNITION_BYTES_PER_SECOND, RECOGNITION_SAMPLE_RATE_HZ, RecognitionEvent, SynthesisEvent,
+    SynthesisSummary, TICKS_PER_SECOND, duration_to_ticks, pcm16k_bytes_to_ticks, phrase_status,
+    ticks_to_duration,
 };
 pub use format::{
     AudioFormat, UnknownAudioFormat, WAV_FORMAT_ALAW, WAV_FORMAT_MULAW, WAV_FORMAT_PCM,
@@ -35,9 +37,9 @@ pub use format::{
 };
 pub use manager::{RecognizerFactory, RecognizerManager, SynthesizerFactory, SynthesizerManager};
 pub use request::{
-    InvalidRequestId, MAX_LANGUAGE_TAG_LEN, MAX_SSML_BYTES, MAX_VOICE_NAME_LEN,
-    RecognitionFormat, RecognitionMode, RecognitionRequest, RequestId, SynthesisInput,
-    SynthesisRequest, build_ssml, escape_xml, validate_voice_name,
+    InvalidRequestId, MAX_LANGUAGE_TAG_LEN, MAX_SSML_BYTES, MAX_VOICE_NAME_LEN, RecognitionFormat,
+    RecognitionMode, RecognitionRequest, RequestId, SynthesisInput, SynthesisRequest, build_ssml,
+    escape_xml, validate_voice_name,
 };
 
 /// Re-exported so that backends name the same `async_trait` attribute the traits were

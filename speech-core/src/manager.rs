@@ -199,7 +199,9 @@ mod tests {
             events: mpsc::Sender<SynthesisEvent>,
         ) -> Result<SynthesisSummary, SpeechError> {
             request.validate()?;
-            events.send(SynthesisEvent::Audio(Bytes::from_static(b"ab"))).await?;
+            events
+                .send(SynthesisEvent::Audio(Bytes::from_static(b"ab")))
+                .await?;
             Ok(SynthesisSummary {
                 audio_bytes: 2,
                 chunks: 1,
@@ -265,11 +267,18 @@ mod tests {
         assert!(manager.is_ready(&conn));
         assert!(manager.reset(&mut conn).await.is_err());
         let (tx, mut rx) = mpsc::channel(4);
-        let req = SynthesisRequest::text("hi", "en-US-AvaNeural", crate::AudioFormat::Raw16Khz16BitMonoPcm);
+        let req = SynthesisRequest::text(
+            "hi",
+            "en-US-AvaNeural",
+            crate::AudioFormat::Raw16Khz16BitMonoPcm,
+        );
         let id = req.request_id.clone();
         let summary = conn.synthesize(req, tx).await.expect("synthesize");
         assert_eq!(summary.request_id, id);
-        assert_eq!(rx.recv().await, Some(SynthesisEvent::Audio(Bytes::from_static(b"ab"))));
+        assert_eq!(
+            rx.recv().await,
+            Some(SynthesisEvent::Audio(Bytes::from_static(b"ab")))
+        );
         manager.close(conn).await;
         assert_eq!(calls.warm.load(Ordering::SeqCst), 1);
         assert_eq!(calls.reset.load(Ordering::SeqCst), 1);

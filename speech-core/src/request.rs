@@ -210,8 +210,7 @@ impl SynthesisRequest {
     }
 }
 
-const SSML_PREFIX: &str =
-    "<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' xml:lang='en-US'><voice name='";
+const SSML_PREFIX: &str = "<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' xml:lang='en-US'><voice name='";
 const SSML_MIDDLE: &str = "'>";
 const SSML_SUFFIX: &str = "</voice></speak>";
 
@@ -304,7 +303,9 @@ pub fn validate_voice_name(voice: &str) -> Result<(), SpeechError> {
 }
 
 /// The `format` query parameter of the STT websocket: how much detail final phrases carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RecognitionFormat {
     /// `format=simple`: `DisplayText` only.
@@ -326,7 +327,9 @@ impl RecognitionFormat {
 
 /// The recognition mode, i.e. the STT websocket path
 /// `/speech/recognition/{mode}/cognitiveservices/v1`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RecognitionMode {
     /// Single utterance: the service ends the turn after the first phrase.
@@ -423,7 +426,10 @@ mod tests {
         assert_eq!(a.to_string(), a.as_str());
         assert_eq!(a.as_str().parse::<RequestId>().as_ref(), Ok(&a));
         let lower = "5d0c5e7c4f6a4c51a7a2f3e9b1c0d2e4";
-        assert_eq!(lower.parse::<RequestId>().map(|r| r.to_string()), Ok(lower.to_owned()));
+        assert_eq!(
+            lower.parse::<RequestId>().map(|r| r.to_string()),
+            Ok(lower.to_owned())
+        );
         assert!(
             "5d0c5e7c-4f6a-4c51-a7a2-f3e9b1c0d2e4"
                 .parse::<RequestId>()
@@ -457,9 +463,9 @@ mod tests {
     #[test]
     fn escapes_text_and_voice() {
         let ssml = build_ssml("Tom & Jerry <b>'hi'\" </voice>", "v'x");
-        assert!(ssml.contains(
-            ">Tom &amp; Jerry &lt;b&gt;&apos;hi&apos;&quot; &lt;/voice&gt;</voice>"
-        ));
+        assert!(
+            ssml.contains(">Tom &amp; Jerry &lt;b&gt;&apos;hi&apos;&quot; &lt;/voice&gt;</voice>")
+        );
         assert!(ssml.contains("name='v&apos;x'"));
         assert_eq!(ssml.matches("<voice").count(), 1);
         assert!(matches!(escape_xml("plain"), Cow::Borrowed("plain")));
@@ -481,9 +487,16 @@ mod tests {
 
     #[test]
     fn validation_accepts_good_requests() {
-        let r = SynthesisRequest::text("Hi there.", "en-US-Ava:DragonHDLatestNeural", AudioFormat::Riff24Khz16BitMonoPcm);
+        let r = SynthesisRequest::text(
+            "Hi there.",
+            "en-US-Ava:DragonHDLatestNeural",
+            AudioFormat::Riff24Khz16BitMonoPcm,
+        );
         assert_eq!(r.validate(), Ok(()));
-        let r = SynthesisRequest::ssml("<speak version='1.0'>x</speak>", AudioFormat::Riff24Khz16BitMonoPcm);
+        let r = SynthesisRequest::ssml(
+            "<speak version='1.0'>x</speak>",
+            AudioFormat::Riff24Khz16BitMonoPcm,
+        );
         assert_eq!(r.validate(), Ok(()));
     }
 
@@ -524,7 +537,10 @@ mod tests {
         big.push_str(&"a".repeat(MAX_SSML_BYTES));
         big.push_str("</speak>");
         let r = SynthesisRequest::ssml(big, f);
-        assert_eq!(r.validate().map_err(|e| e.class()), Err(ErrorClass::BadRequest));
+        assert_eq!(
+            r.validate().map_err(|e| e.class()),
+            Err(ErrorClass::BadRequest)
+        );
     }
 
     #[test]
@@ -538,10 +554,16 @@ mod tests {
         assert_eq!(RecognitionFormat::Detailed.as_str(), "detailed");
         for badlang in ["", "e", "en US", "-en", "en-", "en&x=1", &"a".repeat(36)] {
             let r = RecognitionRequest::new(badlang);
-            assert_eq!(r.validate().map_err(|e| e.class()), Err(ErrorClass::BadRequest), "{badlang}");
+            assert_eq!(
+                r.validate().map_err(|e| e.class()),
+                Err(ErrorClass::BadRequest),
+                "{badlang}"
+            );
         }
         assert_eq!(
-            serde_json::to_string(&RecognitionMode::Conversation).ok().as_deref(),
+            serde_json::to_string(&RecognitionMode::Conversation)
+                .ok()
+                .as_deref(),
             Some("\"conversation\"")
         );
     }

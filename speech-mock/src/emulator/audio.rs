@@ -209,7 +209,9 @@ impl Mp3Frame {
         let mpeg1 = format.sample_rate >= 32000;
         let (table, version_byte, sr_index, coeff): (&[u32], u8, u8, u64) = if mpeg1 {
             (
-                &[0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320],
+                &[
+                    0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+                ],
                 0xfb,
                 match format.sample_rate {
                     44100 => 0,
@@ -233,7 +235,12 @@ impl Mp3Frame {
         let bitrate_index = table.iter().position(|&b| b == kbps).unwrap_or(1) as u8;
         let size = coeff * u64::from(kbps) * 1000 / u64::from(format.sample_rate.max(1));
         Self {
-            header: [0xff, version_byte, (bitrate_index << 4) | (sr_index << 2), 0xc4],
+            header: [
+                0xff,
+                version_byte,
+                (bitrate_index << 4) | (sr_index << 2),
+                0xc4,
+            ],
             size: size.max(4),
         }
     }

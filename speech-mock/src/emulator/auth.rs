@@ -145,7 +145,8 @@ pub fn token_exp(token: &str) -> Option<u64> {
 
 fn verify_token(token: &str, now: SystemTime) -> Result<String, AuthError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthError::BadToken);
     };
@@ -206,7 +207,10 @@ mod tests {
         let t = issue_token("k", now, Duration::from_secs(600));
         assert_eq!(t.split('.').count(), 3);
         let exp = token_exp(&t).expect("exp");
-        let iat = now.duration_since(UNIX_EPOCH).expect("after epoch").as_secs();
+        let iat = now
+            .duration_since(UNIX_EPOCH)
+            .expect("after epoch")
+            .as_secs();
         assert_eq!(exp, iat + 600);
         assert!(verify_token(&t, now).is_ok());
         assert_eq!(

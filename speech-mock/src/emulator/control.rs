@@ -64,7 +64,9 @@ fn bad(msg: &str) -> Response<Body> {
     h::error(StatusCode::BAD_REQUEST, msg, None)
 }
 
-async fn body<T: for<'de> Deserialize<'de> + Default>(req: &mut Request<Incoming>) -> Result<T, Response<Body>> {
+async fn body<T: for<'de> Deserialize<'de> + Default>(
+    req: &mut Request<Incoming>,
+) -> Result<T, Response<Body>> {
     let bytes = h::read_body(req.body_mut(), MAX_CONTROL_BODY)
         .await
         .map_err(|_| bad("body too large or unreadable"))?;
@@ -76,11 +78,18 @@ async fn body<T: for<'de> Deserialize<'de> + Default>(req: &mut Request<Incoming
 
 fn plan(run: &Run) -> Response<Body> {
     let rules = lock(&run.shared.faults).rules.clone();
-    h::json(StatusCode::OK, &serde_json::to_value(rules).unwrap_or_default())
+    h::json(
+        StatusCode::OK,
+        &serde_json::to_value(rules).unwrap_or_default(),
+    )
 }
 
 /// Serves `/_emulator{rest}`.
-pub(crate) async fn handle(run: &Arc<Run>, rest: &str, mut req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(
+    run: &Arc<Run>,
+    rest: &str,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let method = req.method().clone();
     match (method, rest) {
         (Method::GET, "") => h::json(
@@ -144,7 +153,10 @@ pub(crate) async fn handle(run: &Arc<Run>, rest: &str, mut req: Request<Incoming
             Err(r) => r,
         },
         (Method::PUT | Method::POST, "/transcript") => {
-            match h::read_body(req.body_mut(), MAX_CONTROL_BODY).await.map(String::from_utf8) {
+            match h::read_body(req.body_mut(), MAX_CONTROL_BODY)
+                .await
+                .map(String::from_utf8)
+            {
                 Ok(Ok(t)) => {
                     *lock(&run.shared.transcript) = t.trim().to_owned();
                     h::text(StatusCode::OK, "ok")

@@ -366,7 +366,8 @@ impl FromStr for FaultRule {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if s.starts_with('{') {
-            return serde_json::from_str(s).map_err(|e| FaultParseError(format!("bad fault JSON: {e}")));
+            return serde_json::from_str(s)
+                .map_err(|e| FaultParseError(format!("bad fault JSON: {e}")));
         }
         let err = |m: String| FaultParseError(m);
         let mut parts = s.split(',');
@@ -379,7 +380,10 @@ impl FromStr for FaultRule {
         let mut opts: Vec<(String, String)> = Vec::new();
         for p in parts {
             let (k, v) = p.split_once('=').unwrap_or((p, "true"));
-            opts.push((k.trim().replace('_', "-").to_ascii_lowercase(), v.trim().to_owned()));
+            opts.push((
+                k.trim().replace('_', "-").to_ascii_lowercase(),
+                v.trim().to_owned(),
+            ));
         }
         let opt = |k: &str| opts.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let num = |v: Option<&str>, what: &str| -> Result<u64, FaultParseError> {
@@ -390,8 +394,10 @@ impl FromStr for FaultRule {
         let opt_num = |k: &str| -> Result<Option<u64>, FaultParseError> {
             opt(k).map(|v| num(Some(v), k)).transpose()
         };
-        let to_u16 = |n: u64| u16::try_from(n).map_err(|_| err(format!("{name}: {n} is too large")));
-        let to_u32 = |n: u64| u32::try_from(n).map_err(|_| err(format!("{name}: {n} is too large")));
+        let to_u16 =
+            |n: u64| u16::try_from(n).map_err(|_| err(format!("{name}: {n} is too large")));
+        let to_u32 =
+            |n: u64| u32::try_from(n).map_err(|_| err(format!("{name}: {n} is too large")));
         let retry_after = opt_num("retry-after")?.map(to_u32).transpose()?;
         let at = match (opt("at"), opt_num("frames")?) {
             (_, Some(k)) => Some(TurnPoint::AfterFrames(to_u32(k)?)),
@@ -438,7 +444,12 @@ impl FromStr for FaultRule {
                 rst: opt("rst").is_some_and(|v| v != "false"),
             },
             "stall" => Fault::Stall {
-                after_frames: value.map(|v| num(Some(v), "frames")).transpose()?.map(to_u32).transpose()?.unwrap_or(0),
+                after_frames: value
+                    .map(|v| num(Some(v), "frames"))
+                    .transpose()?
+                    .map(to_u32)
+                    .transpose()?
+                    .unwrap_or(0),
             },
             "turn-start-delay" => Fault::TurnStartDelay {
                 ms: num(value, "milliseconds")?,
@@ -498,7 +509,14 @@ mod tests {
         );
         assert_eq!((r.times, r.target), (Some(3), Target::TtsWs));
         let r: FaultRule = "close=4429".parse().expect("valid");
-        assert!(matches!(r.fault, Fault::Close { code: 4429, at: TurnPoint::AfterTurnStart, .. }));
+        assert!(matches!(
+            r.fault,
+            Fault::Close {
+                code: 4429,
+                at: TurnPoint::AfterTurnStart,
+                ..
+            }
+        ));
         let r: FaultRule = "drop,frames=3,rst".parse().expect("valid");
         assert_eq!(
             r.fault,
@@ -508,11 +526,19 @@ mod tests {
             }
         );
         let r: FaultRule = "drop-between-turns".parse().expect("valid");
-        assert!(matches!(r.fault, Fault::Disconnect { at: TurnPoint::AfterTurnEnd, .. }));
+        assert!(matches!(
+            r.fault,
+            Fault::Disconnect {
+                at: TurnPoint::AfterTurnEnd,
+                ..
+            }
+        ));
         assert!("nonsense".parse::<FaultRule>().is_err());
         assert!("handshake".parse::<FaultRule>().is_err());
         assert!("close=99999".parse::<FaultRule>().is_err());
-        let j: FaultRule = r#"{"kind":"stall","after_frames":2,"times":1}"#.parse().expect("json");
+        let j: FaultRule = r#"{"kind":"stall","after_frames":2,"times":1}"#
+            .parse()
+            .expect("json");
         assert_eq!(j.fault, Fault::Stall { after_frames: 2 });
         let back: FaultRule = j.to_string().parse().expect("roundtrip");
         assert_eq!(back, j);
@@ -536,8 +562,15 @@ mod tests {
         assert_eq!(plan.take(hs, Some(Endpoint::SttWs), None).len(), 1);
         assert!(plan.rules.is_empty());
         plan.add(FaultRule::new(Fault::Quirks).for_key("a"));
-        assert!(plan.take(Phase::Turn, Some(Endpoint::TtsWs), Some("b")).is_empty());
-        assert_eq!(plan.take(Phase::Turn, Some(Endpoint::TtsWs), Some("a")).len(), 1);
+        assert!(
+            plan.take(Phase::Turn, Some(Endpoint::TtsWs), Some("b"))
+                .is_empty()
+        );
+        assert_eq!(
+            plan.take(Phase::Turn, Some(Endpoint::TtsWs), Some("a"))
+                .len(),
+            1
+        );
         assert_eq!(plan.rules.len(), 1, "persistent rules stay");
     }
 }

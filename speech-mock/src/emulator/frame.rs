@@ -256,9 +256,6 @@ mod tests {
             parse_binary(&[0, 9, b'a']),
             Err(FrameError::HeaderPastEnd { .. })
         ));
-        assert_eq!(
-            parse_binary(&[0, 1, 0xff]),
-            Err(FrameError::HeadersNotUtf8)
-        );
+        assert_eq!(parse_binary(&[0, 1, 0xff]), Err(FrameError::HeadersNotUtf8));
     }
 }

@@ -46,7 +46,11 @@ impl HttpBody for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         match this {
-            Self::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            Self::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
             Self::Audio {
                 audio,
                 offset,
@@ -80,12 +84,20 @@ impl HttpBody for Body {
 
 /// A plain-text response.
 pub fn text(status: StatusCode, body: &str) -> Response<Body> {
-    with_type(status, "text/plain; charset=utf-8", body.to_owned().into_bytes())
+    with_type(
+        status,
+        "text/plain; charset=utf-8",
+        body.to_owned().into_bytes(),
+    )
 }
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    with_type(status, "application/json; charset=utf-8", value.to_string().into_bytes())
+    with_type(
+        status,
+        "application/json; charset=utf-8",
+        value.to_string().into_bytes(),
+    )
 }
 
 /// A response with a content type and a body.

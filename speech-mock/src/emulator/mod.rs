@@ -50,7 +50,9 @@ mod ws;
 
 pub use config::EmulatorConfig;
 pub use counters::Counters;
-pub use faults::{Endpoint, Fault, FaultParseError, FaultPlan, FaultRule, Phase, Target, TurnPoint};
+pub use faults::{
+    Endpoint, Fault, FaultParseError, FaultPlan, FaultRule, Phase, Target, TurnPoint,
+};
 pub use server::{Emulator, EmulatorError, EmulatorHandle};
 pub use tls::TlsIdentity;
 

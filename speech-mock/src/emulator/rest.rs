@@ -75,7 +75,11 @@ pub(crate) async fn issue_token(run: &Arc<Run>, req: Request<Incoming>) -> Respo
     let shared = &run.shared;
     let token = auth::issue_token(&key, SystemTime::now(), shared.config.token_lifetime);
     shared.counters.inc(&shared.counters.tokens_issued);
-    h::with_type(StatusCode::OK, "text/plain; charset=utf-8", token.into_bytes())
+    h::with_type(
+        StatusCode::OK,
+        "text/plain; charset=utf-8",
+        token.into_bytes(),
+    )
 }
 
 /// `POST /cognitiveservices/v1` (and `/tts/…`): SSML in, streamed audio out.
@@ -236,10 +240,17 @@ pub(crate) async fn stt_short(run: &Arc<Run>, mut req: Request<Incoming>) -> Res
     {
         return h::error(StatusCode::BAD_REQUEST, "missing language parameter", None);
     }
-    let detailed = h::query_get(&query, "format").is_some_and(|f| f.eq_ignore_ascii_case("detailed"));
+    let detailed =
+        h::query_get(&query, "format").is_some_and(|f| f.eq_ignore_ascii_case("detailed"));
     let body = match h::read_body(req.body_mut(), MAX_SHORT_AUDIO).await {
         Ok(b) => b,
-        Err(_) => return h::error(StatusCode::BAD_REQUEST, "audio too long or unreadable", None),
+        Err(_) => {
+            return h::error(
+                StatusCode::BAD_REQUEST,
+                "audio too long or unreadable",
+                None,
+            );
+        }
     };
     let (fmt, data_at) = match stt::parse_riff(&body) {
         Ok(x) => x,

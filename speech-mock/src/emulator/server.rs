@@ -151,7 +151,8 @@ impl Run {
 
 async fn start_run(shared: Arc<Shared>) -> Result<EmulatorHandle, EmulatorError> {
     let bind = shared.config.bind;
-    let listener = bind_listener(bind).map_err(|source| EmulatorError::Bind { addr: bind, source })?;
+    let listener =
+        bind_listener(bind).map_err(|source| EmulatorError::Bind { addr: bind, source })?;
     let addr = listener
         .local_addr()
         .map_err(|source| EmulatorError::Bind { addr: bind, source })?;

@@ -239,7 +239,13 @@ impl Reader<'_> {
         }
     }
 
-    fn on_element(&self, name: &str, attrs: &[(String, String)], out: &mut Ssml, text: &mut String) {
+    fn on_element(
+        &self,
+        name: &str,
+        attrs: &[(String, String)],
+        out: &mut Ssml,
+        text: &mut String,
+    ) {
         let attr = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         match local(name) {
             "bookmark" => {
@@ -275,7 +281,9 @@ impl Reader<'_> {
                 "quot" => Some('"'),
                 "apos" => Some('\''),
                 _ if ent.starts_with("#x") || ent.starts_with("#X") => {
-                    u32::from_str_radix(&ent[2..], 16).ok().and_then(char::from_u32)
+                    u32::from_str_radix(&ent[2..], 16)
+                        .ok()
+                        .and_then(char::from_u32)
                 }
                 _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
                 _ => None,

@@ -18,7 +18,7 @@ use super::frame::{BinaryMessage, HeaderStyle, TextMessage};
 use super::http as h;
 use super::server::Run;
 use super::turn::TurnFaults;
-use super::ws::{Out, Outbox, Protocol, SessionParams, SttMode, Stop, new_id, service_text};
+use super::ws::{Out, Outbox, Protocol, SessionParams, Stop, SttMode, new_id, service_text};
 
 const REMEMBERED_IDS: usize = 256;
 
@@ -71,7 +71,8 @@ pub(crate) fn parse_riff(data: &[u8]) -> Result<(AudioFmt, usize), &'static str>
                 return Err("Invalid audio header: short fmt chunk");
             }
             let u16_at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
-            let u32_at = |i: usize| u32::from_le_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+            let u32_at =
+                |i: usize| u32::from_le_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
             let (tag, channels, rate, bits) = (u16_at(0), u16_at(2), u32_at(4), u16_at(14));
             if tag != 1 {
                 return Err("Unsupported audio format: only PCM is accepted");
@@ -187,7 +188,10 @@ impl SttTurn {
 
     fn hypothesis_text(&self) -> String {
         let words = lexical_words(&self.transcript);
-        let n = usize::try_from(self.hyps).unwrap_or(usize::MAX).min(words.len()).max(1);
+        let n = usize::try_from(self.hyps)
+            .unwrap_or(usize::MAX)
+            .min(words.len())
+            .max(1);
         words.iter().take(n).cloned().collect::<Vec<_>>().join(" ")
     }
 
@@ -203,7 +207,9 @@ impl SttTurn {
     }
 
     fn end_turn(&mut self, out: &mut Outbox) {
-        out.push(Out::TurnEnd(service_text(&self.rid, "turn.end", "{}", self.style)));
+        out.push(Out::TurnEnd(service_text(
+            &self.rid, "turn.end", "{}", self.style,
+        )));
         if let Some(action) = self.faults.action_at(TurnPoint::AfterTurnEnd) {
             out.push(action);
         }
@@ -359,12 +365,21 @@ impl SttSession {
         (detailed, words)
     }
 
-    fn start_turn(&mut self, out: &mut Outbox, msg: &BinaryMessage, rid: String) -> Result<(), Stop> {
+    fn start_turn(
+        &mut self,
+        out: &mut Outbox,
+        msg: &BinaryMessage,
+        rid: String,
+    ) -> Result<(), Stop> {
         if !self.config_seen {
             self.violation("speech.config must precede the first audio")?;
         }
         let payload = &msg.payload;
-        let content_type = msg.headers.get("Content-Type").unwrap_or_default().to_ascii_lowercase();
+        let content_type = msg
+            .headers
+            .get("Content-Type")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let (fmt, data_at) = if payload.starts_with(b"RIFF") {
             parse_riff(payload).map_err(|e| Stop::Close(1007, e.to_owned()))?
         } else if payload.starts_with(b"OggS") || content_type.contains("ogg") {
@@ -379,7 +394,8 @@ impl SttSession {
         } else {
             return Err(Stop::Close(
                 1007,
-                "Invalid audio header: the first audio message must carry a RIFF/WAVE header".into(),
+                "Invalid audio header: the first audio message must carry a RIFF/WAVE header"
+                    .into(),
             ));
         };
         let shared = Arc::clone(&self.run.shared);
@@ -417,9 +433,15 @@ impl SttSession {
         };
         let at = Instant::now() + cfg.rtt + turn.faults.turn_start_delay;
         let tag = new_id().to_ascii_lowercase();
-        out.push_at(at, turn.msg("turn.start", &json!({"context": {"serviceTag": tag}})));
+        out.push_at(
+            at,
+            turn.msg("turn.start", &json!({"context": {"serviceTag": tag}})),
+        );
         if turn.faults.quirks {
-            out.push(turn.msg("emulator.unknown", &json!({"note": "clients must ignore unknown paths"})));
+            out.push(turn.msg(
+                "emulator.unknown",
+                &json!({"note": "clients must ignore unknown paths"}),
+            ));
         }
         if let Some(status) = turn.faults.phrase_error.clone() {
             let body = json!({"RecognitionStatus": status, "Offset": 0, "Duration": 0});

@@ -162,7 +162,10 @@ impl TtsTurn {
                 let body = json!({"context": {"serviceTag": self.service_tag}}).to_string();
                 out.push_at(at, self.text("turn.start", &body));
                 if self.faults.quirks {
-                    out.push(self.text("emulator.unknown", r#"{"note":"clients must ignore unknown paths"}"#));
+                    out.push(self.text(
+                        "emulator.unknown",
+                        r#"{"note":"clients must ignore unknown paths"}"#,
+                    ));
                 }
                 if let Some(action) = self.faults.action_at(TurnPoint::AfterTurnStart) {
                     out.push(action);
@@ -218,7 +221,8 @@ impl TtsTurn {
                 }
                 if self.opts.session_end {
                     let ticks = self.audio.ms_at_byte(self.sent) * TICKS_PER_MS;
-                    let body = json!({"Metadata": [{"Type": "SessionEnd", "Data": {"Offset": ticks}}]});
+                    let body =
+                        json!({"Metadata": [{"Type": "SessionEnd", "Data": {"Offset": ticks}}]});
                     out.push(self.text("audio.metadata", &body.to_string()));
                 }
                 out.push(self.audio_frame(&[], false));
@@ -245,7 +249,8 @@ impl TtsTurn {
 fn metadata(doc: &Ssml, opts: &TtsOptions, _rid: &str) -> Vec<(u64, String)> {
     let chars: Vec<char> = doc.text.chars().collect();
     let ticks_per_char = MS_PER_CHAR * TICKS_PER_MS;
-    let item = |kind: &str, data: Value| json!({"Metadata": [{"Type": kind, "Data": data}]}).to_string();
+    let item =
+        |kind: &str, data: Value| json!({"Metadata": [{"Type": kind, "Data": data}]}).to_string();
     let boundary = |start: usize, len: usize, kind: &str, boundary: &str| {
         let text: String = chars[start..start + len].iter().collect();
         item(
@@ -284,20 +289,25 @@ fn metadata(doc: &Ssml, opts: &TtsOptions, _rid: &str) -> Vec<(u64, String)> {
             let start = i;
             while i < chars.len()
                 && (chars[i].is_alphanumeric()
-                    || (chars[i] == '\''
-                        && chars.get(i + 1).is_some_and(|n| n.is_alphanumeric())))
+                    || (chars[i] == '\'' && chars.get(i + 1).is_some_and(|n| n.is_alphanumeric())))
             {
                 i += 1;
             }
             let offset = Timeline::char_offset_ticks(start);
             if opts.word {
-                items.push((offset, boundary(start, i - start, "WordBoundary", "WordBoundary")));
+                items.push((
+                    offset,
+                    boundary(start, i - start, "WordBoundary", "WordBoundary"),
+                ));
             }
             if opts.viseme {
                 let id = (u32::from(c.to_ascii_lowercase()) + word_index) % 22;
                 items.push((
                     offset,
-                    item("Viseme", json!({"Offset": offset, "VisemeId": id, "IsLastAnimation": false})),
+                    item(
+                        "Viseme",
+                        json!({"Offset": offset, "VisemeId": id, "IsLastAnimation": false}),
+                    ),
                 ));
             }
             word_index += 1;
@@ -314,7 +324,10 @@ fn metadata(doc: &Ssml, opts: &TtsOptions, _rid: &str) -> Vec<(u64, String)> {
     if opts.bookmark {
         for (mark, at) in &doc.bookmarks {
             let offset = Timeline::char_offset_ticks(*at);
-            items.push((offset, item("Bookmark", json!({"Offset": offset, "Bookmark": mark}))));
+            items.push((
+                offset,
+                item("Bookmark", json!({"Offset": offset, "Bookmark": mark})),
+            ));
         }
     }
     // Stable: at equal offsets sentences come before words, as the service orders them.
@@ -376,15 +389,18 @@ impl TtsSession {
             }
         };
         if self.finished.iter().any(|f| f.eq_ignore_ascii_case(&rid))
-            || self.queue.iter().any(|t| t.request_id.eq_ignore_ascii_case(&rid))
+            || self
+                .queue
+                .iter()
+                .any(|t| t.request_id.eq_ignore_ascii_case(&rid))
         {
             self.violation("X-RequestId reused")?;
         }
         if self.current.is_some() || !self.queue.is_empty() {
             self.violation("a turn is already in progress")?;
         }
-        let doc = ssml::parse(&msg.body)
-            .map_err(|e| Stop::Close(1007, format!("Invalid SSML: {e}")))?;
+        let doc =
+            ssml::parse(&msg.body).map_err(|e| Stop::Close(1007, format!("Invalid SSML: {e}")))?;
         let opts = match &self.context {
             Some((Some(crid), o)) if crid.eq_ignore_ascii_case(&rid) => *o,
             Some((None, o)) => *o,
@@ -432,7 +448,10 @@ impl Protocol for TtsSession {
                 let v: Value = serde_json::from_str(&msg.body)
                     .map_err(|_| Stop::Close(1007, "synthesis.context is not JSON".into()))?;
                 let opts = match v.pointer("/synthesis/audio") {
-                    Some(audio) => self.defaults.apply(audio).map_err(|e| Stop::Close(1007, e))?,
+                    Some(audio) => self
+                        .defaults
+                        .apply(audio)
+                        .map_err(|e| Stop::Close(1007, e))?,
                     None => self.defaults,
                 };
                 let rid = msg.headers.request_id().map(str::to_owned);

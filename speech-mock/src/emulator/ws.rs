@@ -82,17 +82,20 @@ pub(crate) async fn upgrade(
     mode: Option<SttMode>,
 ) -> Response<Body> {
     let shared = Arc::clone(&run.shared);
+    tracing::trace!(uri = %req.uri(), headers = ?req.headers(), "websocket upgrade request");
     let reject = |resp: Response<Body>| {
         shared.counters.inc(&shared.counters.handshakes_rejected);
         resp
     };
     let ws_key = h::header(&req, "sec-websocket-key").map(str::to_owned);
     let version_ok = h::header(&req, "sec-websocket-version").is_some_and(|v| v.trim() == "13");
-    let connection_ok = h::header(&req, "connection")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
-    let Some(ws_key) = ws_key.filter(|_| h::is_upgrade(&req) && version_ok && connection_ok)
-    else {
-        return reject(h::text(StatusCode::BAD_REQUEST, "websocket upgrade required"));
+    let connection_ok =
+        h::header(&req, "connection").is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    let Some(ws_key) = ws_key.filter(|_| h::is_upgrade(&req) && version_ok && connection_ok) else {
+        return reject(h::text(
+            StatusCode::BAD_REQUEST,
+            "websocket upgrade required",
+        ));
     };
 
     let query = h::query_pairs(req.uri().query());
@@ -143,7 +146,11 @@ pub(crate) async fn upgrade(
         .unwrap_or_default()
         .to_owned();
     if shared.config.strict && connection_id.is_empty() {
-        return reject(h::error(StatusCode::BAD_REQUEST, "missing X-ConnectionId", None));
+        return reject(h::error(
+            StatusCode::BAD_REQUEST,
+            "missing X-ConnectionId",
+            None,
+        ));
     }
     if let Some(mode) = mode {
         let language = h::query_get(&query, "language").unwrap_or_default();
@@ -182,7 +189,9 @@ pub(crate) async fn upgrade(
             shared.config.max_connection_age.min(Duration::from_secs(s))
         });
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let id = run.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = run
+        .next_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (tx, cmds) = mpsc::channel(4);
     lock(&run.sessions).insert(id, (endpoint, tx));
     let registration = Registration {
@@ -192,10 +201,13 @@ pub(crate) async fn upgrade(
     shared.counters.inc(&shared.counters.connections_opened);
     let gauges = (
         GaugeGuard::new(Arc::clone(&shared), |c| &c.connections_open),
-        GaugeGuard::new(Arc::clone(&shared), match endpoint {
-            Endpoint::SttWs => |c| &c.stt_connections_open,
-            _ => |c| &c.tts_connections_open,
-        }),
+        GaugeGuard::new(
+            Arc::clone(&shared),
+            match endpoint {
+                Endpoint::SttWs => |c| &c.stt_connections_open,
+                _ => |c| &c.tts_connections_open,
+            },
+        ),
     );
     let params = SessionParams {
         query,
@@ -206,7 +218,9 @@ pub(crate) async fn upgrade(
     let run2 = Arc::clone(&run);
     let rst = Arc::clone(&info.rst_on_drop);
     run.tracker.spawn(async move {
-        let _held = (registration, gauges, slot);
+        // Released in this order: the key slot first, the gauges last, so a test that sees
+        // `connections_open` drop can immediately use the freed slot.
+        let _held = (slot, registration, gauges);
         tracing::debug!(id, ?endpoint, connection_id = %params.connection_id, "websocket accepted");
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -218,8 +232,9 @@ pub(crate) async fn upgrade(
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-            .await;
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         let driver = Driver {
             opened: Instant::now(),
             max_age,
@@ -422,7 +437,12 @@ impl Driver {
         let mut last_message = Instant::now();
         let mut cmds_open = true;
         let stop = loop {
-            if self.outbox.is_empty() && proto.wants_refill() {
+            // A refill may only advance the protocol's state without queueing anything
+            // (e.g. audio finished → tail); a few rounds always produce a message.
+            for _ in 0..8 {
+                if !self.outbox.is_empty() || !proto.wants_refill() {
+                    break;
+                }
                 proto.refill(&mut self.outbox);
             }
             let next_at = self.outbox.next_at();
@@ -450,12 +470,17 @@ impl Driver {
                     None | Some(Err(_)) => Err(Stop::Gone),
                     Some(Ok(Message::Text(t))) => {
                         last_message = Instant::now();
-                        proto.on_text(&mut self.outbox, frame::parse_text(t.as_str()))
+                        let msg = frame::parse_text(t.as_str());
+                        tracing::trace!(headers = ?msg.headers, body = %msg.body, "text message");
+                        proto.on_text(&mut self.outbox, msg)
                     }
                     Some(Ok(Message::Binary(b))) => {
                         last_message = Instant::now();
                         match frame::parse_binary(&b) {
-                            Ok(m) => proto.on_binary(&mut self.outbox, m),
+                            Ok(m) => {
+                                tracing::trace!(headers = ?m.headers, len = m.payload.len(), "binary message");
+                                proto.on_binary(&mut self.outbox, m)
+                            }
                             Err(e) => Err(Stop::Close(1007, format!("Invalid binary message: {e}"))),
                         }
                     }
@@ -472,7 +497,14 @@ impl Driver {
     }
 
     async fn send_next<P: Protocol>(&mut self, proto: &mut P) -> Result<(), Stop> {
-        let msg = match self.outbox.pop() {
+        let item = self.outbox.pop();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            match &item {
+                Some(Out::Binary(b)) => tracing::trace!(len = b.len(), "sending binary"),
+                other => tracing::trace!(item = ?other, "sending"),
+            }
+        }
+        let msg = match item {
             None => return Ok(()),
             Some(Out::Close(code, reason)) => return Err(Stop::Close(code, reason)),
             Some(Out::Disconnect { rst }) => return Err(Stop::Disconnect { rst }),
@@ -530,7 +562,10 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// A fresh 32-hex uppercase id, as the service writes stream ids.
 pub(crate) fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string().to_ascii_uppercase()
+    uuid::Uuid::new_v4()
+        .simple()
+        .to_string()
+        .to_ascii_uppercase()
 }
 
 /// Standard headers of a service text message: `X-RequestId`, `Content-Type`, `Path`, in
