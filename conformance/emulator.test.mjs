@@ -253,7 +253,10 @@ test("TTS: the SDK reconnects after a server close, and recovers from an injecte
     const opened = (await counters()).connections_opened;
     // The service closes the warm socket (idle / max age): the next request reconnects.
     assert.equal((await (await post("close", { target: "tts_ws", code: 1000, reason: "Idle timeout" })).json()).affected, 1);
-    await new Promise((r) => setTimeout(r, 100));
+    // Wait until the close handshake is done (the SDK has seen the close).
+    for (let i = 0; i < 100 && (await counters()).tts_connections_open > 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
     const again = await speak("after the close");
     assert.equal(again.reason, ok, again.errorDetails);
     assert.equal(again.audioData.byteLength, 32 * expectedMs("after the close"));

@@ -99,7 +99,7 @@ async fn handshake_status_faults_then_recovery() {
         ),
         (8, 7, 8)
     );
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -149,7 +149,7 @@ async fn fault_scoping_skip_times_target_and_key() {
             .status(),
         403
     );
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -199,7 +199,7 @@ async fn rest_status_faults() {
         .expect("r");
     assert_eq!(token.status(), 503);
     drop(http);
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -261,7 +261,7 @@ async fn close_faults_at_each_point_of_a_turn() {
     assert_eq!(msgs.last().and_then(Got::path), Some("turn.end"));
     c.close().await;
     settle(&emu).await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -324,7 +324,7 @@ async fn drops_mid_stream_and_between_turns() {
     let (_, end) = c.until_end().await;
     assert!(matches!(end, Got::Dropped(_)), "{end:?}");
     settle(&emu).await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -364,7 +364,7 @@ async fn stalls_never_send_turn_end() {
     assert_eq!(c.recv().await.path(), Some("turn.start"));
     assert!(c.recv_within(Duration::from_millis(300)).await.is_none());
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -420,7 +420,7 @@ async fn slowness_faults_are_at_least_as_slow_as_asked() {
     assert_eq!(r.status(), 200);
     assert!(t.elapsed() >= d);
     drop(http);
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -439,7 +439,7 @@ async fn simulated_rtt_costs_round_trips_on_cold_paths() {
     );
     c.until_turn_end().await;
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -478,7 +478,7 @@ async fn stt_in_band_phrase_errors_and_quirks() {
     assert_eq!(empties, 2);
     c.close().await;
     t.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -570,7 +570,7 @@ async fn control_api_and_handle_commands() {
     c.close().await;
     drop(http);
     settle(&emu).await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -587,5 +587,5 @@ async fn per_key_connection_limit() {
         .expect("one closed");
     connect(&emu, TTS_PATH).await.close().await;
     b.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }

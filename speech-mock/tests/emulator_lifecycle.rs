@@ -33,7 +33,7 @@ async fn idle_connections_are_closed_with_1000() {
         }
     }
     settle(&emu).await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -53,14 +53,14 @@ async fn max_connection_age_from_config_and_query() {
         }
         other => panic!("expected an age close, got {other:?}"),
     }
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 
     // The query parameter lowers the configured 600 s.
     let emu = start_plain().await;
     let mut c = connect(&emu, &format!("{TTS_PATH}?maxConnectionDurationSecs=1")).await;
     assert_eq!(c.recv().await.close_code(), Some(1000));
     settle(&emu).await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -104,7 +104,7 @@ async fn counters_track_open_connections_back_to_zero() {
         ),
         (0, 0, 4, 4)
     );
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -135,7 +135,7 @@ async fn shutdown_closes_everything_and_restart_reuses_port_and_certificate() {
 
     // Shutdown: nothing listens afterwards.
     let mut c = connect(&emu, TTS_PATH).await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
     assert!(matches!(
         c.recv().await,
         Got::Close(Some((1001, _))) | Got::Dropped(_)
@@ -167,8 +167,13 @@ static PANICS: AtomicUsize = AtomicUsize::new(0);
 #[tokio::test]
 async fn garbage_from_clients_never_panics_the_emulator() {
     let default_hook = std::panic::take_hook();
+    // The emulator's tasks run on this test's (current-thread) runtime, so their panics
+    // happen on this test's thread; panics of other tests are not counted.
+    let me = std::thread::current().name().map(str::to_owned);
     std::panic::set_hook(Box::new(move |info| {
-        PANICS.fetch_add(1, Ordering::SeqCst);
+        if std::thread::current().name().map(str::to_owned) == me {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+        }
         default_hook(info);
     }));
     let emu = start_plain().await;
@@ -271,7 +276,7 @@ async fn garbage_from_clients_never_panics_the_emulator() {
     assert_eq!(emu.disconnect_all(Target::Any, false), 0);
     settle(&emu).await;
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "no task panicked");
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[test]
@@ -323,9 +328,10 @@ fn binary_help_and_run_until_sigterm() {
         .spawn()
         .expect("spawn");
     let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("first line");
+    // Keep the pipe open for the child's lifetime (the emulator ignores a closed stdout, but
+    // this test is about the signal, not that).
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    stdout.read_line(&mut first).expect("first line");
     assert!(
         first.starts_with("speech-emulator listening on https://127.0.0.1:"),
         "{first}"

@@ -82,7 +82,7 @@ async fn token_endpoint_issues_jwt_shaped_tokens_accepted_everywhere() {
     drop(http);
     settle(&emu).await;
     assert_eq!(emu.counters().tokens_issued, 1);
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 fn urlencode(s: &str) -> String {
@@ -131,7 +131,7 @@ async fn expired_tokens_are_refused_at_handshake_and_on_rest() {
         .await
         .expect("response");
     assert_eq!(r.status(), 401);
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -175,8 +175,8 @@ async fn auth_failures_are_401() {
             .status(),
         401
     );
-    emu.shutdown().await;
-    open.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
+    assert_eq!(open.shutdown().await, 0);
 }
 
 #[tokio::test]
@@ -262,7 +262,7 @@ async fn tts_rest_streams_valid_audio_and_validates_requests() {
     assert_eq!(mp3.headers()["content-type"], "audio/mpeg");
     assert_eq!(&mp3.bytes().await.expect("body")[..2], &[0xff, 0xf3]);
     drop(http);
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -364,7 +364,7 @@ async fn voices_list_stt_short_audio_unknown_paths_and_control_api() {
         404
     );
     drop(http);
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -444,5 +444,5 @@ async fn tls_with_the_generated_ca_and_h2_over_alpn() {
     );
     drop((http2, http1, untrusting));
     settle(&emu).await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }

@@ -83,7 +83,7 @@ async fn interactive_recognition_with_offsets_from_received_audio() {
     c.close().await;
     settle(&emu).await;
     assert_eq!(emu.counters().turns_served, 2);
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -105,7 +105,7 @@ async fn interactive_mode_ends_after_one_phrase_even_if_audio_continues() {
     // Audio after the turn ended is ignored: nothing more arrives.
     assert!(c.recv_within(Duration::from_millis(200)).await.is_none());
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -141,7 +141,7 @@ async fn conversation_mode_detailed_with_word_timings_and_segmentation() {
         ["speech.endDetected", "speech.phrase", "turn.end"]
     );
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -173,7 +173,7 @@ async fn speech_context_can_ask_for_detailed_output() {
         .json();
     assert_eq!(phrase["NBest"][0]["Display"], "hello world");
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -195,7 +195,7 @@ async fn header_and_audio_in_one_message_and_universal_path() {
         .json();
     assert_eq!(phrase["Duration"], 6_000_000);
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -217,7 +217,7 @@ async fn empty_audio_gives_the_error_phrase() {
     );
     assert_eq!(msgs[2].json()["RecognitionStatus"], "Error");
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -254,5 +254,5 @@ async fn missing_language_is_a_400_and_bad_riff_closes_1007() {
         assert_eq!(end.close_code(), Some(1007), "{why}: {end:?}");
     }
     settle(&emu).await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }

@@ -108,7 +108,7 @@ async fn happy_path_pcm_with_word_boundaries_and_sequential_turns() {
         (n.turns_served, n.connections_opened, n.connections_open),
         (3, 1, 0)
     );
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -144,7 +144,7 @@ async fn formats_riff_mp3_and_mulaw_on_the_legacy_path() {
     let (_, ulaw) = turn(&mut c, "raw-8khz-8bit-mono-mulaw", false, text).await;
     assert_eq!(ulaw.len() as u64, 8 * ms);
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -181,8 +181,14 @@ async fn oversized_and_invalid_ssml_close_1007() {
     .await;
     let (_, end) = c.until_end().await;
     assert_eq!(end.close_code(), Some(1007), "unknown output format");
+
+    // A message over the emulator's 1 MiB cap: 1009 (message too big).
+    let mut c = connect(&emu, TTS_PATH).await;
+    c.raw_binary(vec![0u8; 2 << 20]).await;
+    let (_, end) = c.until_end().await;
+    assert_eq!(end.close_code(), Some(1009));
     settle(&emu).await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -217,7 +223,7 @@ async fn synthesis_control_stop_ends_the_turn_early() {
     let (_, a) = turn(&mut c, "raw-16khz-16bit-mono-pcm", false, "after stop").await;
     assert_eq!(a.len() as u64, 32 * synthesized_ms("after stop"));
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -243,7 +249,7 @@ async fn overlapping_turns_are_queued_in_lenient_mode() {
             .all(|m| m.header("X-RequestId") == Some(b.as_str()))
     );
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -274,7 +280,7 @@ async fn strict_mode_enforces_the_protocol() {
     let (_, end) = c.until_end().await;
     assert_eq!(end.close_code(), Some(1002));
     settle(&emu).await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
 
 #[tokio::test]
@@ -324,5 +330,5 @@ async fn edge_style_options_in_speech_config_and_all_metadata_kinds() {
         .expect("audio");
     assert_eq!(&first.payload()[..2], &[0xff, 0xf3]);
     c.close().await;
-    emu.shutdown().await;
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }

@@ -1,1 +1,129 @@
-fn main() {}
+//! Workspace automation, run as `cargo xtask <command>` (the alias lives in
+//! `.cargo/config.toml`).
+//!
+//! - `cargo xtask ci`: the same steps as `.ci/run`, in the same order.
+//! - `cargo xtask bench pool [--quick]`: pool-core against deadpool, bb8 and fastpool.
+//!
+//! Adding a command is one variant in [`Command`] (or [`BenchTarget`]) and one match arm in
+//! [`main`]; the implementation goes in its own module.
+
+mod bench_pool;
+mod ci;
+
+use std::path::PathBuf;
+use std::process::{Command as Process, ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Automation for this workspace (CI steps, benchmarks).",
+    long_about = None,
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run what `.ci/run` runs (fmt, clippy, tests), stopping at the first failure.
+    ///
+    /// The steps, in order: `cargo fmt --all --check`,
+    /// `cargo clippy --workspace --all-targets -- -D warnings`, `cargo test --workspace`,
+    /// then `conformance/run.sh` if it exists. Stops at the first failing step.
+    Ci,
+    /// Run a benchmark (always from an optimised build).
+    ///
+    /// A debug build of xtask re-runs itself with `cargo run --release`.
+    Bench {
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchTarget {
+    /// Compare pool-core with deadpool, bb8 and fastpool on a no-op resource.
+    ///
+    /// All in one run: uncontended acquire+release (our WARM and DEDICATED paths), contended throughput
+    /// (pool 4 / 16 tasks, pool 8 / 64 tasks) and FIFO fairness (pool 8 / 64 tasks).
+    /// Prints a table and machine-readable `bench.<name>: <value>` and
+    /// `ratio.<ours>_vs_<peer>.<case>: <peer / ours>` lines. Exits non-zero if any
+    /// configuration hangs (exceeds its time bound) or fails.
+    Pool(bench_pool::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ci => ci::run(),
+        Command::Bench { target } => {
+            if let Some(code) = reexec_in_release_if_debug() {
+                return code;
+            }
+            match target {
+                BenchTarget::Pool(args) => bench_pool::run(&args),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (this crate lives in `<root>/xtask`).
+pub(crate) fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}
+
+/// The cargo that invoked us (`CARGO` is set by `cargo run`), else `cargo` from `PATH`.
+pub(crate) fn cargo() -> Process {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Process::new(cargo);
+    command.current_dir(workspace_root());
+    command
+}
+
+/// Set on the re-executed release process so a misconfigured release profile (with
+/// debug assertions) cannot make us re-exec forever.
+const REEXEC_MARKER: &str = "XTASK_RELEASE_REEXEC";
+
+/// Timings from a debug build are meaningless: if this is one, run the same command line
+/// through `cargo run --release` and return its exit status.
+fn reexec_in_release_if_debug() -> Option<ExitCode> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    if std::env::var_os(REEXEC_MARKER).is_some() {
+        eprintln!("xtask: warning: the release build has debug assertions; timings are unreliable");
+        return None;
+    }
+    eprintln!("xtask: benchmarks need an optimised build; re-running with `cargo run --release`");
+    let status = cargo()
+        .args(["run", "--release", "--quiet", "--package", "xtask", "--"])
+        .args(std::env::args_os().skip(1))
+        .env(REEXEC_MARKER, "1")
+        .status();
+    Some(match status {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            let code = status.code().unwrap_or(1);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Err(error) => {
+            eprintln!("xtask: error: could not run cargo: {error}");
+            ExitCode::FAILURE
+        }
+    })
+}

@@ -38,6 +38,23 @@ Options:
 Frames are TTS audio frames sent, or STT audio frames received.
 Examples: --fault handshake=429,retry-after=2,times=1   --fault close=4429,target=tts-ws   --fault drop=3,rst";
 
+const CONTROL_HELP: &str = "\
+Control API (no authentication; JSON unless noted):
+  GET    /_emulator               list of these routes
+  GET    /_emulator/counters      connections open/opened, handshakes rejected, turns, tokens, REST requests, faults fired
+  GET    /_emulator/faults        armed fault rules
+  POST   /_emulator/faults        add a rule or an array of rules, e.g. {\"kind\":\"handshake\",\"status\":429,\"retry_after\":2,\"times\":1}
+  PUT    /_emulator/faults        replace all rules
+  DELETE /_emulator/faults        remove all rules
+  POST   /_emulator/disconnect    {\"target\":\"tts_ws\",\"rst\":false}: drop open websockets without a close frame
+  POST   /_emulator/close         {\"target\":\"any\",\"code\":1000,\"reason\":\"...\"}: close open websockets
+  PUT    /_emulator/transcript    plain text: what STT recognises from now on
+  GET    /_emulator/ca.pem        the CA certificate (TLS mode)
+Rule JSON fields: kind (handshake, handshake_delay, tls_delay, rest, rest_delay, close, disconnect, stall,
+turn_start_delay, first_audio_delay, phrase_error, quirks) with its fields (status, retry_after, ms, code,
+reason, at, rst, after_frames), plus target, times, skip, key. `at` is \"before_turn_start\",
+\"after_turn_start\", \"after_turn_end\" or {\"after_frames\":K}.";
+
 /// A protocol-faithful Azure Speech emulator (TTS and STT over REST and websocket) for
 /// offline tests, with simulated latency and fault injection.
 ///
@@ -45,7 +62,12 @@ Examples: --fault handshake=429,retry-after=2,times=1   --fault close=4429,targe
 /// JavaScript SDK: `SpeechConfig.fromHost(new URL("ws://127.0.0.1:PORT"), key)`). A control
 /// API is served under /_emulator (GET /_emulator lists it).
 #[derive(Debug, Parser)]
-#[command(name = "speech-emulator", version, verbatim_doc_comment)]
+#[command(
+    name = "speech-emulator",
+    version,
+    verbatim_doc_comment,
+    after_long_help = CONTROL_HELP
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
@@ -108,6 +130,9 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Install the signal handlers before announcing the address: a supervisor may signal as
+    // soon as it has read it.
+    let signals = Signals::install();
 
     let mut config = EmulatorConfig::default();
     config.bind = SocketAddr::new(args.host, args.port);
@@ -146,42 +171,65 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    // The first line is the contract with scripts; flush so a pipe sees it at once.
-    println!("speech-emulator listening on {}", handle.base_url_http());
-    println!("websocket base URL: {}", handle.base_url_ws());
-    println!("control API: {}/_emulator", handle.base_url_http());
-    if let Some(path) = &args.cert_out {
-        if handle.is_tls() {
-            println!("CA certificate written to {}", path.display());
+    // The first line is the contract with scripts. Write errors are ignored (unlike
+    // `println!`, which panics): a supervisor that read the address and closed the pipe must
+    // not bring the server down.
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "speech-emulator listening on {}",
+            handle.base_url_http()
+        );
+        let _ = writeln!(out, "websocket base URL: {}", handle.base_url_ws());
+        let _ = writeln!(out, "control API: {}/_emulator", handle.base_url_http());
+        if let (Some(path), true) = (&args.cert_out, handle.is_tls()) {
+            let _ = writeln!(out, "CA certificate written to {}", path.display());
         }
+        let _ = out.flush();
     }
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
 
-    wait_for_signal().await;
-    eprintln!("speech-emulator: shutting down");
-    handle.shutdown().await;
+    signals.wait().await;
+    tracing::info!("shutting down");
+    let left = handle.shutdown().await;
+    if left > 0 {
+        tracing::warn!(left, "tasks still running at exit");
+    }
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// SIGINT/SIGTERM (ctrl-c elsewhere), registered up front.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = signal(SignalKind::interrupt())
+                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                .ok();
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut int, mut term)) = self.streams {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -134,6 +134,9 @@ impl SynthAudio {
 
     /// Bytes `[offset, offset + len)` of the stream (shorter at the end).
     pub fn chunk(&self, offset: u64, len: usize) -> Vec<u8> {
+        if offset >= self.total_len() {
+            return Vec::new();
+        }
         let end = offset.saturating_add(len as u64).min(self.total_len());
         let mut out = Vec::with_capacity(usize::try_from(end.saturating_sub(offset)).unwrap_or(0));
         let hlen = self.header.len() as u64;

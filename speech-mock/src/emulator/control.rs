@@ -13,8 +13,10 @@
 //! | `PUT /_emulator/transcript` | plain text | sets what STT recognises |
 //! | `GET /_emulator/ca.pem` | | the CA certificate to trust (404 in plain mode) |
 //!
-//! A rule is a [`FaultRule`](super::FaultRule) in JSON, e.g.
-//! `{"kind":"handshake","status":429,"retry_after":2,"target":"tts_ws","times":1}`.
+//! A rule is a [`FaultRule`] in JSON, e.g.
+//! `{"kind":"handshake","status":429,"retry_after":2,"target":"tts_ws","times":1}` or
+//! `{"kind":"disconnect","at":{"after_frames":3},"rst":true}`; `at` is `"before_turn_start"`,
+//! `"after_turn_start"`, `"after_turn_end"` or `{"after_frames":K}`.
 
 use std::sync::Arc;
 

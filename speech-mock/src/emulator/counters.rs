@@ -94,7 +94,7 @@ impl LiveCounters {
         pred: impl Fn(&Counters) -> bool,
         timeout: std::time::Duration,
     ) -> Result<Counters, Counters> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = super::ws::later(tokio::time::Instant::now(), timeout);
         loop {
             // Register interest before checking, so a change between the check and the
             // wait is not missed.

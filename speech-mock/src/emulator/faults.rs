@@ -542,6 +542,20 @@ mod tests {
         assert_eq!(j.fault, Fault::Stall { after_frames: 2 });
         let back: FaultRule = j.to_string().parse().expect("roundtrip");
         assert_eq!(back, j);
+        let d: FaultRule =
+            r#"{"kind":"disconnect","at":{"after_frames":2},"rst":true,"target":"stt_ws"}"#
+                .parse()
+                .expect("json");
+        assert_eq!(
+            (d.fault, d.target),
+            (
+                Fault::Disconnect {
+                    at: TurnPoint::AfterFrames(2),
+                    rst: true
+                },
+                Target::SttWs
+            )
+        );
     }
 
     #[test]

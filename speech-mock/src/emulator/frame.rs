@@ -247,7 +247,7 @@ mod tests {
         let mut h = Headers::new();
         h.push("Path", "audio");
         let b = build_binary(&h, &[1, 2, 3], HeaderStyle::Service);
-        assert_eq!(&b[..2], &[0, 13]);
+        assert_eq!(&b[..2], &[0, 12], "\"Path:audio\\r\\n\" is 12 bytes");
         let p = parse_binary(&b).expect("valid");
         assert_eq!(p.headers.path(), Some("audio"));
         assert_eq!(p.payload, vec![1, 2, 3]);

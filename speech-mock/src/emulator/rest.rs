@@ -44,7 +44,7 @@ async fn prologue(
     let mut injected = None;
     for f in shared.take_faults(Phase::Rest, Some(endpoint), identity) {
         match f {
-            Fault::RestDelay { ms } => delay += Duration::from_millis(ms),
+            Fault::RestDelay { ms } => delay = delay.saturating_add(Duration::from_millis(ms)),
             Fault::Rest {
                 status,
                 retry_after,

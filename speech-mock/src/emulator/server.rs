@@ -240,11 +240,11 @@ async fn serve_tcp(
     // One simulated round trip for TCP set-up, one more for TLS, plus injected slowness.
     let mut delay = shared.config.rtt;
     if acceptor.is_some() {
-        delay += shared.config.rtt;
+        delay = delay.saturating_add(shared.config.rtt);
     }
     for f in shared.take_faults(Phase::Accept, None, None) {
         if let Fault::TlsDelay { ms } = f {
-            delay += Duration::from_millis(ms);
+            delay = delay.saturating_add(Duration::from_millis(ms));
         }
     }
     if !delay.is_zero() {
@@ -529,23 +529,26 @@ impl EmulatorHandle {
     }
 
     /// Stops accepting, closes every connection (websockets get close 1001) and waits until
-    /// every task has ended (bounded: a client that never reads cannot hold it up).
-    pub async fn shutdown(self) {
-        Self::stop(&self.run).await;
+    /// every task has ended (bounded: a client that never reads cannot hold it up). Returns
+    /// how many tasks were still running when the wait gave up: 0 on a clean shutdown.
+    pub async fn shutdown(self) -> usize {
+        Self::stop(&self.run).await
     }
 
-    async fn stop(run: &Run) {
+    /// Tasks currently running: the accept loop, one per TCP connection, one per websocket.
+    pub fn tasks_running(&self) -> usize {
+        self.run.tracker.len()
+    }
+
+    async fn stop(run: &Run) -> usize {
         run.cancel.cancel();
         run.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), run.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                left = run.tracker.len(),
-                "emulator tasks still running after shutdown"
-            );
+        let _ = tokio::time::timeout(Duration::from_secs(5), run.tracker.wait()).await;
+        let left = run.tracker.len();
+        if left > 0 {
+            tracing::warn!(left, "emulator tasks still running after shutdown");
         }
+        left
     }
 
     /// Stops this run and starts another on the same address with the same certificate,

@@ -18,7 +18,7 @@ use super::frame::{BinaryMessage, HeaderStyle, TextMessage};
 use super::http as h;
 use super::server::Run;
 use super::turn::TurnFaults;
-use super::ws::{Out, Outbox, Protocol, SessionParams, Stop, SttMode, new_id, service_text};
+use super::ws::{Out, Outbox, Protocol, SessionParams, Stop, SttMode, later, new_id, service_text};
 
 const REMEMBERED_IDS: usize = 256;
 
@@ -182,7 +182,7 @@ impl SttTurn {
             out.push(m);
         } else {
             self.first_result_sent = true;
-            out.push_at(Instant::now() + self.faults.first_audio_delay, m);
+            out.push_at(later(Instant::now(), self.faults.first_audio_delay), m);
         }
     }
 
@@ -431,7 +431,10 @@ impl SttSession {
             continuous: self.mode.continuous(),
             faults,
         };
-        let at = Instant::now() + cfg.rtt + turn.faults.turn_start_delay;
+        let at = later(
+            Instant::now(),
+            cfg.rtt.saturating_add(turn.faults.turn_start_delay),
+        );
         let tag = new_id().to_ascii_lowercase();
         out.push_at(
             at,

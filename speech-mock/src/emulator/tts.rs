@@ -15,10 +15,14 @@ use super::frame::{self, BinaryMessage, HeaderStyle, TextMessage};
 use super::server::Run;
 use super::ssml::{self, Ssml};
 use super::turn::TurnFaults;
-use super::ws::{Out, Outbox, Protocol, SessionParams, Stop, new_id, service_text};
+use super::ws::{Out, Outbox, Protocol, SessionParams, Stop, later, new_id, service_text};
 
 /// SSML over websocket is limited to 64 KB per turn (spec §2 limits).
 pub(crate) const MAX_SSML_WS: usize = 64 * 1024;
+
+/// At most this many requests wait behind the current one (lenient mode queues overlapping
+/// requests; an unbounded queue would let one client exhaust memory).
+const MAX_QUEUED: usize = 32;
 
 /// Recently finished request ids remembered for strict-mode reuse checks.
 const REMEMBERED_IDS: usize = 256;
@@ -122,7 +126,7 @@ impl TtsTurn {
         chunk -= chunk % 2;
         let style = faults.style();
         Self {
-            metadata: metadata(doc, &opts, request_id.as_str()).into(),
+            metadata: metadata(doc, &opts).into(),
             request_id,
             stream_id: new_id(),
             service_tag: new_id().to_ascii_lowercase(),
@@ -158,7 +162,10 @@ impl TtsTurn {
         match self.stage {
             Stage::Start => {
                 // The first response of a turn costs one round trip (plus injected delay).
-                let at = Instant::now() + rtt + self.faults.turn_start_delay;
+                let at = later(
+                    Instant::now(),
+                    rtt.saturating_add(self.faults.turn_start_delay),
+                );
                 let body = json!({"context": {"serviceTag": self.service_tag}}).to_string();
                 out.push_at(at, self.text("turn.start", &body));
                 if self.faults.quirks {
@@ -191,7 +198,7 @@ impl TtsTurn {
                     return;
                 }
                 let at = if self.frames == 0 {
-                    Instant::now() + self.faults.first_audio_delay
+                    later(Instant::now(), self.faults.first_audio_delay)
                 } else {
                     Instant::now()
                 };
@@ -246,7 +253,7 @@ impl TtsTurn {
 }
 
 /// The `audio.metadata` messages of a request, by offset (100-ns ticks).
-fn metadata(doc: &Ssml, opts: &TtsOptions, _rid: &str) -> Vec<(u64, String)> {
+fn metadata(doc: &Ssml, opts: &TtsOptions) -> Vec<(u64, String)> {
     let chars: Vec<char> = doc.text.chars().collect();
     let ticks_per_char = MS_PER_CHAR * TICKS_PER_MS;
     let item =
@@ -398,6 +405,9 @@ impl TtsSession {
         }
         if self.current.is_some() || !self.queue.is_empty() {
             self.violation("a turn is already in progress")?;
+        }
+        if self.queue.len() >= MAX_QUEUED {
+            return Err(Stop::Close(1013, "Too many queued requests".into()));
         }
         let doc =
             ssml::parse(&msg.body).map_err(|e| Stop::Close(1007, format!("Invalid SSML: {e}")))?;

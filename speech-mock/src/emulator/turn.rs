@@ -40,8 +40,15 @@ impl TurnFaults {
                 Fault::Stall { after_frames } => {
                     t.stall.get_or_insert(after_frames);
                 }
-                Fault::TurnStartDelay { ms } => t.turn_start_delay += Duration::from_millis(ms),
-                Fault::FirstAudioDelay { ms } => t.first_audio_delay += Duration::from_millis(ms),
+                Fault::TurnStartDelay { ms } => {
+                    t.turn_start_delay =
+                        t.turn_start_delay.saturating_add(Duration::from_millis(ms));
+                }
+                Fault::FirstAudioDelay { ms } => {
+                    t.first_audio_delay = t
+                        .first_audio_delay
+                        .saturating_add(Duration::from_millis(ms));
+                }
                 Fault::PhraseError { status } => {
                     t.phrase_error.get_or_insert(status);
                 }

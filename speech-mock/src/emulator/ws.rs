@@ -21,10 +21,11 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::auth;
 use super::counters::GaugeGuard;
@@ -91,7 +92,11 @@ pub(crate) async fn upgrade(
     let version_ok = h::header(&req, "sec-websocket-version").is_some_and(|v| v.trim() == "13");
     let connection_ok =
         h::header(&req, "connection").is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
-    let Some(ws_key) = ws_key.filter(|_| h::is_upgrade(&req) && version_ok && connection_ok) else {
+    // RFC 6455 upgrades exist only in HTTP/1.1 (the SDKs never use RFC 8441 over h2).
+    let http11 = req.version() == http::Version::HTTP_11;
+    let Some(ws_key) =
+        ws_key.filter(|_| http11 && h::is_upgrade(&req) && version_ok && connection_ok)
+    else {
         return reject(h::text(
             StatusCode::BAD_REQUEST,
             "websocket upgrade required",
@@ -108,7 +113,7 @@ pub(crate) async fn upgrade(
     let mut injected = None;
     for f in shared.take_faults(Phase::Handshake, Some(endpoint), identity.as_deref()) {
         match f {
-            Fault::HandshakeDelay { ms } => delay += Duration::from_millis(ms),
+            Fault::HandshakeDelay { ms } => delay = delay.saturating_add(Duration::from_millis(ms)),
             Fault::Handshake {
                 status,
                 retry_after,
@@ -415,8 +420,6 @@ pub(crate) trait Protocol {
     fn busy(&self) -> bool {
         false
     }
-    /// Called after each message actually sent (for frame-count faults and counters).
-    fn sent(&mut self, _out: &mut Outbox) {}
 }
 
 struct Driver {
@@ -433,7 +436,7 @@ impl Driver {
     async fn run<P: Protocol>(mut self, mut proto: P) {
         let cancel = self.run.cancel.clone();
         let idle = self.run.shared.config.idle_timeout;
-        let age_at = self.opened + self.max_age;
+        let age_at = later(self.opened, self.max_age);
         let mut last_message = Instant::now();
         let mut cmds_open = true;
         let stop = loop {
@@ -446,7 +449,7 @@ impl Driver {
                 proto.refill(&mut self.outbox);
             }
             let next_at = self.outbox.next_at();
-            let idle_at = (!proto.busy() && next_at.is_none()).then(|| last_message + idle);
+            let idle_at = (!proto.busy() && next_at.is_none()).then(|| later(last_message, idle));
             let step = tokio::select! {
                 () = cancel.cancelled() => Err(Stop::Close(1001, "service shutting down".into())),
                 cmd = self.cmds.recv(), if cmds_open => match cmd {
@@ -464,10 +467,19 @@ impl Driver {
                     Err(Stop::Close(1000, "Idle timeout".into()))
                 }
                 () = tokio::time::sleep_until(next_at.unwrap_or(age_at)), if next_at.is_some() => {
-                    self.send_next(&mut proto).await
+                    self.send_next().await
                 }
                 msg = self.ws.next() => match msg {
-                    None | Some(Err(_)) => Err(Stop::Gone),
+                    None => Err(Stop::Gone),
+                    // Answer what can still be answered with the RFC 6455 code; anything
+                    // else (I/O, reset) means the client is gone.
+                    Some(Err(WsError::Capacity(e))) => Err(Stop::Close(1009, e.to_string())),
+                    Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                        Err(Stop::Gone)
+                    }
+                    Some(Err(WsError::Protocol(e))) => Err(Stop::Close(1002, e.to_string())),
+                    Some(Err(WsError::Utf8(_))) => Err(Stop::Close(1007, "invalid UTF-8".into())),
+                    Some(Err(_)) => Err(Stop::Gone),
                     Some(Ok(Message::Text(t))) => {
                         last_message = Instant::now();
                         let msg = frame::parse_text(t.as_str());
@@ -496,7 +508,7 @@ impl Driver {
         self.finish(stop).await;
     }
 
-    async fn send_next<P: Protocol>(&mut self, proto: &mut P) -> Result<(), Stop> {
+    async fn send_next(&mut self) -> Result<(), Stop> {
         let item = self.outbox.pop();
         if tracing::enabled!(tracing::Level::TRACE) {
             match &item {
@@ -516,9 +528,7 @@ impl Driver {
             }
             Some(Out::Binary(b)) => Message::binary(b),
         };
-        self.ws.send(msg).await.map_err(|_| Stop::Gone)?;
-        proto.sent(&mut self.outbox);
-        Ok(())
+        self.ws.send(msg).await.map_err(|_| Stop::Gone)
     }
 
     async fn finish(mut self, stop: Stop) {
@@ -558,6 +568,13 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
+}
+
+/// `at + d`, or a year from `at` when that overflows (configured timers and injected delays
+/// come from users and may be absurdly large; `Instant` arithmetic would panic).
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(365 * 86_400))
 }
 
 /// A fresh 32-hex uppercase id, as the service writes stream ids.

@@ -1,0 +1,28 @@
+//! `GET /`: the live dashboard, a static page embedded in the binary.
+
+use axum::http::{HeaderValue, header};
+use axum::response::{Html, IntoResponse};
+
+/// The page: plain HTML and JavaScript, no build step, no external resource. It polls
+/// `/api/v1/pools` and draws the warm level against its target per pool and the tier
+/// breakdown over time on canvases.
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+/// `GET /`.
+pub async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            // Everything is inline and same-origin; the policy forbids loading anything
+            // else, which also proves the page needs no CDN.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                     connect-src 'self'; img-src 'self' data:",
+                ),
+            ),
+        ],
+        Html(DASHBOARD_HTML),
+    )
+}

@@ -1,0 +1,108 @@
+//! The HTTP handlers.
+
+pub mod dashboard;
+pub mod health;
+pub mod pools;
+pub mod sessions;
+pub mod stt;
+pub mod tts;
+
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use pool_core::{Manager, Pool, Pooled};
+use speech_core::{ErrorClass, SpeechError};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Header naming the tier a request's connection came from (`dedicated`, `warm`, `cold`).
+pub const TIER_HEADER: &str = "x-pool-tier";
+/// Header echoing the request id sent to the speech service, for log correlation.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Longest accepted session id.
+pub const MAX_SESSION_ID_LEN: usize = 128;
+
+/// Checks a client-supplied session id: 1 to 128 ASCII letters, digits, `-`, `_`, `.`,
+/// `:`. Restrictive because ids end up in logs and pool keys.
+pub fn validate_session_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_SESSION_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "session_id must be 1 to {MAX_SESSION_ID_LEN} characters: ASCII letters, digits, \
+             '-', '_', '.' or ':'"
+        )))
+    }
+}
+
+/// Takes a connection from `pool`: the session's own when `session` is given, else any
+/// warm one. Records the acquire latency by tier and maps failures to HTTP errors.
+pub(crate) async fn acquire<M>(
+    state: &AppState,
+    pool: &Pool<M>,
+    session: Option<&str>,
+) -> Result<Pooled<M>, ApiError>
+where
+    M: Manager<Error = SpeechError>,
+{
+    if state.is_draining() {
+        return Err(ApiError::draining());
+    }
+    let started = Instant::now();
+    let result = match session {
+        Some(id) => {
+            // A session's connection serves one request at a time; a second request of the
+            // same session waits for it. Bounded so a stuck stream cannot hang callers.
+            // Dropping the acquire future is safe: pool-core's acquires are cancellation-safe.
+            match tokio::time::timeout(state.options().session_wait, pool.acquire_for_session(id))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "session_busy",
+                        format!(
+                            "session {id} is in use by another request on {}; retry when it finishes",
+                            pool.name()
+                        ),
+                    )
+                    .with_retry_after(std::time::Duration::from_secs(1)));
+                }
+            }
+        }
+        None => pool.acquire().await,
+    };
+    match result {
+        Ok(guard) => {
+            state
+                .metrics()
+                .record_acquire(pool.name(), guard.tier(), started.elapsed());
+            Ok(guard)
+        }
+        Err(e) => {
+            let api = ApiError::from_pool(&e);
+            if let pool_core::PoolError::Create(se) | pool_core::PoolError::Warm(se) = &e {
+                state
+                    .metrics()
+                    .record_upstream_error(pool.name(), se.class());
+            }
+            tracing::warn!(pool = pool.name(), error = %e, status = api.status.as_u16(), "acquire failed");
+            Err(api)
+        }
+    }
+}
+
+/// Whether a connection that failed a turn with this error may serve another one. After
+/// anything but a rejected request or a caller hanging up, its state is unknown: a fresh
+/// connection costs one connect, a broken one would fail the next turn.
+pub(crate) fn keep_after_error(class: ErrorClass) -> bool {
+    matches!(class, ErrorClass::BadRequest | ErrorClass::Cancelled)
+}

@@ -1,0 +1,64 @@
+//! `DELETE /api/v1/sessions/{id}`: a call ended.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+
+use super::validate_session_id;
+use crate::error::ApiError;
+use crate::state::{AppState, STT_POOL, TTS_POOL};
+
+/// What a release did.
+#[derive(Debug, Serialize)]
+pub struct Released {
+    /// The session.
+    pub session_id: String,
+    /// Per pool: whether the session held a connection there.
+    pub released: std::collections::BTreeMap<&'static str, bool>,
+    /// Open STT streams of the session that were ended.
+    pub streams_closed: usize,
+}
+
+/// `DELETE /api/v1/sessions/{id}`: ends the session's open STT streams (after their
+/// current turn), then gives its TTS and STT connections back to the warm sets. 404 when
+/// no pool knows the session.
+pub async fn delete_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Released>, ApiError> {
+    validate_session_id(&id)?;
+    let streams_closed = state.streams().cancel(&id);
+    // Run the releases in their own task: a release waits for the session's current user
+    // and must not be abandoned half-way if this client hangs up.
+    let task = {
+        let state = state.clone();
+        let id = id.clone();
+        state.clone().tasks().spawn(async move {
+            tokio::join!(
+                state.pools().tts.release_for_session(&id),
+                state.pools().stt.release_for_session(&id)
+            )
+        })
+    };
+    let (tts, stt) = task.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "releasing the session failed unexpectedly",
+        )
+    })?;
+    if !tts && !stt && streams_closed == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_session",
+            format!("no pool holds session {id}"),
+        ));
+    }
+    tracing::info!(session = %id, tts, stt, streams_closed, "session released");
+    Ok(Json(Released {
+        session_id: id,
+        released: [(TTS_POOL, tts), (STT_POOL, stt)].into_iter().collect(),
+        streams_closed,
+    }))
+}

@@ -1,0 +1,255 @@
+//! `POST /api/v1/tts`: text or SSML in, audio streamed out.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use speech_core::{AudioFormat, SpeechError, SynthesisEvent, SynthesisRequest, SynthesisSummary};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{REQUEST_ID_HEADER, TIER_HEADER, acquire, keep_after_error, validate_session_id};
+use crate::error::ApiError;
+use crate::state::{AppState, TTS_POOL};
+
+/// The JSON body of `POST /api/v1/tts`. Exactly one of `text` and `ssml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsBody {
+    /// Plain text to speak with `voice`.
+    pub text: Option<String>,
+    /// A complete SSML document (names its own voice).
+    pub ssml: Option<String>,
+    /// Voice short name; defaults to `TTS_DEFAULT_VOICE` for text.
+    pub voice: Option<String>,
+    /// Azure output format name; defaults to `TTS_DEFAULT_FORMAT`.
+    pub format: Option<String>,
+    /// The call this turn belongs to: its turns share one dedicated connection.
+    pub session_id: Option<String>,
+}
+
+/// Audio events buffered between the backend and the HTTP body. Small: the point is to
+/// pass chunks on as they arrive, and backpressure from a slow client should reach the
+/// backend rather than pile up here.
+const EVENT_BUFFER: usize = 16;
+
+/// Turns the body into a validated synthesis request and optional session id.
+fn build_request(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(SynthesisRequest, Option<String>), ApiError> {
+    let body: TtsBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let options = state.options();
+    let format = match body.format.as_deref() {
+        None => options.default_format,
+        Some(f) => f
+            .parse::<AudioFormat>()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+    };
+    let request = match (body.text, body.ssml) {
+        (Some(text), None) => {
+            let voice = body.voice.unwrap_or_else(|| options.default_voice.clone());
+            SynthesisRequest::text(text, voice, format)
+        }
+        (None, Some(ssml)) => {
+            let mut r = SynthesisRequest::ssml(ssml, format);
+            r.voice = body.voice.unwrap_or_default();
+            r
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either \"text\" or \"ssml\", not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "the body needs \"text\" (with an optional \"voice\") or \"ssml\"",
+            ));
+        }
+    };
+    // The one validation every backend applies too: empty text, bad voice syntax, SSML
+    // over 64 KB, characters XML forbids. Checked here so a bad request costs no connection.
+    request.validate().map_err(|e| ApiError::from_speech(&e))?;
+    if let Some(id) = &body.session_id {
+        validate_session_id(id)?;
+    }
+    Ok((request, body.session_id))
+}
+
+/// `POST /api/v1/tts`.
+///
+/// Answers with the audio as a chunked stream in the requested format. Headers (status,
+/// `Content-Type`, `x-pool-tier`) are sent with the first audio chunk, so a failure before
+/// any audio still gets a proper error status; a failure after it ends the stream early.
+pub async fn tts(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "bad_request"
+        };
+        ApiError::new(status, code, r.body_text())
+    })?;
+    let started = Instant::now();
+    let (request, session) = build_request(&state, &body)?;
+    let format = request.format;
+    let request_id = request.request_id.clone();
+
+    let mut guard = acquire(&state, &state.pools().tts, session.as_deref()).await?;
+    let tier = guard.tier();
+    tracing::debug!(%request_id, %tier, session = session.as_deref(), %format, "synthesis starts");
+
+    let (events_tx, mut events_rx) = mpsc::channel(EVENT_BUFFER);
+    let (done_tx, done_rx) = oneshot::channel();
+    // The turn runs in its own task, tracked so shutdown waits for it: the response body
+    // only forwards what the task produces, and a client hanging up drops the receiver,
+    // which the backend sees as a cancelled turn.
+    state.tasks().spawn(async move {
+        let result = guard.synthesize(request, events_tx).await;
+        match &result {
+            Err(e) if !keep_after_error(e.class()) => guard.discard(),
+            _ => drop(guard),
+        }
+        let _ = done_tx.send(result);
+    });
+
+    let first = loop {
+        match events_rx.recv().await {
+            Some(SynthesisEvent::Audio(chunk)) if !chunk.is_empty() => break Some(chunk),
+            Some(_) => continue,
+            None => break None,
+        }
+    };
+    let Some(first) = first else {
+        // The turn ended before any audio: report its outcome as the status.
+        return Err(match done_rx.await {
+            Ok(Err(e)) => {
+                record_failure(&state, &e);
+                ApiError::from_speech(&e)
+            }
+            Ok(Ok(_)) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_no_audio",
+                "the speech service ended the turn without audio",
+            ),
+            Err(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the synthesis task ended unexpectedly",
+            ),
+        });
+    };
+    state.metrics().record_first_audio(tier, started.elapsed());
+
+    let stream = futures_util::stream::unfold(
+        BodyState {
+            first: Some(first),
+            events: events_rx,
+            done: Some(done_rx),
+            state: state.clone(),
+        },
+        next_chunk,
+    );
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.mime_type()),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(TIER_HEADER, HeaderValue::from_static(tier.as_str()));
+    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+        headers.insert(REQUEST_ID_HEADER, v);
+    }
+    if let Some(v) = session.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        headers.insert("x-session-id", v);
+    }
+    Ok(response)
+}
+
+struct BodyState {
+    first: Option<Bytes>,
+    events: mpsc::Receiver<SynthesisEvent>,
+    done: Option<oneshot::Receiver<Result<SynthesisSummary, SpeechError>>>,
+    state: AppState,
+}
+
+/// The next piece of the response body: audio until the turn ends; then nothing on
+/// success, or an error that aborts the body, so a client never mistakes a cut-off stream
+/// for a complete one.
+async fn next_chunk(mut st: BodyState) -> Option<(Result<Bytes, std::io::Error>, BodyState)> {
+    if let Some(first) = st.first.take() {
+        return Some((Ok(first), st));
+    }
+    loop {
+        match st.events.recv().await {
+            Some(SynthesisEvent::Audio(chunk)) => return Some((Ok(chunk), st)),
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    let done = st.done.take()?;
+    let error = match done.await {
+        Ok(Ok(_)) => return None,
+        Ok(Err(e)) => {
+            record_failure(&st.state, &e);
+            std::io::Error::other(format!("synthesis failed mid-stream: {e}"))
+        }
+        Err(_) => std::io::Error::other("the synthesis task ended unexpectedly"),
+    };
+    Some((Err(error), st))
+}
+
+fn record_failure(state: &AppState, e: &SpeechError) {
+    state.metrics().record_upstream_error(TTS_POOL, e.class());
+    tracing::warn!(pool = TTS_POOL, class = %e.class(), error = %e, "synthesis failed");
+}
+
+#[cfg(test)]
+mod tests {
+    use speech_core::SynthesisInput;
+
+    use super::*;
+
+    #[test]
+    fn input_kinds() {
+        let state = crate::test_support::state();
+        let (r, s) = build_request(&state, br#"{"text":"hi","session_id":"c-1"}"#).unwrap();
+        assert!(matches!(r.input, SynthesisInput::Text(_)));
+        assert_eq!(r.voice, state.options().default_voice);
+        assert_eq!(s.as_deref(), Some("c-1"));
+        let (r, _) = build_request(
+            &state,
+            br#"{"ssml":"<speak version='1.0'>hi</speak>","format":"audio-24khz-48kbitrate-mono-mp3"}"#,
+        )
+        .unwrap();
+        assert!(matches!(r.input, SynthesisInput::Ssml(_)));
+        assert_eq!(r.format.mime_type(), "audio/mpeg");
+        for bad in [
+            &br#"{"text":"hi","ssml":"<speak/>"}"#[..],
+            br#"{}"#,
+            br#"{"text":"   "}"#,
+            br#"{"text":"hi","format":"wav"}"#,
+            br#"{"text":"hi","voice":"en US"}"#,
+            br#"{"text":"hi","session_id":"a b"}"#,
+            br#"{"text":"hi","colour":"red"}"#,
+            br#"{"text":"#,
+        ] {
+            let e = build_request(&state, bad).unwrap_err();
+            assert_eq!(
+                e.status,
+                StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The application state shared by every handler: the two pools, options, metrics and the
+//! drain machinery.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pool_core::{BuildError, Pool, PoolConfig, PoolSnapshot};
+use speech_core::{AudioFormat, RecognizerManager, SynthesizerManager};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+
+/// Name of the text-to-speech pool (the seed's name; also the key in `/api/v1/pools`).
+pub const TTS_POOL: &str = "speech-tts";
+/// Name of the speech-to-text pool.
+pub const STT_POOL: &str = "speech-stt";
+
+/// The service's two pools.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// Text-to-speech connections.
+    pub tts: Pool<SynthesizerManager>,
+    /// Speech-to-text connections.
+    pub stt: Pool<RecognizerManager>,
+}
+
+impl Pools {
+    /// Builds both pools from the configuration (warm targets, sizes, timeouts, refresh).
+    /// With background refresh on this spawns the maintainers, so it must run inside a
+    /// tokio runtime. The pools start empty; [`AppState::warm_up`] fills them.
+    pub fn build(
+        config: &Config,
+        tts: SynthesizerManager,
+        stt: RecognizerManager,
+    ) -> Result<Self, BuildError> {
+        Ok(Self {
+            tts: Pool::builder(tts)
+                .config(pool_config(config, TTS_POOL))
+                .build()?,
+            stt: Pool::builder(stt)
+                .config(pool_config(config, STT_POOL))
+                .build()?,
+        })
+    }
+}
+
+/// The pool configuration for one of the service's pools.
+pub fn pool_config(config: &Config, name: &str) -> PoolConfig {
+    let (warm, max) = if name == TTS_POOL {
+        (config.warm_pool_tts_size, config.pool_tts_max_size)
+    } else {
+        (config.warm_pool_stt_size, config.pool_stt_max_size)
+    };
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    PoolConfig {
+        name: name.to_owned(),
+        // Disabled warm pools behave like the seed's OnDemandResourcePool: no idle set, no
+        // background work, sessions still dedicated.
+        warm_target: if config.warm_pool_enabled { warm } else { 0 },
+        max_size: max,
+        // Always on: a call's turns must reuse its connection (the DEDICATED tier).
+        session_awareness: true,
+        session_max_age: config.warm_pool_session_max_age,
+        background_warmup: config.warm_pool_enabled && config.warm_pool_background_refresh,
+        refresh_interval: config.warm_pool_refresh_interval,
+        acquire_timeout: Some(config.pool_acquire_timeout),
+        create_timeout: config.pool_create_timeout,
+        max_age: nonzero(config.pool_max_age),
+        max_idle: nonzero(config.pool_max_idle),
+        ..PoolConfig::default()
+    }
+}
+
+/// Settings the handlers need besides the pools.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// When set, requests must carry `Authorization: Bearer <key>`.
+    pub api_key: Option<Secret>,
+    /// Voice for text requests that name none.
+    pub default_voice: String,
+    /// Format for requests that name none.
+    pub default_format: AudioFormat,
+    /// The STT pool's language.
+    pub stt_language: String,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// Which backend serves the pools (`mock` or `azure`), reported in `/api/v1/pools`.
+    pub backend: String,
+    /// How long a request waits for a session's connection while another request of the
+    /// same session holds it.
+    pub session_wait: Duration,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self::from_config(&Config::defaults(), "mock")
+    }
+}
+
+impl ServiceOptions {
+    /// The options a configuration implies.
+    pub fn from_config(config: &Config, backend: &str) -> Self {
+        Self {
+            api_key: config.service_api_key.clone(),
+            default_voice: config.tts_default_voice.clone(),
+            default_format: config.tts_default_format,
+            stt_language: config.stt_language.clone(),
+            max_body_bytes: config.max_body_bytes,
+            backend: backend.to_owned(),
+            // Slightly longer than the pool's own acquire timeout, so that an exhausted
+            // pool reports itself (429) before the session wait gives up (409).
+            session_wait: config.pool_acquire_timeout + Duration::from_millis(500),
+        }
+    }
+}
+
+/// Shared state of one app. Cloning is cheap (an `Arc`).
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pools: Pools,
+    options: ServiceOptions,
+    metrics: Metrics,
+    draining: AtomicBool,
+    /// Cancelled when draining starts: open STT websockets finish their turn and close.
+    drain: CancellationToken,
+    /// Work that outlives its HTTP response (synthesis streams, websockets), so that
+    /// shutdown can wait for it before closing the pools.
+    tasks: TaskTracker,
+    streams: StreamRegistry,
+}
+
+impl AppState {
+    /// State around two pools.
+    pub fn new(pools: Pools, options: ServiceOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pools,
+                options,
+                metrics: Metrics::new(),
+                draining: AtomicBool::new(false),
+                drain: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                streams: StreamRegistry::default(),
+            }),
+        }
+    }
+
+    /// The pools.
+    pub fn pools(&self) -> &Pools {
+        &self.inner.pools
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ServiceOptions {
+        &self.inner.options
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Snapshots of both pools, TTS first.
+    pub fn snapshots(&self) -> Vec<PoolSnapshot> {
+        vec![self.pools().tts.snapshot(), self.pools().stt.snapshot()]
+    }
+
+    /// Ready to take traffic: not draining, and every pool has reached its warm target
+    /// at least once.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.snapshots().iter().all(|s| s.ready)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining: `/readyz` turns 503, new speech requests get 503, open STT
+    /// websockets end after their current turn. Idempotent.
+    pub fn begin_drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+        self.inner.drain.cancel();
+    }
+
+    /// The token cancelled by [`begin_drain`](Self::begin_drain).
+    pub fn drain_token(&self) -> &CancellationToken {
+        &self.inner.drain
+    }
+
+    /// Tracks work that outlives its response.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    /// Live STT streams, by session.
+    pub(crate) fn streams(&self) -> &StreamRegistry {
+        &self.inner.streams
+    }
+
+    /// Fills both pools to their warm targets, concurrently. Failures are logged, not
+    /// returned: the maintainer keeps retrying and `/readyz` stays 503 meanwhile.
+    pub async fn warm_up(&self) {
+        let (tts, stt) = tokio::join!(self.pools().tts.prepare(), self.pools().stt.prepare());
+        for (name, result) in [(TTS_POOL, tts), (STT_POOL, stt)] {
+            match result {
+                Ok(()) => tracing::info!(pool = name, "pool warm"),
+                Err(e) => tracing::warn!(
+                    pool = name,
+                    error = %e,
+                    "could not reach the warm target yet; the maintainer keeps retrying"
+                ),
+            }
+        }
+    }
+
+    /// Waits (up to `timeout`) for tracked work to finish, then shuts both pools down,
+    /// closing every connection. Returns whether the tracked work finished in time.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.begin_drain();
+        self.inner.tasks.close();
+        let drained = tokio::time::timeout(timeout, self.inner.tasks.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                remaining = self.inner.tasks.len(),
+                "in-flight speech work did not finish within the shutdown grace period"
+            );
+        }
+        tokio::join!(self.pools().tts.shutdown(), self.pools().stt.shutdown());
+        drained
+    }
+}
+
+/// The STT websockets open per session, so that `DELETE /api/v1/sessions/{id}` can end
+/// them (otherwise releasing the session would wait for the client to hang up).
+#[derive(Debug, Default)]
+pub(crate) struct StreamRegistry {
+    next: AtomicU64,
+    by_session: Mutex<HashMap<String, HashMap<u64, CancellationToken>>>,
+}
+
+/// Deregisters a stream when dropped.
+#[derive(Debug)]
+pub(crate) struct StreamGuard<'a> {
+    registry: &'a StreamRegistry,
+    session: String,
+    id: u64,
+}
+
+impl StreamRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, CancellationToken>>> {
+        // Only plain map operations run under this lock; a poisoned map is still valid.
+        self.by_session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a stream of `session` ended by `token`.
+    pub(crate) fn register(&self, session: &str, token: CancellationToken) -> StreamGuard<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .entry(session.to_owned())
+            .or_default()
+            .insert(id, token);
+        StreamGuard {
+            registry: self,
+            session: session.to_owned(),
+            id,
+        }
+    }
+
+    /// Ends every stream of `session`; returns how many there were.
+    pub(crate) fn cancel(&self, session: &str) -> usize {
+        let streams = self.lock().remove(session).unwrap_or_default();
+        for token in streams.values() {
+            token.cancel();
+        }
+        streams.len()
+    }
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.registry.lock();
+        if let Some(streams) = map.get_mut(&self.session) {
+            streams.remove(&self.id);
+            if streams.is_empty() {
+                map.remove(&self.session);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_registry_cancels_and_cleans_up() {
+        let reg = StreamRegistry::default();
+        let a = CancellationToken::new();
+        let b = CancellationToken::new();
+        let ga = reg.register("s1", a.clone());
+        let gb = reg.register("s1", b.clone());
+        drop(gb);
+        assert!(!b.is_cancelled());
+        assert_eq!(reg.cancel("s1"), 1);
+        assert!(a.is_cancelled());
+        drop(ga);
+        assert_eq!(reg.cancel("s1"), 0);
+        assert!(reg.lock().is_empty());
+    }
+
+    #[test]
+    fn disabled_warm_pool_is_on_demand() {
+        let mut c = Config::defaults();
+        c.warm_pool_enabled = false;
+        let p = pool_config(&c, TTS_POOL);
+        assert_eq!(p.warm_target, 0);
+        assert!(!p.background_warmup);
+        assert!(p.session_awareness);
+        let c = Config::defaults();
+        assert_eq!(pool_config(&c, TTS_POOL).warm_target, 3);
+        assert_eq!(pool_config(&c, STT_POOL).warm_target, 2);
+    }
+}

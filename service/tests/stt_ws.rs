@@ -1,0 +1,231 @@
+//! The STT websocket over a real socket: turns, sessions, errors, drain.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{build, config, pcm, start, warm_app};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use speech_mock::backend::MockConfig;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Guards against a hang only; no test asserts on elapsed time.
+const HANG: Duration = Duration::from_secs(20);
+
+/// The next message: JSON for text, `{"type":"close","code":N}` for a close frame.
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(HANG, ws.next())
+            .await
+            .expect("no message in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("JSON"),
+            Some(Ok(Message::Close(frame))) => {
+                return json!({"type": "close", "code": frame.map(|f| u16::from(f.code))});
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return json!({"type": "close", "code": null}),
+        }
+    }
+}
+
+/// Sends `audio` in 8 KB frames and `{"type":"end"}`; returns every message up to and
+/// including `turn_end` (or an error / close).
+async fn turn(ws: &mut Ws, audio: &[u8]) -> Vec<Value> {
+    for chunk in audio.chunks(8000) {
+        ws.send(Message::binary(chunk.to_vec()))
+            .await
+            .expect("send audio");
+    }
+    ws.send(Message::text(r#"{"type":"end"}"#))
+        .await
+        .expect("send end");
+    let mut out = Vec::new();
+    loop {
+        let v = next(ws).await;
+        let kind = v["type"].as_str().unwrap_or_default().to_owned();
+        out.push(v);
+        if matches!(kind.as_str(), "turn_end" | "error" | "close") {
+            return out;
+        }
+    }
+}
+
+fn phrase(events: &[Value]) -> Option<&str> {
+    events
+        .iter()
+        .find(|e| e["type"] == "phrase")
+        .and_then(|e| e["text"].as_str())
+}
+
+#[tokio::test]
+async fn stream_turns_sessions_and_pool_figures() {
+    let t = warm_app().await;
+    let server = start(&t.state).await;
+    let url = server.ws_url("/api/v1/stt?session_id=call-1&language=en-US");
+    let (mut ws, response) = connect_async(url.as_str()).await.expect("connect");
+    assert_eq!(
+        response
+            .headers()
+            .get("x-pool-tier")
+            .and_then(|v| v.to_str().ok()),
+        Some("warm")
+    );
+    let hello = next(&mut ws).await;
+    assert_eq!(hello["type"], "connected");
+    assert_eq!(hello["tier"], "warm");
+    assert_eq!(hello["session_id"], "call-1");
+
+    let events = turn(&mut ws, &pcm(1.0)).await;
+    assert_eq!(events[0]["type"], "turn_start", "{events:?}");
+    assert_eq!(events[0]["tier"], "warm");
+    assert_eq!(phrase(&events), Some("hello world"), "{events:?}");
+    assert!(events.iter().any(|e| e["type"] == "speech_start_detected"));
+    assert_eq!(events.last().unwrap()["type"], "turn_end");
+
+    // The next turn of the call uses the call's own connection.
+    let events = turn(&mut ws, &pcm(0.5)).await;
+    assert_eq!(events[0]["tier"], "dedicated", "{events:?}");
+    assert_eq!(phrase(&events), Some("hello world"));
+    ws.close(None).await.expect("close");
+    drop(ws);
+
+    // So does a new stream of the same call.
+    let (mut ws, _) = connect_async(url.as_str()).await.expect("reconnect");
+    assert_eq!(next(&mut ws).await["tier"], "dedicated");
+    ws.close(None).await.expect("close");
+    drop(ws);
+
+    let pools: Value = common::client()
+        .get(server.url("/api/v1/pools"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stt = &pools["pools"]["speech-stt"];
+    assert_eq!(stt["allocations_warm"], 1, "{stt}");
+    assert!(stt["allocations_dedicated"].as_u64().unwrap() >= 2, "{stt}");
+    assert_eq!(stt["active_sessions"], 1);
+    server.stop().await;
+    assert_eq!(t.stt.snapshot().open_now, 0, "{:?}", t.stt.snapshot());
+    assert_eq!(t.state.pools().stt.background_tasks(), 0);
+}
+
+#[tokio::test]
+async fn plain_stream_without_session_and_empty_end() {
+    let t = warm_app().await;
+    let server = start(&t.state).await;
+    let (mut ws, _) = connect_async(server.ws_url("/api/v1/stt").as_str())
+        .await
+        .expect("connect");
+    assert_eq!(next(&mut ws).await["session_id"], Value::Null);
+    // An `end` before any audio ends nothing; an unknown text message is answered with an
+    // error event and the stream stays usable.
+    ws.send(Message::text(r#"{"type":"end"}"#)).await.unwrap();
+    ws.send(Message::text("what?")).await.unwrap();
+    let e = next(&mut ws).await;
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["status"], 400);
+    let events = turn(&mut ws, &pcm(0.5)).await;
+    assert_eq!(phrase(&events), Some("hello world"), "{events:?}");
+    drop(ws);
+    server.stop().await;
+    assert_eq!(t.stt.snapshot().open_now, 0);
+}
+
+#[tokio::test]
+async fn handshake_errors_are_http_statuses() {
+    let t = warm_app().await;
+    let server = start(&t.state).await;
+    for (query, status) in [
+        ("?language=fr-FR", 400),
+        ("?session_id=bad%20id", 400),
+        ("?mode=shouting", 400),
+    ] {
+        let err = connect_async(server.ws_url(&format!("/api/v1/stt{query}")).as_str())
+            .await
+            .expect_err(query);
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(r) => {
+                assert_eq!(r.status().as_u16(), status, "{query}");
+            }
+            other => panic!("{query}: {other}"),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_the_session_ends_its_stream() {
+    let t = warm_app().await;
+    let server = start(&t.state).await;
+    let (mut ws, _) = connect_async(server.ws_url("/api/v1/stt?session_id=call-5").as_str())
+        .await
+        .expect("connect");
+    next(&mut ws).await;
+    let events = turn(&mut ws, &pcm(0.3)).await;
+    assert_eq!(phrase(&events), Some("hello world"));
+    let r = common::client()
+        .delete(server.url("/api/v1/sessions/call-5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["streams_closed"], 1);
+    assert_eq!(v["released"]["speech-stt"], true);
+    let closed = next(&mut ws).await;
+    assert_eq!(closed, json!({"type": "close", "code": 1000}));
+    server.stop().await;
+    assert_eq!(t.stt.snapshot().open_now, 0);
+}
+
+#[tokio::test]
+async fn draining_closes_idle_streams_with_going_away() {
+    let t = warm_app().await;
+    let mut server = start(&t.state).await;
+    let (mut ws, _) = connect_async(server.ws_url("/api/v1/stt").as_str())
+        .await
+        .expect("connect");
+    next(&mut ws).await;
+    server.signal();
+    let closed = next(&mut ws).await;
+    assert_eq!(closed, json!({"type": "close", "code": 1001}));
+    drop(ws);
+    server.stop().await;
+    assert_eq!(t.stt.snapshot().open_now, 0);
+    assert_eq!(t.tts.snapshot().open_now, 0);
+}
+
+#[tokio::test]
+async fn exhausted_stt_pool_refuses_the_handshake_with_429() {
+    let mut c = config();
+    c.warm_pool_stt_size = 1;
+    c.pool_stt_max_size = 1;
+    let t = build(&c, MockConfig::default());
+    t.state.warm_up().await;
+    let server = start(&t.state).await;
+    let (mut first, _) = connect_async(server.ws_url("/api/v1/stt").as_str())
+        .await
+        .expect("connect");
+    next(&mut first).await;
+    let err = connect_async(server.ws_url("/api/v1/stt").as_str())
+        .await
+        .expect_err("second stream");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(r) => {
+            assert_eq!(r.status().as_u16(), 429);
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        other => panic!("{other}"),
+    }
+    drop(first);
+    server.stop().await;
+}

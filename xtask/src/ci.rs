@@ -1,0 +1,84 @@
+//! `cargo xtask ci`: the steps of `.ci/run`, in the same order, with output streamed.
+//!
+//! Keep this list in step with `.ci/run` (which CI runs on a fresh clone and which also
+//! installs the rustfmt and clippy components).
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::{cargo, workspace_root};
+
+/// One CI step: a label and how to build its command.
+struct Step {
+    label: &'static str,
+    command: fn() -> Command,
+}
+
+fn steps() -> Vec<Step> {
+    let mut steps = vec![
+        Step {
+            label: "cargo fmt --all --check",
+            command: || {
+                let mut c = cargo();
+                c.args(["fmt", "--all", "--check"]);
+                c
+            },
+        },
+        Step {
+            label: "cargo clippy --workspace --all-targets -- -D warnings",
+            command: || {
+                let mut c = cargo();
+                c.args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]);
+                c
+            },
+        },
+        Step {
+            label: "cargo test --workspace",
+            command: || {
+                let mut c = cargo();
+                c.args(["test", "--workspace"]);
+                c
+            },
+        },
+    ];
+    if workspace_root().join("conformance/run.sh").is_file() {
+        steps.push(Step {
+            label: "bash conformance/run.sh",
+            command: || {
+                let mut c = Command::new("bash");
+                c.arg("conformance/run.sh").current_dir(workspace_root());
+                c
+            },
+        });
+    }
+    steps
+}
+
+/// Runs every step, streaming its output; stops at the first failure and names it.
+pub fn run() -> anyhow::Result<()> {
+    let steps = steps();
+    let total = steps.len();
+    for (index, step) in steps.iter().enumerate() {
+        println!("== [{}/{total}] {}", index + 1, step.label);
+        let status = (step.command)()
+            .status()
+            .with_context(|| format!("could not start `{}`", step.label))?;
+        if !status.success() {
+            bail!(
+                "CI step {}/{total} failed: `{}` ({status})",
+                index + 1,
+                step.label
+            );
+        }
+    }
+    println!("== all {total} CI steps passed");
+    Ok(())
+}
