@@ -143,7 +143,7 @@ impl<M: Manager> Drop for Pooled<M> {
                 state.touched = true;
                 let keep = !self.broken
                     && !state.evicted
-                    && !inner.lock().closed
+                    && !inner.closed.load(std::sync::atomic::Ordering::Acquire)
                     && inner.manager.is_ready(&entry.resource);
                 if keep {
                     state.entry = Some(entry);

@@ -1,7 +1,8 @@
 //! The pool: idle set, waiters, sessions, and the create / return / discard paths.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -63,6 +64,8 @@ enum Handoff<R> {
     Slot,
     /// The pool shut down.
     Closed,
+    /// The caller's acquire timeout passed (sent by the reaper).
+    TimedOut,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,8 @@ struct Waiter<R> {
     /// False for a caller already creating its own resource: it races for a returned
     /// resource but must not be handed a second slot.
     accepts_slot: bool,
+    /// When the reaper answers this waiter with `TimedOut`; `None` waits forever.
+    deadline: Option<Instant>,
 }
 
 /// Everything guarded by the pool's one state lock. Held only for a few pointer moves,
@@ -101,6 +106,9 @@ pub(crate) struct State<R> {
     pub(crate) failure_streak: u32,
     /// No background create starts before this moment.
     pub(crate) backoff_until: Option<Instant>,
+    /// When the reaper plans to wake next (`None`: it sleeps until notified), so a waiter
+    /// with an earlier deadline can wake it.
+    pub(crate) reaper_next: Option<Instant>,
     /// When the maintainer plans to wake next (`None` without a maintainer), so a returned
     /// resource due for refresh sooner can wake it.
     pub(crate) next_maintenance: Option<Instant>,
@@ -124,7 +132,15 @@ pub(crate) struct Inner<M: Manager> {
     pub manager: M,
     pub config: PoolConfig,
     state: Mutex<State<M::Resource>>,
-    pub sessions: Mutex<HashMap<String, Arc<SessionSlot<M::Resource>>>>,
+    pub sessions:
+        Mutex<HashMap<String, Arc<SessionSlot<M::Resource>>, foldhash::fast::RandomState>>,
+    /// Mirrors `State::closed` so a session guard's drop can check it without the lock.
+    pub closed: AtomicBool,
+    /// The acquire-timeout reaper is spawned on the first timed wait, not at build time,
+    /// so pools that never wait (and builds outside a runtime) have no such task.
+    reaper_started: AtomicBool,
+    /// Wakes the reaper when a waiter's deadline is earlier than its planned wake-up.
+    reaper_wake: Notify,
     pub stats: Stats,
     /// Every close, create and the maintainer run here, so shutdown can wait for them.
     pub tasks: TaskTracker,
@@ -196,8 +212,12 @@ impl<M: Manager> Pool<M> {
                 failure_streak: 0,
                 backoff_until: None,
                 next_maintenance: None,
+                reaper_next: None,
             }),
-            sessions: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            reaper_started: AtomicBool::new(false),
+            reaper_wake: Notify::new(),
+            sessions: Mutex::new(HashMap::default()),
             stats: Stats::default(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -435,6 +455,7 @@ impl<M: Manager> Inner<M> {
     ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
         let target = self.config.warm_target;
         loop {
+            let mut slow_started = started;
             let step = {
                 let mut st = self.lock();
                 if st.closed {
@@ -449,11 +470,17 @@ impl<M: Manager> Inner<M> {
                         TakeStep::Idle(idle.entry, st.idle.len() < target)
                     }
                     None => {
+                        // Nothing idle: the slow path, always timed.
+                        let now = *slow_started.get_or_insert_with(Instant::now);
+                        let deadline = self.config.acquire_timeout.map(|t| now + t);
                         let can_create = st.live() < self.config.max_size;
                         if can_create {
                             st.creating += 1;
                         }
-                        TakeStep::Slow(self.register_waiter(&mut st, !can_create), can_create)
+                        TakeStep::Slow(
+                            self.register_waiter(&mut st, !can_create, deadline),
+                            can_create,
+                        )
                     }
                 }
             };
@@ -475,11 +502,10 @@ impl<M: Manager> Inner<M> {
                 }
                 TakeStep::Slow(waiter, can_create) => (waiter, can_create),
             };
-            // Nothing idle: the slow path, always timed.
-            let started = started.unwrap_or_else(Instant::now);
+            let started = slow_started.unwrap_or_else(Instant::now);
             let deadline = self.config.acquire_timeout.map(|t| started + t);
             let result = if can_create {
-                self.create_racing(waiter, deadline).await
+                self.create_racing(waiter).await
             } else {
                 self.wait(waiter, deadline).await
             };
@@ -495,6 +521,7 @@ impl<M: Manager> Inner<M> {
         self: &Arc<Self>,
         st: &mut State<M::Resource>,
         accepts_slot: bool,
+        deadline: Option<Instant>,
     ) -> WaiterGuard<M> {
         let (tx, rx) = oneshot::channel();
         let id = st.next_waiter_id;
@@ -503,12 +530,74 @@ impl<M: Manager> Inner<M> {
             id,
             tx,
             accepts_slot,
+            deadline,
         });
+        if let Some(deadline) = deadline
+            && st.reaper_next.is_none_or(|planned| deadline < planned)
+        {
+            // One reaper per pool enforces every waiter's timeout: FIFO waiters share one
+            // timeout length, so their deadlines arrive in order and a single timer serves
+            // them all, instead of a timer registration per wait.
+            st.reaper_next = Some(deadline);
+            self.start_reaper();
+            self.reaper_wake.notify_one();
+        }
         WaiterGuard {
             inner: self.clone(),
             id,
             rx: Some(rx),
         }
+    }
+
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaper_started.swap(true, Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let next = inner.expire_waiters(Instant::now());
+                let sleep = async {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = inner.reaper_wake.notified() => {}
+                    () = sleep => {}
+                }
+            }
+        });
+    }
+
+    /// Answers every waiter whose deadline has passed with `TimedOut` and returns the
+    /// earliest remaining deadline (recorded as the reaper's next wake-up).
+    fn expire_waiters(&self, now: Instant) -> Option<Instant> {
+        let mut st = self.lock();
+        let mut next = None::<Instant>;
+        let mut index = 0;
+        while index < st.waiters.len() {
+            match st.waiters[index].deadline {
+                Some(deadline) if deadline <= now => {
+                    if let Some(waiter) = st.waiters.remove(index) {
+                        let _ = waiter.tx.send(Handoff::TimedOut);
+                    }
+                }
+                Some(deadline) => {
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                    index += 1;
+                }
+                None => index += 1,
+            }
+        }
+        st.reaper_next = next;
+        next
     }
 
     /// Waits for a returned resource or a freed slot, in FIFO order.
@@ -517,13 +606,7 @@ impl<M: Manager> Inner<M> {
         mut waiter: WaiterGuard<M>,
         deadline: Option<Instant>,
     ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
-        let received = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, waiter.recv()).await {
-                Ok(received) => received,
-                Err(_) => return Err(self.timeout_error()),
-            },
-            None => waiter.recv().await,
-        };
+        let received = waiter.recv().await;
         match received {
             Handoff::Resource(entry) => Ok((entry, Tier::Warm)),
             Handoff::Slot => {
@@ -531,11 +614,12 @@ impl<M: Manager> Inner<M> {
                 // resources that come back meanwhile.
                 let racer = {
                     let mut st = self.lock();
-                    self.register_waiter(&mut st, false)
+                    self.register_waiter(&mut st, false, deadline)
                 };
-                Box::pin(self.create_racing(racer, deadline)).await
+                Box::pin(self.create_racing(racer)).await
             }
             Handoff::Closed => Err(PoolError::Closed),
+            Handoff::TimedOut => Err(self.timeout_error()),
         }
     }
 
@@ -546,18 +630,11 @@ impl<M: Manager> Inner<M> {
     async fn create_racing(
         self: &Arc<Self>,
         mut waiter: WaiterGuard<M>,
-        deadline: Option<Instant>,
     ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
         let created = self.spawn_create();
         let mut created = DeliveryGuard {
             inner: self.clone(),
             rx: Some(created),
-        };
-        let sleep = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
         };
         tokio::select! {
             biased;
@@ -571,10 +648,10 @@ impl<M: Manager> Inner<M> {
             }
             received = waiter.recv() => match received {
                 Handoff::Resource(entry) => Ok((entry, Tier::Warm)),
-                // A racer never accepts slots; treat a stray one as closed-safe.
+                Handoff::TimedOut => Err(self.timeout_error()),
+                // A racer never accepts slots; a stray one cannot happen, treat it as closed.
                 Handoff::Slot | Handoff::Closed => Err(PoolError::Closed),
             },
-            () = sleep => Err(self.timeout_error()),
         }
     }
 
@@ -588,8 +665,8 @@ impl<M: Manager> Inner<M> {
             idle: st.idle.len(),
             in_use: st.checked_out + st.dedicated,
             creating: st.creating,
-            // The timed-out caller is still queued at this point, so it is counted.
-            waiting: st.waiters.len(),
+            // The reaper already took the timed-out caller off the queue; count it.
+            waiting: st.waiters.len() + 1,
             last_error: st.last_error.clone(),
         }))
     }
@@ -899,6 +976,7 @@ impl<M: Manager> Inner<M> {
         let (idle, waiters) = {
             let mut st = self.lock();
             st.closed = true;
+            self.closed.store(true, Release);
             st.replacing = 0;
             let idle: Vec<_> = st.idle.drain(..).map(|i| i.entry).collect();
             let waiters: Vec<_> = st.waiters.drain(..).collect();
@@ -1137,7 +1215,7 @@ impl<M: Manager> Drop for WaiterGuard<M> {
                 st.creating -= 1;
                 self.inner.slot_freed(&mut st);
             }
-            Ok(Handoff::Closed) | Err(_) => {}
+            Ok(Handoff::Closed | Handoff::TimedOut) | Err(_) => {}
         }
     }
 }

@@ -229,3 +229,47 @@ async fn exhausted_stt_pool_refuses_the_handshake_with_429() {
     drop(first);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_gone_stale_before_the_first_audio_is_replaced() {
+    // Connections stop being ready 50 ms after they open (as Azure closes idle sockets).
+    let mock = MockConfig {
+        not_ready_after_age: Some(Duration::from_millis(50)),
+        ..MockConfig::default()
+    };
+    let mut c = config();
+    c.warm_pool_enabled = false;
+    let t = build(&c, mock);
+    let server = start(&t.state).await;
+    let (mut ws, _) = connect_async(server.ws_url("/api/v1/stt?session_id=slow").as_str())
+        .await
+        .expect("connect");
+    next(&mut ws).await;
+    // Let the held connection go stale (this sleep is the scenario, not an assertion).
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let events = turn(&mut ws, &pcm(0.02)).await;
+    assert_eq!(events[0]["type"], "turn_start", "{events:?}");
+    assert_eq!(events[0]["tier"], "cold");
+    assert_eq!(events.last().unwrap()["type"], "turn_end", "{events:?}");
+    drop(ws);
+    server.stop().await;
+    assert_eq!(t.stt.snapshot().open_now, 0);
+}
+
+#[tokio::test]
+async fn a_second_stream_of_a_busy_session_is_refused_not_hung() {
+    let t = warm_app().await;
+    let server = start(&t.state).await;
+    let url = server.ws_url("/api/v1/stt?session_id=busy");
+    let (mut first, _) = connect_async(url.as_str()).await.expect("connect");
+    next(&mut first).await;
+    let err = connect_async(url.as_str())
+        .await
+        .expect_err("second stream");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status().as_u16(), 409),
+        other => panic!("{other}"),
+    }
+    drop(first);
+    server.stop().await;
+}

@@ -64,6 +64,10 @@ pub struct Args {
     /// fairness_p8_t64 [default: all].
     #[arg(long = "case", value_name = "CASE", value_parser = CASE_NAMES)]
     pub cases: Vec<String>,
+    /// Run only these pools (repeatable; `ours` is both our WARM and DEDICATED paths), e.g.
+    /// to profile one of them [default: all].
+    #[arg(long = "pool", value_name = "POOL", value_parser = ["ours", "deadpool", "bb8", "fastpool"])]
+    pub pools: Vec<String>,
 }
 
 const CASE_NAMES: [&str; 4] = [
@@ -210,6 +214,16 @@ impl Contender {
         }
     }
 
+    /// The `--pool` name that selects this contender.
+    fn pool(self) -> &'static str {
+        match self {
+            Contender::OursWarm | Contender::OursDedicated => "ours",
+            Contender::Deadpool => "deadpool",
+            Contender::Bb8 => "bb8",
+            Contender::Fastpool => "fastpool",
+        }
+    }
+
     fn column(self) -> &'static str {
         match self {
             Contender::OursWarm => "ours WARM",
@@ -283,12 +297,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut cells: Vec<Cell> = cases
         .iter()
         .flat_map(|&case| {
-            case.contenders().iter().map(move |&contender| Cell {
-                case,
-                contender,
-                samples: Vec::new(),
-                failure: None,
-            })
+            case.contenders()
+                .iter()
+                .filter(|c| args.pools.is_empty() || args.pools.iter().any(|p| p == c.pool()))
+                .map(move |&contender| Cell {
+                    case,
+                    contender,
+                    samples: Vec::new(),
+                    failure: None,
+                })
         })
         .collect();
 
@@ -486,7 +503,12 @@ fn print_machine_lines(cases: &[Case], cells: &[Cell]) {
                         format!("ratio.{}_vs_{}.{case_name}", ours.key(case), peer.key(case));
                     match (peer_cell.median(index), our_cell.median(index)) {
                         (Some(theirs), Some(mine)) if mine > 0.0 => {
-                            println!("{name}: {:.2}", theirs / mine);
+                            let ratio = theirs / mine;
+                            if ratio < 0.1 {
+                                println!("{name}: {ratio:.4}");
+                            } else {
+                                println!("{name}: {ratio:.2}");
+                            }
                         }
                         _ => println!("{name}: n/a"),
                     }

@@ -209,9 +209,14 @@ async fn run_stream(
             NextTurn::Audio(chunk) => chunk,
             NextTurn::Done => break,
         };
-        let mut guard = match held.take() {
-            Some(g) if g.is_ready() => g,
-            _ => match acquire(&state, &state.pools().stt, context.session.as_deref()).await {
+        // A held connection that went stale while the client was silent (the server closes
+        // idle sockets) is dropped here, before a new one is asked for: a session's guard
+        // holds the session, and asking the pool for the same session while holding it
+        // would wait on ourselves.
+        let reusable = held.take().filter(|g| g.is_ready());
+        let mut guard = match reusable {
+            Some(g) => g,
+            None => match acquire(&state, &state.pools().stt, context.session.as_deref()).await {
                 Ok(g) => g,
                 Err(e) => {
                     send_error(&mut socket, &e).await;
