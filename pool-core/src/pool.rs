@@ -34,6 +34,11 @@ enum TakeStep<M: Manager> {
 /// What a caller's own create delivers.
 type Delivery<M> = Result<Entry<<M as Manager>::Resource>, PoolError<<M as Manager>::Error>>;
 
+/// Decides whether this acquire is one of the timed samples, and if so starts its clock.
+fn sample_start() -> Option<Instant> {
+    (fastrand::u32(..LATENCY_SAMPLE_EVERY) == 0).then(Instant::now)
+}
+
 /// A resource plus what the pool must remember about it between hand-outs.
 #[derive(Debug)]
 pub(crate) struct Entry<R> {
@@ -296,10 +301,15 @@ impl<M: Manager> Pool<M> {
     /// any resource returned meanwhile, else waits FIFO for one while the pool is at
     /// `max_size`. The guard returns it when dropped.
     pub async fn acquire(&self) -> Result<Pooled<M>, PoolError<M::Error>> {
-        let sampled = fastrand::u32(..LATENCY_SAMPLE_EVERY) == 0;
-        let started = sampled.then(Instant::now);
-        let (entry, tier) = self.inner().take(started).await?;
-        Ok(Pooled::plain(self.inner().clone(), entry, tier))
+        let inner = self.inner();
+        let started = sample_start();
+        // The WARM path is synchronous and runs before any future is built; the slow path is
+        // boxed so that this future stays a few words and cheap to create on every acquire.
+        if let Some(entry) = inner.try_take_idle(started) {
+            return Ok(Pooled::plain(inner.clone(), entry, Tier::Warm));
+        }
+        let (entry, tier) = Box::pin(inner.take(started)).await?;
+        Ok(Pooled::plain(inner.clone(), entry, tier))
     }
 
     /// Takes the session's own resource (DEDICATED), binding one on first use. Concurrent
@@ -314,47 +324,11 @@ impl<M: Manager> Pool<M> {
         if session_id.is_empty() || !inner.config.session_awareness {
             return self.acquire().await;
         }
-        let sampled = fastrand::u32(..LATENCY_SAMPLE_EVERY) == 0;
-        let started = sampled.then(Instant::now);
-        loop {
-            let slot = inner.session_slot(session_id);
-            let mut state = match slot.clone().try_lock_owned() {
-                Ok(state) => state,
-                Err(_) => slot.lock_owned().await,
-            };
-            if state.evicted {
-                // Released or evicted while we queued for it: start over with a fresh slot.
-                continue;
-            }
-            state.touched = true;
-            if let Some(entry) = state.entry.take() {
-                if !inner.past_max_age(&entry) && inner.manager.is_ready(&entry.resource) {
-                    inner.stats.record_allocation(Tier::Dedicated);
-                    if let Some(started) = started {
-                        inner
-                            .stats
-                            .record_latency(Tier::Dedicated, started.elapsed());
-                    }
-                    return Ok(Pooled::session(
-                        inner.clone(),
-                        state,
-                        entry,
-                        Tier::Dedicated,
-                    ));
-                }
-                // Its connection died or expired: close it and bind a new one, reporting
-                // the tier the replacement really came from.
-                inner.lock().dedicated -= 1;
-                inner.discard(entry);
-            }
-            let (entry, tier) = inner.take(started).await?;
-            {
-                let mut st = inner.lock();
-                st.checked_out -= 1;
-                st.dedicated += 1;
-            }
-            return Ok(Pooled::session(inner.clone(), state, entry, tier));
+        let started = sample_start();
+        if let Some(guard) = inner.try_dedicated(session_id, started) {
+            return Ok(guard);
         }
+        Box::pin(inner.acquire_session_slow(session_id, started)).await
     }
 
     /// Ends a session: resets its resource and returns it to the idle set (or closes it if
@@ -448,6 +422,125 @@ impl<M: Manager> Inner<M> {
         slot
     }
 
+    /// The WARM fast path: an idle, ready resource, or `None` when the idle set is empty
+    /// (or the pool is closed: the slow path reports that).
+    fn try_take_idle(self: &Arc<Self>, started: Option<Instant>) -> Option<Entry<M::Resource>> {
+        loop {
+            let (idle, below_target) = {
+                let mut st = self.lock();
+                if st.closed {
+                    return None;
+                }
+                let idle = st.idle.pop_front()?;
+                if idle.replacing {
+                    st.replacing -= 1;
+                }
+                st.checked_out += 1;
+                let below_target = st.idle.len() < self.config.warm_target;
+                (idle, below_target)
+            };
+            if let Some(entry) = self.hand_out_idle(idle.entry, below_target, started) {
+                return Some(entry);
+            }
+        }
+    }
+
+    /// Finishes taking an idle entry (already counted as checked out): wakes the maintainer
+    /// if the idle set fell below target, then hands the entry out if it is still ready, or
+    /// closes it and returns `None` so the caller tries again.
+    fn hand_out_idle(
+        self: &Arc<Self>,
+        entry: Entry<M::Resource>,
+        below_target: bool,
+        started: Option<Instant>,
+    ) -> Option<Entry<M::Resource>> {
+        if below_target && self.config.background_warmup {
+            self.maintainer_wake.notify_one();
+        }
+        if self.manager.is_ready(&entry.resource) {
+            self.stats.record_allocation(Tier::Warm);
+            if let Some(started) = started {
+                self.stats.record_latency(Tier::Warm, started.elapsed());
+            }
+            return Some(entry);
+        }
+        self.lock().checked_out -= 1;
+        self.discard(entry);
+        None
+    }
+
+    /// The DEDICATED fast path: the session exists, nobody is using it, and its resource is
+    /// ready. Anything else (first use, contention, a dead resource) takes the slow path.
+    fn try_dedicated(
+        self: &Arc<Self>,
+        session_id: &str,
+        started: Option<Instant>,
+    ) -> Option<Pooled<M>> {
+        let slot = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session_id)?
+            .clone();
+        let mut state = slot.try_lock_owned().ok()?;
+        let entry = state.entry.as_ref()?;
+        if state.evicted || self.past_max_age(entry) || !self.manager.is_ready(&entry.resource) {
+            return None;
+        }
+        let entry = state.entry.take()?;
+        state.touched = true;
+        self.stats.record_allocation(Tier::Dedicated);
+        if let Some(started) = started {
+            self.stats
+                .record_latency(Tier::Dedicated, started.elapsed());
+        }
+        Some(Pooled::session(self.clone(), state, entry, Tier::Dedicated))
+    }
+
+    /// The session slow path: queue for the session, then reuse, replace or bind its resource.
+    async fn acquire_session_slow(
+        self: &Arc<Self>,
+        session_id: &str,
+        started: Option<Instant>,
+    ) -> Result<Pooled<M>, PoolError<M::Error>> {
+        loop {
+            let slot = self.session_slot(session_id);
+            let mut state = match slot.clone().try_lock_owned() {
+                Ok(state) => state,
+                Err(_) => slot.lock_owned().await,
+            };
+            if state.evicted {
+                // Released or evicted while we queued for it: start over with a fresh slot.
+                continue;
+            }
+            state.touched = true;
+            if let Some(entry) = state.entry.take() {
+                if !self.past_max_age(&entry) && self.manager.is_ready(&entry.resource) {
+                    self.stats.record_allocation(Tier::Dedicated);
+                    if let Some(started) = started {
+                        self.stats
+                            .record_latency(Tier::Dedicated, started.elapsed());
+                    }
+                    return Ok(Pooled::session(self.clone(), state, entry, Tier::Dedicated));
+                }
+                // Its connection died or expired: close it and bind a new one, reporting
+                // the tier the replacement really came from.
+                self.lock().dedicated -= 1;
+                self.discard(entry);
+            }
+            let (entry, tier) = match self.try_take_idle(started) {
+                Some(entry) => (entry, Tier::Warm),
+                None => self.take(started).await?,
+            };
+            {
+                let mut st = self.lock();
+                st.checked_out -= 1;
+                st.dedicated += 1;
+            }
+            return Ok(Pooled::session(self.clone(), state, entry, tier));
+        }
+    }
+
     /// The plain acquire: idle set, else create (racing returns), else wait.
     async fn take(
         self: &Arc<Self>,
@@ -486,19 +579,10 @@ impl<M: Manager> Inner<M> {
             };
             let (waiter, can_create) = match step {
                 TakeStep::Idle(entry, below_target) => {
-                    if below_target && self.config.background_warmup {
-                        self.maintainer_wake.notify_one();
+                    match self.hand_out_idle(entry, below_target, started) {
+                        Some(entry) => return Ok((entry, Tier::Warm)),
+                        None => continue,
                     }
-                    if self.manager.is_ready(&entry.resource) {
-                        self.stats.record_allocation(Tier::Warm);
-                        if let Some(started) = started {
-                            self.stats.record_latency(Tier::Warm, started.elapsed());
-                        }
-                        return Ok((entry, Tier::Warm));
-                    }
-                    self.lock().checked_out -= 1;
-                    self.discard(entry);
-                    continue;
                 }
                 TakeStep::Slow(waiter, can_create) => (waiter, can_create),
             };

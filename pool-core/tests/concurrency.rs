@@ -52,17 +52,14 @@ async fn a_cold_create_races_a_returned_resource_and_the_loser_goes_idle() {
 
     let racer = {
         let pool = pool.clone();
-        tokio::spawn(async move {
-            let g = pool.acquire().await.unwrap();
-            (g.id, g.tier())
-        })
+        tokio::spawn(async move { pool.acquire().await.unwrap() })
     };
     wait_until(&pool, "the racer is creating", |s| s.creating == 1).await;
     tokio::time::sleep(millis(100)).await;
     drop(first);
-    let (id, tier) = racer.await.unwrap();
+    let won = racer.await.unwrap();
     assert_eq!(
-        (id, tier),
+        (won.id, won.tier()),
         (first_id, Tier::Warm),
         "the returned resource wins"
     );
@@ -74,9 +71,12 @@ async fn a_cold_create_races_a_returned_resource_and_the_loser_goes_idle() {
     assert_eq!(fake.created(), 2);
     assert_eq!(s.warm_pool_size, 1, "the loser went to the idle set");
     assert_eq!(s.creating, 0);
-    assert_eq!(fake.closed(), 0);
+    assert_eq!(fake.closed(), 0, "closed {:?}; {s:#?}", fake.closed_ids());
     assert_eq!((s.allocations_cold, s.allocations_warm), (1, 1));
-    assert_eq!(pool.acquire().await.unwrap().tier(), Tier::Warm);
+    assert_eq!(s.in_use, 1);
+    let next = pool.acquire().await.unwrap();
+    assert_eq!((next.id, next.tier()), (1, Tier::Warm));
+    drop((won, next));
 }
 
 #[tokio::test(start_paused = true)]
