@@ -460,7 +460,7 @@ impl<M: Manager> Inner<M> {
         if below_target && self.config.background_warmup {
             self.maintainer_wake.notify_one();
         }
-        if self.manager.is_ready(&entry.resource) {
+        if !self.past_max_age(&entry) && self.manager.is_ready(&entry.resource) {
             self.stats.record_allocation(Tier::Warm);
             if let Some(started) = started {
                 self.stats.record_latency(Tier::Warm, started.elapsed());
@@ -814,6 +814,11 @@ impl<M: Manager> Inner<M> {
                     if let Some(entry) = surplus {
                         inner.close_entry(entry);
                     }
+                    if inner.config.background_warmup {
+                        // Keep the pipeline full: the next refill starts as soon as this one
+                        // lands, still bounded by `create_concurrency`.
+                        let _ = inner.start_refill(false);
+                    }
                     Ok(())
                 }
                 Err(error) => {
@@ -930,7 +935,18 @@ impl<M: Manager> Inner<M> {
         if st.closed {
             return Some(entry);
         }
-        while let Some(waiter) = st.waiters.pop_front() {
+        // A fresh resource from a refill skips callers racing their own create: handing it
+        // over would only make their create the loser and the refill look short, starting
+        // another create. Returned resources go to the first waiter of any kind.
+        let mut skipped = 0;
+        while skipped < st.waiters.len() {
+            if fresh && !st.waiters[skipped].accepts_slot {
+                skipped += 1;
+                continue;
+            }
+            let Some(waiter) = st.waiters.remove(skipped) else {
+                break;
+            };
             st.checked_out += 1;
             match waiter.tx.send(Handoff::Resource(entry)) {
                 Ok(()) => return None,

@@ -61,9 +61,15 @@ async fn failing_creates_back_off_exponentially_with_jitter() {
     }
 
     let s = pool.snapshot();
-    assert_eq!(s.create_failures, attempts as u64, "every failure is counted");
+    assert_eq!(
+        s.create_failures, attempts as u64,
+        "every failure is counted"
+    );
     assert!(
-        s.last_error.as_deref().unwrap_or("").contains("connect refused"),
+        s.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("connect refused"),
         "the failure is reported: {:?}",
         s.last_error
     );
@@ -81,7 +87,10 @@ async fn backoff_delays_are_jittered_between_pools() {
     tokio::time::sleep(secs(10)).await;
     let (ga, gb) = (gaps(&a.create_times()), gaps(&b.create_times()));
     assert!(ga.len() >= 4 && gb.len() >= 4);
-    assert_ne!(ga, gb, "two pools failing together must not retry in lockstep");
+    assert_ne!(
+        ga, gb,
+        "two pools failing together must not retry in lockstep"
+    );
     pa.shutdown().await;
     pb.shutdown().await;
 }

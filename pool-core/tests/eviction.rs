@@ -32,7 +32,11 @@ async fn stale_sessions_are_evicted_after_max_age_and_their_resources_closed() {
     tokio::time::sleep(secs(30)).await;
     let s = assert_no_leak(&pool, &fake).await;
     assert_eq!(s.active_sessions, 1, "{s:#?}");
-    assert_eq!(fake.closed_ids(), vec![id], "the evicted resource was closed");
+    assert_eq!(
+        fake.closed_ids(),
+        vec![id],
+        "the evicted resource was closed"
+    );
     assert_eq!(s.dedicated, 1);
 
     // The evicted session starts over; the other one still has its resource.

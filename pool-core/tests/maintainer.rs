@@ -124,7 +124,11 @@ async fn housekeeping_runs_once_per_refresh_interval() {
         .build()
         .unwrap();
     tokio::time::sleep(secs(35)).await;
-    assert_eq!(pool.snapshot().warmup_cycles, 3, "passes at 10 s, 20 s, 30 s");
+    assert_eq!(
+        pool.snapshot().warmup_cycles,
+        3,
+        "passes at 10 s, 20 s, 30 s"
+    );
     tokio::time::sleep(secs(10)).await;
     assert_eq!(pool.snapshot().warmup_cycles, 4);
     assert_eq!(fake.created(), 1, "an idle set at target needs no creates");

@@ -12,7 +12,10 @@ async fn prepare_without_background_warmup_fills_idle_set_to_target() {
     let pool = Pool::builder(fake.clone()).warm_target(3).build().unwrap();
     let before = pool.snapshot();
     assert_eq!(before.warm_pool_size, 0, "the pool starts empty");
-    assert!(!before.ready, "not ready before the target is first reached");
+    assert!(
+        !before.ready,
+        "not ready before the target is first reached"
+    );
 
     pool.prepare().await.unwrap();
 
@@ -112,7 +115,10 @@ async fn prepare_reports_a_create_failure_and_the_pool_stays_usable() {
     assert_eq!(s.create_failures, 1);
     assert!(!s.ready);
     assert!(
-        s.last_error.as_deref().unwrap_or("").contains("connect refused"),
+        s.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("connect refused"),
         "last_error: {:?}",
         s.last_error
     );

@@ -219,7 +219,12 @@ async fn run(warm_target: usize, latency_ms: u64, ops: Vec<Op>) -> Result<(), Te
             step
         );
         prop_assert_eq!(s.size, live.len(), "step {}: live", step);
-        prop_assert_eq!(fake.created() as u64, model.next_id, "step {}: created", step);
+        prop_assert_eq!(
+            fake.created() as u64,
+            model.next_id,
+            "step {}: created",
+            step
+        );
         prop_assert_eq!(s.warm_pool_size, model.idle.len(), "step {}: idle", step);
         prop_assert_eq!(
             s.in_use,

@@ -119,7 +119,11 @@ async fn refresh_jitter_spreads_replacements_of_resources_created_together() {
         replacements.len() >= 2,
         "replacements were spread by jitter, not made in one instant: {replacements:?}"
     );
-    assert!(replacements.iter().all(|d| *d <= secs(55) + millis(2) && *d >= secs(45)));
+    assert!(
+        replacements
+            .iter()
+            .all(|d| *d <= secs(55) + millis(2) && *d >= secs(45))
+    );
     pool.shutdown().await;
 }
 

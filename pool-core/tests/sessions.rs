@@ -102,7 +102,11 @@ async fn sessions_are_isolated() {
     drop((a, b));
     assert!(pool.release_for_session("alice").await);
     let b = pool.acquire_for_session("bob").await.unwrap();
-    assert_eq!(b.tier(), Tier::Dedicated, "releasing alice leaves bob alone");
+    assert_eq!(
+        b.tier(),
+        Tier::Dedicated,
+        "releasing alice leaves bob alone"
+    );
     assert_eq!(b.id, b_id);
     assert_eq!(pool.snapshot().active_sessions, 1);
 }
@@ -262,7 +266,8 @@ async fn concurrent_acquires_for_one_session_share_one_resource() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 10);
     assert!(
-        seen.iter().all(|&(id, tier)| id == bound && tier == Tier::Dedicated),
+        seen.iter()
+            .all(|&(id, tier)| id == bound && tier == Tier::Dedicated),
         "{seen:?}"
     );
     assert_eq!(fake.created(), 1);

@@ -27,7 +27,11 @@ async fn shutdown_empties_the_idle_set_and_the_sessions() {
     assert_eq!(s.dedicated, 0);
     assert_eq!(s.size, 0);
     assert!(!s.ready, "a shut-down pool is not ready");
-    assert_eq!(fake.closed(), 3, "idle and session resources closed before return");
+    assert_eq!(
+        fake.closed(),
+        3,
+        "idle and session resources closed before return"
+    );
     assert_eq!(fake.created(), fake.closed());
     assert!(!pool.release_for_session("a").await, "sessions are gone");
 }
@@ -97,7 +101,11 @@ async fn shutdown_leaves_no_task_running() {
     drop(g);
 
     pool.shutdown().await;
-    assert_eq!(pool.background_tasks(), 0, "maintainer, creates and closes all done");
+    assert_eq!(
+        pool.background_tasks(),
+        0,
+        "maintainer, creates and closes all done"
+    );
     let s = assert_no_leak(&pool, &fake).await;
     assert_eq!(s.size, 0);
     assert_eq!(fake.created(), fake.closed());
@@ -124,7 +132,11 @@ async fn shutdown_closes_a_resource_whose_create_was_in_flight() {
     assert_eq!(pool.background_tasks(), 0);
     let s = assert_no_leak(&pool, &fake).await;
     assert_eq!(fake.created(), 2, "the in-flight creates finished");
-    assert_eq!(fake.closed(), 2, "and their resources were closed, not kept");
+    assert_eq!(
+        fake.closed(),
+        2,
+        "and their resources were closed, not kept"
+    );
     assert_eq!(s.warm_pool_size, 0);
 }
 
@@ -184,7 +196,11 @@ async fn shutdown_waits_for_closes_but_only_up_to_its_timeout() {
         waited >= secs(2) && waited < secs(3600),
         "shutdown waited {waited:?}"
     );
-    assert_eq!(pool.background_tasks(), 1, "the hung close is still running");
+    assert_eq!(
+        pool.background_tasks(),
+        1,
+        "the hung close is still running"
+    );
     assert_eq!(fake.closed(), 0);
 
     // A close that finishes within the timeout is waited for.
@@ -196,7 +212,11 @@ async fn shutdown_waits_for_closes_but_only_up_to_its_timeout() {
         .unwrap();
     pool.prepare().await.unwrap();
     pool.shutdown().await;
-    assert_eq!(fake.closed(), 2, "shutdown returned after the closes finished");
+    assert_eq!(
+        fake.closed(),
+        2,
+        "shutdown returned after the closes finished"
+    );
     assert_eq!(pool.background_tasks(), 0);
 }
 
@@ -220,7 +240,11 @@ async fn dropping_the_last_handle_stops_the_maintainer_and_closes_idle_resources
     assert_eq!(fake.closed(), 0, "a clone keeps the pool alive");
     drop(clone);
     settle().await;
-    assert_eq!(fake.closed(), 3, "idle and session resources closed on drop");
+    assert_eq!(
+        fake.closed(),
+        3,
+        "idle and session resources closed on drop"
+    );
     let calls = fake.create_calls();
     tokio::time::sleep(secs(3600)).await;
     assert_eq!(fake.create_calls(), calls, "the maintainer stopped");

@@ -34,7 +34,10 @@ async fn snapshot_contents() {
     assert_eq!(s.warm_pool_size, 0);
     assert_eq!(s.active_sessions, 1);
     assert_eq!(s.size, 2);
-    assert_eq!(s.in_use, 2, "the plain guard and the parked session resource");
+    assert_eq!(
+        s.in_use, 2,
+        "the plain guard and the parked session resource"
+    );
     assert_eq!(s.dedicated, 1);
     assert_eq!(s.waiting, 0);
     assert_eq!(s.creating, 0);
@@ -178,7 +181,10 @@ async fn snapshot_serialises_with_the_seed_field_names() {
     assert_eq!(json["allocations_warm"], 1);
     for tier in ["dedicated", "warm", "cold"] {
         let t = &json["acquire_latency"][tier];
-        assert!(t.get("p50_us").is_some() && t.get("p99_us").is_some(), "{json}");
+        assert!(
+            t.get("p50_us").is_some() && t.get("p99_us").is_some(),
+            "{json}"
+        );
     }
     assert_eq!(serde_json::to_value(Tier::Dedicated).unwrap(), "dedicated");
     assert_eq!(serde_json::to_value(Tier::Warm).unwrap(), "warm");

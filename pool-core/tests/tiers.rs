@@ -46,7 +46,10 @@ async fn warm_from_the_pool_then_cold_fallback_when_empty() {
         created_by_prepare,
         "a WARM acquire creates nothing"
     );
-    assert!(a.id < 2 && b.id < 2 && a.id != b.id, "both came from prepare");
+    assert!(
+        a.id < 2 && b.id < 2 && a.id != b.id,
+        "both came from prepare"
+    );
 
     let c = pool.acquire().await.unwrap();
     assert_eq!(c.tier(), Tier::Cold, "the idle set is empty: COLD fallback");
@@ -71,11 +74,19 @@ async fn a_not_ready_idle_resource_is_skipped_closed_and_not_counted_warm() {
     assert_eq!(a.tier(), Tier::Warm);
     assert_eq!(a.id, 1, "the ready idle resource was handed out");
     let b = pool.acquire().await.unwrap();
-    assert_eq!(b.tier(), Tier::Cold, "the dead one is not handed out as WARM");
+    assert_eq!(
+        b.tier(),
+        Tier::Cold,
+        "the dead one is not handed out as WARM"
+    );
     assert_eq!(b.id, 2);
 
     let s = assert_no_leak(&pool, &fake).await;
-    assert_eq!(fake.closed_ids(), vec![0], "the dead idle resource was closed");
+    assert_eq!(
+        fake.closed_ids(),
+        vec![0],
+        "the dead idle resource was closed"
+    );
     assert_eq!((s.allocations_warm, s.allocations_cold), (1, 1));
     assert_eq!(s.size, 2);
 }

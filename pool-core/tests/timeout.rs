@@ -142,3 +142,75 @@ async fn no_acquire_timeout_waits_as_long_as_it_takes() {
     drop(held);
     assert_eq!(waiter.await.unwrap().unwrap(), Tier::Warm);
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_waiter_times_out_at_its_own_deadline() {
+    let fake = FakeManager::new();
+    let pool = Pool::builder(fake.clone())
+        .max_size(1)
+        .acquire_timeout(Some(secs(1)))
+        .build()
+        .unwrap();
+    let held = pool.acquire().await.unwrap();
+    let spawn = |pool: &Pool<FakeManager>| {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|g| g.id) })
+    };
+    let first = spawn(&pool);
+    tokio::time::sleep(millis(500)).await;
+    let second = spawn(&pool);
+    tokio::time::sleep(millis(600)).await;
+    // t = 1.1 s: the first waiter's second is up, the second's is not.
+    assert!(first.is_finished(), "the first waiter timed out on time");
+    assert!(
+        !second.is_finished(),
+        "the second waiter was not timed out early"
+    );
+    assert!(matches!(
+        first.await.unwrap(),
+        Err(PoolError::Timeout(d)) if d.waited == secs(1)
+    ));
+    tokio::time::sleep(millis(500)).await;
+    assert!(second.is_finished());
+    assert!(matches!(second.await.unwrap(), Err(PoolError::Timeout(_))));
+    assert_eq!(pool.snapshot().waiting, 0);
+
+    // Timeouts leave nothing running once the pool shuts down.
+    drop(held);
+    pool.shutdown().await;
+    assert_eq!(pool.background_tasks(), 0);
+    assert_no_leak(&pool, &fake).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_creating_into_a_freed_slot_still_honours_its_deadline() {
+    let fake = FakeManager::new().with_create_latency(secs(10));
+    let pool = Pool::builder(fake.clone())
+        .warm_target(1)
+        .max_size(1)
+        .acquire_timeout(Some(secs(15)))
+        .build()
+        .unwrap();
+    let held = pool.acquire().await.unwrap();
+    assert_eq!(fake.created(), 1);
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|g| g.id) })
+    };
+    tokio::time::sleep(secs(8)).await;
+    // The freed slot goes to the waiter, whose create needs 10 s but only 7 s are left.
+    held.discard();
+    let result = waiter.await.unwrap();
+    let Err(PoolError::Timeout(details)) = &result else {
+        panic!("expected a timeout, got {result:?}");
+    };
+    assert_eq!(details.creating, 1);
+    assert_eq!(details.waited, secs(15));
+
+    // Its create completes later and the resource is kept for the next caller.
+    tokio::time::sleep(secs(5)).await;
+    let s = assert_no_leak(&pool, &fake).await;
+    assert_eq!(s.creating, 0);
+    assert_eq!(s.warm_pool_size, 1);
+    assert_eq!(pool.acquire().await.unwrap().tier(), Tier::Warm);
+}

@@ -23,7 +23,10 @@ async fn warm_runs_on_cold_resources() {
     let pool = Pool::builder(fake.clone()).build().unwrap();
     let g = pool.acquire().await.unwrap();
     assert_eq!(g.tier(), Tier::Cold);
-    assert!(g.warmed, "a COLD resource is warmed before it is handed out");
+    assert!(
+        g.warmed,
+        "a COLD resource is warmed before it is handed out"
+    );
     assert_eq!(fake.warm_calls(), 1);
 }
 
@@ -60,10 +63,17 @@ async fn a_failed_warm_up_on_the_cold_path_is_counted_and_not_handed_out() {
     let s = assert_no_leak(&pool, &fake).await;
     assert_eq!(s.warmup_failures, 1);
     assert_eq!(s.allocations_total, 0, "nothing was handed out");
-    assert_eq!(fake.closed_ids(), vec![0], "the unwarmed resource was closed");
+    assert_eq!(
+        fake.closed_ids(),
+        vec![0],
+        "the unwarmed resource was closed"
+    );
     assert_eq!(s.size, 0);
     assert!(
-        s.last_error.as_deref().unwrap_or("").contains("warm-up rejected"),
+        s.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("warm-up rejected"),
         "{:?}",
         s.last_error
     );
