@@ -396,7 +396,8 @@ impl<M: Manager> Pool<M> {
         self.inner().snapshot()
     }
 
-    /// Tasks the pool is running right now (closes, creates, the maintainer). Zero after a
+    /// Tasks the pool is running right now: closes, creates, the maintainer, and the
+    /// acquire-timeout reaper (started by the first acquire that had to wait). Zero after a
     /// completed [`shutdown`](Pool::shutdown): proof that nothing was left behind.
     pub fn background_tasks(&self) -> usize {
         self.inner().tasks.len()

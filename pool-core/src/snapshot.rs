@@ -45,7 +45,8 @@ pub struct PoolSnapshot {
     pub in_use: usize,
     /// Resources bound to sessions (in use or parked in their session).
     pub dedicated: usize,
-    /// Callers waiting for a resource.
+    /// Callers queued for a resource: those waiting for room or a returned resource, and
+    /// those creating their own (COLD) while racing for a returned one.
     pub waiting: usize,
     /// Resources being created (for callers or by the maintainer).
     pub creating: usize,

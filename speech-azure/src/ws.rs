@@ -1,0 +1,488 @@
+//! The websocket transport shared by TTS and STT: handshake (auth, `X-ConnectionId`,
+//! same-origin redirects, one retry with a fresh token after a 401), a reader task that
+//! notices server closes while the connection sits idle in a pool, and graceful close.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use rustls::ClientConfig;
+use speech_core::SpeechError;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use url::Url;
+
+use crate::auth::Authenticator;
+use crate::frame::{self, BinaryMessage, Headers, TextMessage};
+use crate::policy::ConnectionPolicy;
+use crate::util::{connection_id, excerpt, retry_after, with_sources};
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Messages buffered between the reader task and a turn. Bounded so a peer cannot grow
+/// memory without limit while nobody reads (the reader then applies TCP back-pressure).
+const INBOX: usize = 256;
+
+/// Largest message accepted from the service (audio frames are a few KiB).
+const MAX_MESSAGE: usize = 4 << 20;
+
+/// What the reader task hands to a turn.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    Text(TextMessage),
+    Binary(BinaryMessage),
+    /// A binary message that does not parse (the turn decides what that means).
+    Malformed(String),
+    /// The connection ended: a close frame (`code`) or a drop (`None`, i.e. 1006).
+    Closed { code: Option<u16>, reason: String },
+}
+
+/// State the reader task shares with the connection, readable without awaiting (for the
+/// synchronous `is_ready`).
+#[derive(Debug, Default)]
+struct Shared {
+    open: AtomicBool,
+    closed: Mutex<Option<(Option<u16>, String)>>,
+}
+
+impl Shared {
+    fn mark_closed(&self, code: Option<u16>, reason: String) -> bool {
+        self.open.store(false, Ordering::SeqCst);
+        let mut c = self.closed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.is_none() {
+            *c = Some((code, reason));
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One open websocket.
+pub(crate) struct WsConn {
+    sink: SplitSink<Stream, Message>,
+    rx: mpsc::Receiver<Incoming>,
+    shared: Arc<Shared>,
+    reader: JoinHandle<()>,
+    pub(crate) opened_at: Instant,
+    /// Last message we sent: the service's idle timer counts client messages.
+    pub(crate) last_sent: Instant,
+    pub(crate) token_expires: Option<Instant>,
+    pub(crate) connection_id: String,
+    send_timeout: Duration,
+}
+
+impl std::fmt::Debug for WsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsConn")
+            .field("connection_id", &self.connection_id)
+            .field("open", &self.is_open())
+            .field("age", &self.opened_at.elapsed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WsConn {
+    fn drop(&mut self) {
+        // Without this the reader would keep the socket half alive until the peer closes.
+        self.reader.abort();
+    }
+}
+
+/// Everything a handshake needs.
+pub(crate) struct Connect<'a> {
+    pub(crate) url: Url,
+    pub(crate) auth: &'a Authenticator,
+    pub(crate) tls: &'a Arc<ClientConfig>,
+    pub(crate) policy: &'a ConnectionPolicy,
+    pub(crate) user_agent: &'a str,
+}
+
+impl WsConn {
+    /// Opens a websocket: token (if needed), TCP, TLS, upgrade. Follows up to two
+    /// same-origin redirects and retries once with a fresh token when a bearer token is
+    /// refused (the SDK's `fetchOnExpiry` behaviour, spec §1.4).
+    pub(crate) async fn connect(c: Connect<'_>) -> Result<Self, SpeechError> {
+        let deadline = Instant::now() + c.policy.connect_timeout;
+        let mut url = c.url.clone();
+        let mut redirects = 0;
+        let mut auth_retried = false;
+        loop {
+            let header = c.auth.header().await?;
+            let conn_id = connection_id();
+            let mut req = url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| SpeechError::protocol(format!("invalid websocket URL: {e}")))?;
+            let h = req.headers_mut();
+            let value = http::HeaderValue::from_str(header.value.expose())
+                .map_err(|_| SpeechError::auth("the credential is not a valid header value"))?;
+            h.insert(header.name, value);
+            if let Ok(v) = http::HeaderValue::from_str(&conn_id) {
+                h.insert("X-ConnectionId", v);
+            }
+            if let Ok(v) = http::HeaderValue::from_str(c.user_agent) {
+                h.insert(http::header::USER_AGENT, v);
+            }
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_MESSAGE))
+                .max_frame_size(Some(MAX_MESSAGE));
+            let attempt = tokio_tungstenite::connect_async_tls_with_config(
+                req,
+                Some(config),
+                true,
+                Some(Connector::Rustls(Arc::clone(c.tls))),
+            );
+            let result = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(SpeechError::timeout(format!(
+                        "websocket connect took longer than {} ms",
+                        c.policy.connect_timeout.as_millis()
+                    )));
+                }
+            };
+            match result {
+                Ok((stream, _resp)) => {
+                    return Ok(Self::start(stream, header.expires_at, conn_id, c.policy));
+                }
+                Err(WsError::Http(resp)) => {
+                    let status = resp.status().as_u16();
+                    if (300..400).contains(&status) && redirects < 2 {
+                        if let Some(next) = same_origin_redirect(&url, resp.headers()) {
+                            redirects += 1;
+                            tracing::debug!(status, "following websocket redirect");
+                            url = next;
+                            continue;
+                        }
+                        return Err(SpeechError::protocol(format!(
+                            "websocket upgrade answered HTTP {status} with a redirect to another origin (not followed)"
+                        )));
+                    }
+                    if status == 401 && c.auth.is_token_based() && !auth_retried {
+                        auth_retried = true;
+                        c.auth.invalidate(&header.value);
+                        tracing::debug!("token refused at handshake; retrying with a fresh token");
+                        continue;
+                    }
+                    let body = resp
+                        .body()
+                        .as_deref()
+                        .map(|b| excerpt(&String::from_utf8_lossy(b)))
+                        .unwrap_or_default();
+                    let body = match c.auth.key_secret() {
+                        Some(k) => k.redact_in(&body),
+                        None => body,
+                    };
+                    let body = header.value.redact_in(&body);
+                    let msg = if body.is_empty() {
+                        "websocket upgrade refused".to_owned()
+                    } else {
+                        format!("websocket upgrade refused: {body}")
+                    };
+                    return Err(SpeechError::from_http_status(
+                        status,
+                        retry_after(resp.headers()),
+                        msg,
+                    ));
+                }
+                Err(e) => return Err(connect_error(e)),
+            }
+        }
+    }
+
+    fn start(
+        stream: Stream,
+        token_expires: Option<Instant>,
+        connection_id: String,
+        policy: &ConnectionPolicy,
+    ) -> Self {
+        let (sink, read) = stream.split();
+        let (tx, rx) = mpsc::channel(INBOX);
+        let shared = Arc::new(Shared::default());
+        shared.open.store(true, Ordering::SeqCst);
+        let reader = tokio::spawn(read_loop(read, tx, Arc::clone(&shared)));
+        let now = Instant::now();
+        Self {
+            sink,
+            rx,
+            shared,
+            reader,
+            opened_at: now,
+            last_sent: now,
+            token_expires,
+            connection_id,
+            send_timeout: policy.send_timeout,
+        }
+    }
+
+    /// Whether the socket is still open as far as we know (no close frame, no error).
+    pub(crate) fn is_open(&self) -> bool {
+        self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// The lifecycle part of `is_ready`: open, young enough, used recently enough, and
+    /// (with tokens) opened with a token that is still valid long enough.
+    pub(crate) fn lifecycle_ok(&self, p: &ConnectionPolicy) -> bool {
+        let now = Instant::now();
+        self.is_open()
+            && now.saturating_duration_since(self.opened_at) < p.max_age
+            && now.saturating_duration_since(self.last_sent) < p.max_idle
+            && match (self.token_expires, p.token_min_validity) {
+                (Some(exp), Some(min)) => exp.saturating_duration_since(now) >= min,
+                _ => true,
+            }
+    }
+
+    /// The error for a turn that finds the socket already gone.
+    pub(crate) fn closed_error(&self) -> SpeechError {
+        let c = self
+            .shared
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match c {
+            Some((Some(code), reason)) => SpeechError::from_close_code(code, reason),
+            Some((None, reason)) => SpeechError::connection_closed(None, reason),
+            None => SpeechError::connection_closed(None, "the websocket is closed"),
+        }
+    }
+
+    /// Sends a text message.
+    pub(crate) async fn send_text(&mut self, headers: &Headers, body: &str) -> Result<(), SpeechError> {
+        let text = frame::write_text(headers, body)
+            .map_err(|e| SpeechError::protocol(format!("cannot frame message: {e}")))?;
+        self.send(Message::text(text)).await
+    }
+
+    /// Sends a binary message.
+    pub(crate) async fn send_binary(&mut self, headers: &Headers, payload: &[u8]) -> Result<(), SpeechError> {
+        let data = frame::write_binary(headers, payload)
+            .map_err(|e| SpeechError::protocol(format!("cannot frame message: {e}")))?;
+        self.send(Message::binary(data)).await
+    }
+
+    async fn send(&mut self, msg: Message) -> Result<(), SpeechError> {
+        if !self.is_open() {
+            return Err(self.closed_error());
+        }
+        match tokio::time::timeout(self.send_timeout, self.sink.send(msg)).await {
+            Ok(Ok(())) => {
+                self.last_sent = Instant::now();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let reason = with_sources(format!("send failed: {e}"), &e);
+                self.shared.mark_closed(None, reason);
+                Err(self.closed_error())
+            }
+            Err(_) => {
+                self.shared.mark_closed(None, "send timed out".into());
+                Err(SpeechError::timeout(format!(
+                    "sending a message took longer than {} ms",
+                    self.send_timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    /// The next message from the service, or `None` if nothing arrives by `deadline`.
+    pub(crate) async fn recv_until(&mut self, deadline: Instant) -> Option<Incoming> {
+        match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            Ok(Some(m)) => Some(m),
+            // The reader is gone without a Closed message (aborted): report it as closed.
+            Ok(None) => Some(Incoming::Closed {
+                code: None,
+                reason: "connection lost".into(),
+            }),
+            Err(_) => None,
+        }
+    }
+
+    /// The next message, waiting as long as it takes (callers bound it with `select!`).
+    pub(crate) async fn recv(&mut self) -> Incoming {
+        match self.rx.recv().await {
+            Some(m) => m,
+            None => Incoming::Closed {
+                code: None,
+                reason: "connection lost".into(),
+            },
+        }
+    }
+
+    /// Discards messages that arrived between turns (there should be none). Notices a
+    /// close that the reader already reported.
+    pub(crate) fn drain_stale(&mut self) {
+        while let Ok(m) = self.rx.try_recv() {
+            match m {
+                Incoming::Closed { .. } => break,
+                other => tracing::debug!(message = ?kind(&other), "discarding a message received between turns"),
+            }
+        }
+    }
+
+    /// Sends close 1000 and waits (bounded) for the service's close, then stops the reader.
+    pub(crate) async fn close(mut self, timeout: Duration) {
+        if self.is_open() {
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            };
+            let sent = tokio::time::timeout(timeout, self.sink.send(Message::Close(Some(frame))))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if sent {
+                let deadline = Instant::now() + timeout;
+                while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    if matches!(m, Incoming::Closed { .. }) {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tokio::time::timeout(timeout, self.sink.close()).await;
+        self.shared.mark_closed(Some(1000), "closed by the client".into());
+        self.reader.abort();
+    }
+}
+
+fn kind(m: &Incoming) -> String {
+    match m {
+        Incoming::Text(t) => format!("text {:?}", t.headers.path()),
+        Incoming::Binary(b) => format!("binary {:?}", b.headers.path()),
+        Incoming::Malformed(e) => format!("malformed: {e}"),
+        Incoming::Closed { code, .. } => format!("closed {code:?}"),
+    }
+}
+
+async fn read_loop(mut read: SplitStream<Stream>, tx: mpsc::Sender<Incoming>, shared: Arc<Shared>) {
+    loop {
+        let item = match read.next().await {
+            Some(Ok(Message::Text(t))) => Incoming::Text(frame::parse_text(t.as_str())),
+            Some(Ok(Message::Binary(b))) => match frame::parse_binary(Bytes::from(b)) {
+                Ok(m) => Incoming::Binary(m),
+                Err(e) => Incoming::Malformed(e.to_string()),
+            },
+            Some(Ok(Message::Close(f))) => {
+                let (code, reason) = match f {
+                    Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
+                    // A close frame without a status is "no status received" (1005).
+                    None => (1005, String::new()),
+                };
+                tracing::debug!(code, %reason, "service closed the websocket");
+                if shared.mark_closed(Some(code), reason.clone()) {
+                    let _ = tx.send(Incoming::Closed { code: Some(code), reason }).await;
+                }
+                // Keep reading: tungstenite answers the close and then ends the stream.
+                continue;
+            }
+            Some(Ok(_)) => continue, // ping, pong, raw frames
+            Some(Err(e)) => {
+                let reason = with_sources(format!("connection lost: {e}"), &e);
+                if shared.mark_closed(None, reason.clone()) {
+                    let _ = tx.send(Incoming::Closed { code: None, reason }).await;
+                }
+                return;
+            }
+            None => {
+                let reason = "connection closed without a close frame".to_owned();
+                if shared.mark_closed(None, reason.clone()) {
+                    let _ = tx.send(Incoming::Closed { code: None, reason }).await;
+                }
+                return;
+            }
+        };
+        if tx.send(item).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows a redirect only to the same scheme, host and port, so a credential is never
+/// sent to a host the caller did not configure.
+fn same_origin_redirect(from: &Url, headers: &http::HeaderMap) -> Option<Url> {
+    let loc = headers.get(http::header::LOCATION)?.to_str().ok()?;
+    let next = from.join(loc).ok()?;
+    let next = match next.scheme() {
+        "https" => {
+            let mut n = next;
+            let _ = n.set_scheme("wss");
+            n
+        }
+        "http" => {
+            let mut n = next;
+            let _ = n.set_scheme("ws");
+            n
+        }
+        _ => next,
+    };
+    (next.scheme() == from.scheme()
+        && next.host_str() == from.host_str()
+        && next.port_or_known_default() == from.port_or_known_default())
+    .then_some(next)
+}
+
+fn connect_error(e: WsError) -> SpeechError {
+    let msg = with_sources(format!("websocket connect failed: {e}"), &e);
+    match e {
+        WsError::Url(_) | WsError::HttpFormat(_) => SpeechError::protocol(msg),
+        WsError::Protocol(_) | WsError::Capacity(_) | WsError::Utf8(_) => {
+            SpeechError::protocol(msg)
+        }
+        _ => SpeechError::transient(msg),
+    }
+}
+
+/// `X-Timestamp` for now.
+pub(crate) fn now_timestamp() -> String {
+    frame::timestamp(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_stay_on_origin() {
+        let from = Url::parse("wss://a.example:443/x?language=en").expect("url");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::LOCATION,
+            http::HeaderValue::from_static("https://a.example/y?z=1"),
+        );
+        assert_eq!(
+            same_origin_redirect(&from, &h).map(|u| u.to_string()),
+            Some("wss://a.example/y?z=1".to_owned())
+        );
+        h.insert(
+            http::header::LOCATION,
+            http::HeaderValue::from_static("/rel"),
+        );
+        assert_eq!(
+            same_origin_redirect(&from, &h).map(|u| u.to_string()),
+            Some("wss://a.example/rel".to_owned())
+        );
+        h.insert(
+            http::header::LOCATION,
+            http::HeaderValue::from_static("wss://evil.example/"),
+        );
+        assert_eq!(same_origin_redirect(&from, &h), None);
+        h.insert(
+            http::header::LOCATION,
+            http::HeaderValue::from_static("ws://a.example/"),
+        );
+        assert_eq!(same_origin_redirect(&from, &h), None);
+    }
+}
