@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use speech_core::{AudioFormat, RecognitionRequest};
+use speech_core::{AudioFormat, RecognitionFormat, RecognitionMode, RecognitionRequest};
 
 use crate::secret::Secret;
 
@@ -33,6 +33,24 @@ pub enum BackendChoice {
     Azure,
     /// The in-process mock (needs the `mock` feature).
     Mock,
+}
+
+/// How the Azure backend authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzureAuth {
+    /// The key on every request (`Ocp-Apim-Subscription-Key`).
+    Key,
+    /// The key exchanged for 10-minute STS tokens; only the token endpoint sees the key.
+    Token,
+}
+
+/// How the Azure backend synthesizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtsTransport {
+    /// One websocket per pooled connection, many turns each (lowest latency).
+    Websocket,
+    /// HTTPS REST requests over a kept-alive connection.
+    Rest,
 }
 
 /// Latency profile of the mock backend.
@@ -257,6 +275,27 @@ pub struct Config {
     )]
     pub stt_language: String,
 
+    /// Recognition mode of the STT pool's connections: conversation, interactive or
+    /// dictation (Azure fixes it per connection).
+    #[arg(
+        long,
+        env = "STT_MODE",
+        default_value = "conversation",
+        value_name = "MODE",
+        value_parser = stt_mode("STT_MODE")
+    )]
+    pub stt_mode: RecognitionMode,
+
+    /// Phrase detail of the STT pool's connections: simple or detailed.
+    #[arg(
+        long,
+        env = "STT_FORMAT",
+        default_value = "simple",
+        value_name = "FORMAT",
+        value_parser = stt_format("STT_FORMAT")
+    )]
+    pub stt_format: RecognitionFormat,
+
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(
         long,
@@ -309,6 +348,27 @@ pub struct Config {
     /// the local emulator's https://127.0.0.1:PORT.
     #[arg(long, env = "AZURE_SPEECH_ENDPOINT", value_name = "URL")]
     pub azure_speech_endpoint: Option<String>,
+
+    /// How the Azure backend authenticates: key (the key on every request) or token (the
+    /// key exchanged for short-lived STS tokens).
+    #[arg(
+        long,
+        env = "AZURE_SPEECH_AUTH",
+        default_value = "key",
+        value_name = "MODE",
+        value_parser = azure_auth("AZURE_SPEECH_AUTH")
+    )]
+    pub azure_speech_auth: AzureAuth,
+
+    /// How the Azure backend synthesizes: websocket or rest.
+    #[arg(
+        long,
+        env = "AZURE_TTS_TRANSPORT",
+        default_value = "websocket",
+        value_name = "TRANSPORT",
+        value_parser = tts_transport("AZURE_TTS_TRANSPORT")
+    )]
+    pub azure_tts_transport: TtsTransport,
 
     /// Extra CA certificate (PEM file) to trust for the Speech endpoint, e.g. the local
     /// emulator's generated CA.
@@ -490,6 +550,47 @@ fn mock_profile(
         "realistic" => Ok(MockProfile::Realistic),
         "instant" => Ok(MockProfile::Instant),
         _ => Err(expected(var, "realistic or instant", s)),
+    }
+}
+
+fn azure_auth(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<AzureAuth, String> + Clone + Send + Sync {
+    move |s| match s.trim().to_ascii_lowercase().as_str() {
+        "key" => Ok(AzureAuth::Key),
+        "token" | "sts" => Ok(AzureAuth::Token),
+        _ => Err(expected(var, "key or token", s)),
+    }
+}
+
+fn tts_transport(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<TtsTransport, String> + Clone + Send + Sync {
+    move |s| match s.trim().to_ascii_lowercase().as_str() {
+        "websocket" | "ws" => Ok(TtsTransport::Websocket),
+        "rest" | "http" => Ok(TtsTransport::Rest),
+        _ => Err(expected(var, "websocket or rest", s)),
+    }
+}
+
+fn stt_mode(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<RecognitionMode, String> + Clone + Send + Sync {
+    move |s| match s.trim().to_ascii_lowercase().as_str() {
+        "conversation" => Ok(RecognitionMode::Conversation),
+        "interactive" => Ok(RecognitionMode::Interactive),
+        "dictation" => Ok(RecognitionMode::Dictation),
+        _ => Err(expected(var, "conversation, interactive or dictation", s)),
+    }
+}
+
+fn stt_format(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<RecognitionFormat, String> + Clone + Send + Sync {
+    move |s| match s.trim().to_ascii_lowercase().as_str() {
+        "simple" => Ok(RecognitionFormat::Simple),
+        "detailed" => Ok(RecognitionFormat::Detailed),
+        _ => Err(expected(var, "simple or detailed", s)),
     }
 }
 

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pool_core::{BuildError, Pool, PoolConfig, PoolSnapshot};
-use speech_core::{AudioFormat, RecognizerManager, SynthesizerManager};
+use speech_core::{
+    AudioFormat, RecognitionFormat, RecognitionMode, RecognizerManager, SynthesizerManager,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -87,6 +89,10 @@ pub struct ServiceOptions {
     pub default_format: AudioFormat,
     /// The STT pool's language.
     pub stt_language: String,
+    /// The STT pool's recognition mode.
+    pub stt_mode: RecognitionMode,
+    /// The STT pool's phrase format.
+    pub stt_format: RecognitionFormat,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
     /// Which backend serves the pools (`mock` or `azure`), reported in `/api/v1/pools`.
@@ -110,6 +116,8 @@ impl ServiceOptions {
             default_voice: config.tts_default_voice.clone(),
             default_format: config.tts_default_format,
             stt_language: config.stt_language.clone(),
+            stt_mode: config.stt_mode,
+            stt_format: config.stt_format,
             max_body_bytes: config.max_body_bytes,
             backend: backend.to_owned(),
             // Slightly longer than the pool's own acquire timeout, so that an exhausted

@@ -148,6 +148,8 @@ async fn handshake_errors_are_http_statuses() {
         ("?language=fr-FR", 400),
         ("?session_id=bad%20id", 400),
         ("?mode=shouting", 400),
+        ("?mode=dictation", 400),
+        ("?format=detailed", 400),
     ] {
         let err = connect_async(server.ws_url(&format!("/api/v1/stt{query}")).as_str())
             .await

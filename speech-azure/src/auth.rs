@@ -353,7 +353,7 @@ impl Authenticator {
                 .token
                 .as_ref()
                 .map_or(Duration::ZERO, |c| c.expires_at.saturating_duration_since(now));
-            left < self.inner.policy.refresh_ahead && !st.retry_at.is_some_and(|at| now < at)
+            left < self.inner.policy.refresh_ahead && st.retry_at.is_none_or(|at| now >= at)
         };
         if needed {
             if let Err(e) = self.fetch_and_store().await {
@@ -529,6 +529,7 @@ mod tests {
 
     #[tokio::test]
     async fn entra_form_and_single_flight() {
+        crate::tls::install_crypto_provider();
         let source = Arc::new(Fixed(AtomicU64::new(0)));
         let auth = Authenticator::new(
             Credentials::Entra {

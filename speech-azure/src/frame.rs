@@ -151,19 +151,22 @@ pub struct BinaryMessage {
 }
 
 /// Parses a text message. Never fails: the header block ends at the first blank line
-/// (`\r\n\r\n`, or `\n\n` from sloppy peers); with no blank line at all the whole text is
+/// (`\r\n\r\n`, or `\n\n` from sloppy peers, whichever comes first); with no blank line at all the whole text is
 /// read as headers and the body is empty. Lines without a colon are skipped.
 pub fn parse_text(text: &str) -> TextMessage {
+    let crlf = text.find("\r\n\r\n").map(|i| (i, 4));
+    let lf = text.find("\n\n").map(|i| (i, 2));
+    let split = match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    };
     let (block, body) = if let Some(body) = text.strip_prefix("\r\n") {
         // No headers at all, just the separator.
         ("", body)
-    } else if let Some(i) = text.find("\r\n\r\n") {
-        (&text[..i], &text[i + 4..])
+    } else if let Some((i, n)) = split {
+        (&text[..i], &text[i + n..])
     } else {
-        match text.find("\n\n") {
-            Some(i) => (&text[..i], &text[i + 2..]),
-            None => (text, ""),
-        }
+        (text, "")
     };
     TextMessage {
         headers: Headers::parse_block(block),

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rustls::ClientConfig;
@@ -371,7 +370,7 @@ async fn read_loop(mut read: SplitStream<Stream>, tx: mpsc::Sender<Incoming>, sh
     loop {
         let item = match read.next().await {
             Some(Ok(Message::Text(t))) => Incoming::Text(frame::parse_text(t.as_str())),
-            Some(Ok(Message::Binary(b))) => match frame::parse_binary(Bytes::from(b)) {
+            Some(Ok(Message::Binary(b))) => match frame::parse_binary(b) {
                 Ok(m) => Incoming::Binary(m),
                 Err(e) => Incoming::Malformed(e.to_string()),
             },

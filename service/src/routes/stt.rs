@@ -3,7 +3,8 @@
 //! Protocol (client ↔ service):
 //! - query: `session_id` (optional: the call's turns share one dedicated connection),
 //!   `language` (optional; must match the pool's `STT_LANGUAGE`), `format`
-//!   (`simple` | `detailed`), `mode` (`interactive` | `conversation` | `dictation`);
+//!   and `mode` (optional; must match `STT_FORMAT` / `STT_MODE`, because Azure fixes
+//!   language, mode and format when a connection opens, so a pool serves one combination);
 //! - the service first sends `{"type":"connected","pool":"speech-stt","tier":…,
 //!   "session_id":…,"language":…}`; the upgrade response also carries `x-pool-tier`;
 //! - a turn starts with the client's first binary frame (16 kHz, 16-bit, mono,
@@ -125,14 +126,31 @@ pub async fn stt(
             )));
         }
     };
+    // Mode and format are fixed per connection too: a stream may name them, but only as
+    // a check that the pool serves what it expects.
+    let options = state.options();
+    if let Some(mode) = params.mode.filter(|m| *m != options.stt_mode) {
+        return Err(ApiError::bad_request(format!(
+            "this service recognises in {} mode (STT_MODE); mode {} is not served",
+            options.stt_mode.as_str(),
+            mode.as_str()
+        )));
+    }
+    if let Some(format) = params.format.filter(|f| *f != options.stt_format) {
+        return Err(ApiError::bad_request(format!(
+            "this service returns {} phrases (STT_FORMAT); format {} is not served",
+            options.stt_format.as_str(),
+            format.as_str()
+        )));
+    }
     if let Some(id) = &params.session_id {
         validate_session_id(id)?;
     }
     let context = StreamContext {
         session: params.session_id,
         language,
-        format: params.format.unwrap_or_default(),
-        mode: params.mode.unwrap_or_default(),
+        format: options.stt_format,
+        mode: options.stt_mode,
     };
     let guard = acquire(&state, &state.pools().stt, context.session.as_deref()).await?;
     let tier = guard.tier();

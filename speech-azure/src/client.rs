@@ -1,0 +1,336 @@
+//! The configured client: endpoint, credentials, TLS, policies; and the factories that
+//! open its connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use speech_core::{
+    AudioFormat, RecognitionFormat, RecognitionMode, Recognizer, RecognizerFactory,
+    RecognizerManager, SpeechError, Synthesizer, SynthesizerFactory, SynthesizerManager,
+};
+
+use crate::auth::{Authenticator, Credentials, TokenPolicy};
+use crate::endpoint::Endpoint;
+use crate::error::ConfigError;
+use crate::policy::ConnectionPolicy;
+use crate::stt_ws::SttWebSocket;
+use crate::tls::{TlsConfigs, TlsOptions};
+use crate::tts_rest::TtsRest;
+use crate::tts_ws::TtsWebSocket;
+
+/// The default `User-Agent`.
+const USER_AGENT: &str = concat!("speech-azure/", env!("CARGO_PKG_VERSION"));
+
+/// Builds an [`AzureSpeech`] client.
+#[derive(Debug)]
+pub struct AzureSpeechBuilder {
+    endpoint: Endpoint,
+    credentials: Credentials,
+    tls: TlsOptions,
+    policy: ConnectionPolicy,
+    token_policy: TokenPolicy,
+    user_agent: String,
+}
+
+impl AzureSpeechBuilder {
+    /// Trust these roots in addition to the webpki roots.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Connection lifetimes and timeouts.
+    pub fn policy(mut self, policy: ConnectionPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Token refresh timing.
+    pub fn token_policy(mut self, policy: TokenPolicy) -> Self {
+        self.token_policy = policy;
+        self
+    }
+
+    /// The `User-Agent` sent with every request (the REST docs ask for an application
+    /// name); at most 255 printable ASCII characters.
+    pub fn user_agent(mut self, ua: impl Into<String>) -> Self {
+        self.user_agent = ua.into();
+        self
+    }
+
+    /// Validates everything and builds the shared TLS configuration and token client. No
+    /// network I/O happens here.
+    pub fn build(self) -> Result<AzureSpeech, ConfigError> {
+        self.credentials.validate()?;
+        self.policy.validate()?;
+        if self.token_policy.min_validity > self.token_policy.refresh_ahead {
+            return Err(ConfigError::Setting {
+                name: "token_policy.refresh_ahead",
+                reason: "must be at least min_validity".into(),
+            });
+        }
+        if self.user_agent.is_empty()
+            || self.user_agent.len() > 255
+            || !self.user_agent.bytes().all(|b| (0x20..0x7f).contains(&b))
+        {
+            return Err(ConfigError::Setting {
+                name: "user_agent",
+                reason: "must be 1 to 255 printable ASCII characters".into(),
+            });
+        }
+        let tls = self.tls.build()?;
+        let http = http_client(&tls, &self.policy, &self.user_agent, Duration::from_secs(90))?;
+        let auth = Authenticator::new(
+            self.credentials,
+            self.token_policy,
+            http,
+            self.endpoint.token_url(),
+        );
+        Ok(AzureSpeech {
+            inner: Arc::new(ClientInner {
+                endpoint: self.endpoint,
+                auth,
+                tls,
+                policy: self.policy,
+                user_agent: self.user_agent,
+            }),
+        })
+    }
+}
+
+/// Builds a reqwest client over the shared rustls configuration.
+pub(crate) fn http_client(
+    tls: &TlsConfigs,
+    policy: &ConnectionPolicy,
+    user_agent: &str,
+    idle: Duration,
+) -> Result<reqwest::Client, ConfigError> {
+    // reqwest refuses to build a client (it panics) when no process-wide provider is
+    // installed, even with a preconfigured TLS backend.
+    crate::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls.rest).clone())
+        .connect_timeout(policy.connect_timeout)
+        .pool_idle_timeout(idle)
+        .pool_max_idle_per_host(1)
+        .user_agent(user_agent)
+        // Never follow redirects with credentials attached to another host.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ConfigError::HttpClient(crate::util::with_sources(e.to_string(), &e)))
+}
+
+pub(crate) struct ClientInner {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) auth: Authenticator,
+    pub(crate) tls: TlsConfigs,
+    pub(crate) policy: ConnectionPolicy,
+    pub(crate) user_agent: String,
+}
+
+/// A configured Azure Speech client. Cheap to clone; clones share the token cache and TLS
+/// configuration. Opens connections ([`connect_tts_ws`](Self::connect_tts_ws), …) and
+/// hands out pool managers for them ([`tts_ws_manager`](Self::tts_ws_manager), …).
+#[derive(Clone)]
+pub struct AzureSpeech {
+    pub(crate) inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for AzureSpeech {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureSpeech")
+            .field("endpoint", &self.inner.endpoint)
+            .field("auth", &self.inner.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AzureSpeech {
+    /// Starts a builder. Installs the ring crypto provider as the process default (see
+    /// [`install_crypto_provider`](crate::install_crypto_provider)).
+    pub fn builder(endpoint: Endpoint, credentials: Credentials) -> AzureSpeechBuilder {
+        crate::tls::install_crypto_provider();
+        AzureSpeechBuilder {
+            endpoint,
+            credentials,
+            tls: TlsOptions::new(),
+            policy: ConnectionPolicy::default(),
+            token_policy: TokenPolicy::default(),
+            user_agent: USER_AGENT.to_owned(),
+        }
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// The shared authenticator (token cache).
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    /// The connection policy.
+    pub fn policy(&self) -> &ConnectionPolicy {
+        &self.inner.policy
+    }
+
+    /// Opens a TTS websocket (not yet warmed: call `warm` or let the pool do it).
+    pub async fn connect_tts_ws(&self, options: TtsWsOptions) -> Result<TtsWebSocket, SpeechError> {
+        TtsWebSocket::connect(Arc::clone(&self.inner), options).await
+    }
+
+    /// Creates a TTS REST connection (its HTTP connection opens on warm-up or first use).
+    pub async fn connect_tts_rest(&self) -> Result<TtsRest, SpeechError> {
+        TtsRest::connect(Arc::clone(&self.inner)).await
+    }
+
+    /// Opens an STT websocket for one (mode, language, format).
+    pub async fn connect_stt_ws(&self, options: SttWsOptions) -> Result<SttWebSocket, SpeechError> {
+        SttWebSocket::connect(Arc::clone(&self.inner), options).await
+    }
+
+    /// A pool manager of TTS websockets.
+    pub fn tts_ws_manager(&self, options: TtsWsOptions) -> SynthesizerManager {
+        SynthesizerManager::new(TtsWsFactory {
+            client: self.clone(),
+            options,
+        })
+    }
+
+    /// A pool manager of TTS REST connections.
+    pub fn tts_rest_manager(&self) -> SynthesizerManager {
+        SynthesizerManager::new(TtsRestFactory {
+            client: self.clone(),
+        })
+    }
+
+    /// A pool manager of STT websockets for one (mode, language, format).
+    pub fn stt_ws_manager(&self, options: SttWsOptions) -> Result<RecognizerManager, SpeechError> {
+        options.validate()?;
+        Ok(RecognizerManager::new(SttWsFactory {
+            client: self.clone(),
+            options,
+        }))
+    }
+}
+
+/// Options of TTS websocket connections.
+#[derive(Debug, Clone, Default)]
+pub struct TtsWsOptions {
+    /// During warm-up, also synthesize a short phrase with this voice (and discard the
+    /// audio), so the service has the voice loaded before the first real turn. Costs one
+    /// small billed synthesis per connection, hence off by default.
+    pub prime_voice: Option<String>,
+}
+
+/// Options of STT websocket connections: Azure fixes these at the handshake, so each pool
+/// serves one combination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SttWsOptions {
+    /// Interactive, conversation or dictation.
+    pub mode: RecognitionMode,
+    /// BCP 47 language, e.g. `en-US`.
+    pub language: String,
+    /// Simple or detailed phrases.
+    pub format: RecognitionFormat,
+}
+
+impl SttWsOptions {
+    /// Conversation mode, simple format.
+    pub fn new(language: impl Into<String>) -> Self {
+        Self {
+            mode: RecognitionMode::Conversation,
+            language: language.into(),
+            format: RecognitionFormat::Simple,
+        }
+    }
+
+    /// Checks the language tag (it goes into the URL).
+    pub fn validate(&self) -> Result<(), SpeechError> {
+        let mut r = speech_core::RecognitionRequest::new(self.language.clone());
+        r.mode = self.mode;
+        r.format = self.format;
+        r.validate()
+    }
+}
+
+/// Opens TTS websockets for a pool.
+#[derive(Debug)]
+pub struct TtsWsFactory {
+    client: AzureSpeech,
+    options: TtsWsOptions,
+}
+
+#[async_trait]
+impl SynthesizerFactory for TtsWsFactory {
+    async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
+        Ok(Box::new(self.client.connect_tts_ws(self.options.clone()).await?))
+    }
+}
+
+/// Creates TTS REST connections for a pool.
+#[derive(Debug)]
+pub struct TtsRestFactory {
+    client: AzureSpeech,
+}
+
+#[async_trait]
+impl SynthesizerFactory for TtsRestFactory {
+    async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
+        Ok(Box::new(self.client.connect_tts_rest().await?))
+    }
+}
+
+/// Opens STT websockets for a pool.
+#[derive(Debug)]
+pub struct SttWsFactory {
+    client: AzureSpeech,
+    options: SttWsOptions,
+}
+
+#[async_trait]
+impl RecognizerFactory for SttWsFactory {
+    async fn create(&self) -> Result<Box<dyn Recognizer>, SpeechError> {
+        Ok(Box::new(self.client.connect_stt_ws(self.options.clone()).await?))
+    }
+}
+
+/// The `speech.config` body (spec §4.2a, §5.2), in the shape the SDKs send. STT adds the
+/// audio source description and the recognition mode.
+pub(crate) fn speech_config_body(stt: Option<RecognitionMode>) -> String {
+    let mut v = serde_json::json!({
+        "context": {
+            "system": {
+                "name": "SpeechSDK",
+                "version": "1.44.0",
+                "build": concat!("speech-azure/", env!("CARGO_PKG_VERSION")),
+                "lang": "Rust",
+            },
+            "os": {
+                "platform": std::env::consts::OS,
+                "name": "unknown",
+                "version": "unknown",
+            },
+        }
+    });
+    if let Some(mode) = stt {
+        v["context"]["audio"] = serde_json::json!({
+            "source": {
+                "bitspersample": 16,
+                "channelcount": 1,
+                "connectivity": "Unknown",
+                "manufacturer": "speech-azure",
+                "model": "PushStream",
+                "samplerate": 16000,
+                "type": "Stream",
+            }
+        });
+        v["recognition"] = serde_json::Value::from(mode.as_str());
+    }
+    v.to_string()
+}
+
+/// The default audio format used for voice priming.
+pub(crate) const PRIME_FORMAT: AudioFormat = AudioFormat::Raw16Khz16BitMonoPcm;

@@ -1,0 +1,366 @@
+//! STT over websocket (spec §5): one connection per (mode, language, format), several
+//! sequential recognition turns.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use speech_core::{
+    Connection, RecognitionEvent, RecognitionFormat, RecognitionRequest, Recognizer, SpeechError,
+    phrase_status, wav_header,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::client::{ClientInner, SttWsOptions, speech_config_body};
+use crate::frame::Headers;
+use crate::ws::{Connect, Incoming, WsConn, now_timestamp};
+
+/// Largest audio payload per message: the legacy protocol's 8 KiB cap.
+const MAX_AUDIO_CHUNK: usize = 8192;
+
+/// An STT websocket connection.
+///
+/// Each turn sends `speech.context`, the 44-byte RIFF header frame, the caller's PCM in
+/// chunks of at most 8 KiB, and the empty end-of-audio frame, while streaming the service's
+/// events back; the turn ends at `turn.end`.
+pub struct SttWebSocket {
+    conn: WsConn,
+    client: Arc<ClientInner>,
+    options: SttWsOptions,
+    config_sent: bool,
+    in_turn: bool,
+    turns: u64,
+}
+
+impl std::fmt::Debug for SttWebSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SttWebSocket")
+            .field("conn", &self.conn)
+            .field("options", &self.options)
+            .field("in_turn", &self.in_turn)
+            .field("turns", &self.turns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SttWebSocket {
+    pub(crate) async fn connect(
+        client: Arc<ClientInner>,
+        options: SttWsOptions,
+    ) -> Result<Self, SpeechError> {
+        options.validate()?;
+        let url = client
+            .endpoint
+            .stt_ws_url(options.mode, &options.language, options.format);
+        let conn = WsConn::connect(Connect {
+            url,
+            auth: &client.auth,
+            tls: &client.tls.ws,
+            policy: &client.policy,
+            user_agent: &client.user_agent,
+        })
+        .await?;
+        tracing::debug!(connection_id = %conn.connection_id, "STT websocket connected");
+        Ok(Self {
+            conn,
+            client,
+            options,
+            config_sent: false,
+            in_turn: false,
+            turns: 0,
+        })
+    }
+
+    /// Turns completed on this connection.
+    pub fn turns(&self) -> u64 {
+        self.turns
+    }
+
+    /// The options fixed at the handshake.
+    pub fn options(&self) -> &SttWsOptions {
+        &self.options
+    }
+
+    async fn send_config(&mut self) -> Result<(), SpeechError> {
+        let h = Headers::new()
+            .with("Path", "speech.config")
+            .with("X-RequestId", speech_core::RequestId::new().as_str())
+            .with("X-Timestamp", now_timestamp())
+            .with("Content-Type", "application/json");
+        self.conn
+            .send_text(&h, &speech_config_body(Some(self.options.mode)))
+            .await?;
+        self.config_sent = true;
+        Ok(())
+    }
+
+    async fn send_audio(&mut self, rid: &str, payload: &[u8], first: bool) -> Result<(), SpeechError> {
+        let mut h = Headers::new()
+            .with("Path", "audio")
+            .with("X-RequestId", rid)
+            .with("X-Timestamp", now_timestamp());
+        if first {
+            h.push("Content-Type", "audio/x-wav");
+        }
+        self.conn.send_binary(&h, payload).await
+    }
+
+    async fn run_turn(
+        &mut self,
+        request: &RecognitionRequest,
+        mut audio: mpsc::Receiver<Bytes>,
+        events: &mpsc::Sender<RecognitionEvent>,
+    ) -> Result<(), SpeechError> {
+        if self.in_turn {
+            return Err(SpeechError::connection_closed(
+                None,
+                "the connection was left mid-turn by an abandoned request",
+            ));
+        }
+        self.conn.drain_stale();
+        if !self.conn.is_open() {
+            return Err(self.conn.closed_error());
+        }
+        self.in_turn = true;
+        if !self.config_sent {
+            self.send_config().await?;
+        }
+        let rid = request.request_id.as_str().to_owned();
+        let format = match self.options.format {
+            RecognitionFormat::Simple => "Simple",
+            RecognitionFormat::Detailed => "Detailed",
+        };
+        let context = serde_json::json!({
+            "phraseDetection": {"language": self.options.language},
+            "phraseOutput": {"format": format},
+        });
+        let h = Headers::new()
+            .with("Path", "speech.context")
+            .with("X-RequestId", rid.as_str())
+            .with("X-Timestamp", now_timestamp())
+            .with("Content-Type", "application/json");
+        self.conn.send_text(&h, &context.to_string()).await?;
+        let header = wav_header(16_000, 1, 16, None);
+        self.send_audio(&rid, &header, true).await?;
+
+        let policy = self.client.policy;
+        let mut audio_open = true;
+        let mut deadline: Option<Instant> = None;
+        let mut inband: Option<SpeechError> = None;
+        loop {
+            tokio::select! {
+                chunk = audio.recv(), if audio_open => match chunk {
+                    Some(data) => {
+                        for piece in data.chunks(MAX_AUDIO_CHUNK) {
+                            self.send_audio(&rid, piece, false).await?;
+                        }
+                    }
+                    None => {
+                        audio_open = false;
+                        self.send_audio(&rid, &[], false).await?;
+                        deadline = Some(Instant::now() + policy.first_response_timeout);
+                    }
+                },
+                msg = self.conn.recv() => {
+                    match msg {
+                        Incoming::Text(t) => {
+                            if t.headers.request_id().is_some_and(|r| !r.is_empty() && !r.eq_ignore_ascii_case(&rid)) {
+                                continue;
+                            }
+                            let path = t.headers.path().unwrap_or_default().to_ascii_lowercase();
+                            if path == "turn.end" {
+                                events.send(RecognitionEvent::TurnEnd).await?;
+                                break;
+                            }
+                            if let Some(ev) = to_event(&path, &t.body) {
+                                if let RecognitionEvent::Phrase { status, .. } = &ev {
+                                    if let Some(e) = inband_error(status) {
+                                        inband.get_or_insert(e);
+                                    }
+                                }
+                                events.send(ev).await?;
+                            }
+                        }
+                        Incoming::Binary(_) => {}
+                        Incoming::Malformed(e) => {
+                            return Err(SpeechError::protocol(format!("bad binary message: {e}")));
+                        }
+                        Incoming::Closed { code, reason } => {
+                            return Err(match code {
+                                Some(c) => SpeechError::from_close_code(c, reason),
+                                None => SpeechError::connection_closed(None, reason),
+                            });
+                        }
+                    }
+                    if deadline.is_some() {
+                        deadline = Some(Instant::now() + policy.first_response_timeout);
+                    }
+                }
+                () = sleep_until_opt(deadline) => {
+                    return Err(SpeechError::timeout(format!(
+                        "no turn.end within {} ms after the end of audio",
+                        policy.first_response_timeout.as_millis()
+                    )));
+                }
+            }
+        }
+        self.in_turn = false;
+        self.turns += 1;
+        match inband {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The error a failed `speech.phrase` status stands for, as the SDK reads it (spec §5.3).
+fn inband_error(status: &str) -> Option<SpeechError> {
+    let msg = || format!("recognition failed with status {status}");
+    match status {
+        "TooManyRequests" => Some(SpeechError::throttled(None, msg())),
+        "BadRequest" => Some(SpeechError::bad_request(msg())),
+        "Forbidden" => Some(SpeechError::auth(msg())),
+        phrase_status::ERROR => Some(SpeechError::transient(msg())),
+        _ => None,
+    }
+}
+
+/// Maps one service message to an event; unknown paths are ignored.
+fn to_event(path: &str, body: &str) -> Option<RecognitionEvent> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let u = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    match path {
+        "speech.startdetected" => Some(RecognitionEvent::SpeechStartDetected { offset: u("Offset") }),
+        "speech.enddetected" => Some(RecognitionEvent::SpeechEndDetected { offset: u("Offset") }),
+        "speech.hypothesis" | "speech.fragment" => Some(RecognitionEvent::Hypothesis {
+            text: v.get("Text").and_then(|t| t.as_str()).unwrap_or_default().to_owned(),
+            offset: u("Offset"),
+            duration: u("Duration"),
+        }),
+        "speech.phrase" => {
+            let status = v
+                .get("RecognitionStatus")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let text = v
+                .get("DisplayText")
+                .and_then(|t| t.as_str())
+                .or_else(|| v.pointer("/NBest/0/Display").and_then(|t| t.as_str()))
+                .unwrap_or_default()
+                .to_owned();
+            Some(RecognitionEvent::Phrase {
+                text,
+                offset: u("Offset"),
+                duration: u("Duration"),
+                status,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Connection for SttWebSocket {
+    fn is_ready(&self) -> bool {
+        !self.in_turn && self.conn.lifecycle_ok(&self.client.policy)
+    }
+
+    async fn warm(&mut self) -> Result<(), SpeechError> {
+        if !self.config_sent {
+            self.send_config().await?;
+        }
+        Ok(())
+    }
+
+    async fn reset(&mut self) -> Result<(), SpeechError> {
+        self.conn.drain_stale();
+        Ok(())
+    }
+
+    async fn close(self: Box<Self>) {
+        let timeout = self.client.policy.close_timeout;
+        let me = *self;
+        me.conn.close(timeout).await;
+    }
+}
+
+#[async_trait]
+impl Recognizer for SttWebSocket {
+    /// The request must match the connection's handshake (language, format, mode);
+    /// otherwise it is a `BadRequest`, since Azure cannot change them mid-connection.
+    async fn recognize(
+        &mut self,
+        request: RecognitionRequest,
+        audio: mpsc::Receiver<Bytes>,
+        events: mpsc::Sender<RecognitionEvent>,
+    ) -> Result<(), SpeechError> {
+        request.validate()?;
+        let o = &self.options;
+        if !request.language.eq_ignore_ascii_case(&o.language)
+            || request.format != o.format
+            || request.mode != o.mode
+        {
+            return Err(SpeechError::bad_request(format!(
+                "this connection serves {} / {} / {}; the request asks for {} / {} / {}",
+                o.mode.as_str(),
+                o.language,
+                o.format.as_str(),
+                request.mode.as_str(),
+                request.language,
+                request.format.as_str()
+            )));
+        }
+        let result = self.run_turn(&request, audio, &events).await;
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, request_id = %request.request_id, "STT turn failed");
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_service_messages() {
+        assert_eq!(
+            to_event("speech.hypothesis", r#"{"Text":"to","Offset":8100000,"Duration":2000000}"#),
+            Some(RecognitionEvent::Hypothesis {
+                text: "to".into(),
+                offset: 8_100_000,
+                duration: 2_000_000
+            })
+        );
+        assert_eq!(
+            to_event(
+                "speech.phrase",
+                r#"{"RecognitionStatus":"Success","Offset":1,"Duration":2,"NBest":[{"Display":"2345."}]}"#
+            ),
+            Some(RecognitionEvent::Phrase {
+                text: "2345.".into(),
+                offset: 1,
+                duration: 2,
+                status: "Success".into()
+            })
+        );
+        assert_eq!(
+            to_event("speech.startdetected", r#"{"Offset":7600000}"#),
+            Some(RecognitionEvent::SpeechStartDetected { offset: 7_600_000 })
+        );
+        assert_eq!(to_event("emulator.unknown", "{}"), None);
+        assert_eq!(to_event("speech.phrase", "not json"), None);
+        assert!(inband_error("TooManyRequests").is_some_and(|e| e.class() == speech_core::ErrorClass::Throttled));
+        assert!(inband_error("Success").is_none());
+        assert!(inband_error("NoMatch").is_none());
+    }
+}
