@@ -79,12 +79,13 @@ impl Credentials {
         match self {
             Self::Key(k) | Self::StsToken(k) => {
                 if k.is_empty() {
-                    return Err(ConfigError::Credentials("the subscription key is empty".into()));
+                    return Err(ConfigError::Credentials(
+                        "the subscription key is empty".into(),
+                    ));
                 }
                 if !k.expose().bytes().all(|b| b.is_ascii_graphic()) {
                     return Err(ConfigError::Credentials(
-                        "the subscription key contains whitespace or non-ASCII characters"
-                            .into(),
+                        "the subscription key contains whitespace or non-ASCII characters".into(),
                     ));
                 }
                 Ok(())
@@ -349,10 +350,9 @@ impl Authenticator {
         let needed = {
             let st = self.state();
             let now = Instant::now();
-            let left = st
-                .token
-                .as_ref()
-                .map_or(Duration::ZERO, |c| c.expires_at.saturating_duration_since(now));
+            let left = st.token.as_ref().map_or(Duration::ZERO, |c| {
+                c.expires_at.saturating_duration_since(now)
+            });
             left < self.inner.policy.refresh_ahead && st.retry_at.is_none_or(|at| now >= at)
         };
         if needed {
@@ -382,7 +382,10 @@ impl Authenticator {
                 st.retry_at = None;
                 st.last_error = None;
                 tracing::debug!(
-                    valid_for_s = c.expires_at.saturating_duration_since(Instant::now()).as_secs(),
+                    valid_for_s = c
+                        .expires_at
+                        .saturating_duration_since(Instant::now())
+                        .as_secs(),
                     "token refreshed"
                 );
                 Ok(c)
@@ -453,7 +456,9 @@ impl Authenticator {
                 let t = source.access_token().await?;
                 let raw = t.token.expose();
                 if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(SpeechError::auth("the Entra token source returned a malformed token"));
+                    return Err(SpeechError::auth(
+                        "the Entra token source returned a malformed token",
+                    ));
                 }
                 Ok(Cached {
                     header: Secret::new(format!("Bearer aad#{resource_id}#{raw}")),
@@ -483,7 +488,9 @@ fn jwt_exp(token: &str) -> Option<SystemTime> {
 
 /// Converts a wall-clock expiry to the monotonic clock used for all comparisons.
 fn instant_for(at: SystemTime) -> Instant {
-    let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
     Instant::now() + left.min(Duration::from_secs(86_400))
 }
 
@@ -501,7 +508,10 @@ mod tests {
         );
         assert_eq!(jwt_exp("not-a-jwt"), None);
         assert_eq!(jwt_exp("a.!!!.c"), None);
-        assert_eq!(jwt_exp(&format!("a.{}.c", URL_SAFE_NO_PAD.encode("[]"))), None);
+        assert_eq!(
+            jwt_exp(&format!("a.{}.c", URL_SAFE_NO_PAD.encode("[]"))),
+            None
+        );
     }
 
     #[test]
@@ -543,9 +553,16 @@ mod tests {
         let (a, b) = tokio::join!(auth.header(), auth.header());
         let (a, b) = (a.expect("a"), b.expect("b"));
         assert_eq!(a.name, AUTH_HEADER);
-        assert_eq!(a.value.expose(), "Bearer aad#/subscriptions/s/accounts/a#entra-token-0");
+        assert_eq!(
+            a.value.expose(),
+            "Bearer aad#/subscriptions/s/accounts/a#entra-token-0"
+        );
         assert_eq!(a.value, b.value);
-        assert_eq!(source.0.load(Ordering::SeqCst), 1, "one fetch for two callers");
+        assert_eq!(
+            source.0.load(Ordering::SeqCst),
+            1,
+            "one fetch for two callers"
+        );
         assert!(!format!("{auth:?}").contains("entra-token"));
         auth.invalidate(&a.value);
         let c = auth.header().await.expect("c");

@@ -80,7 +80,12 @@ impl AzureSpeechBuilder {
             });
         }
         let tls = self.tls.build()?;
-        let http = http_client(&tls, &self.policy, &self.user_agent, Duration::from_secs(90))?;
+        let http = http_client(
+            &tls,
+            &self.policy,
+            &self.user_agent,
+            Duration::from_secs(90),
+        )?;
         let auth = Authenticator::new(
             self.credentials,
             self.token_policy,
@@ -266,7 +271,9 @@ pub struct TtsWsFactory {
 #[async_trait]
 impl SynthesizerFactory for TtsWsFactory {
     async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
-        Ok(Box::new(self.client.connect_tts_ws(self.options.clone()).await?))
+        Ok(Box::new(
+            self.client.connect_tts_ws(self.options.clone()).await?,
+        ))
     }
 }
 
@@ -293,7 +300,9 @@ pub struct SttWsFactory {
 #[async_trait]
 impl RecognizerFactory for SttWsFactory {
     async fn create(&self) -> Result<Box<dyn Recognizer>, SpeechError> {
-        Ok(Box::new(self.client.connect_stt_ws(self.options.clone()).await?))
+        Ok(Box::new(
+            self.client.connect_stt_ws(self.options.clone()).await?,
+        ))
     }
 }
 

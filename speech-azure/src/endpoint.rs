@@ -197,7 +197,13 @@ fn join(base: &Url, path: &str, ws: bool) -> Url {
 
 fn parse_base(url: &str, allow_plain: bool) -> Result<Url, ConfigError> {
     let bad = |reason: &str| ConfigError::Endpoint {
-        url: url.split('?').next().unwrap_or_default().chars().take(200).collect(),
+        url: url
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect(),
         reason: reason.to_owned(),
     };
     let mut u = Url::parse(url.trim()).map_err(|e| bad(&e.to_string()))?;
@@ -216,7 +222,9 @@ fn parse_base(url: &str, allow_plain: bool) -> Result<Url, ConfigError> {
         return Err(bad("no host"));
     }
     if !u.username().is_empty() || u.password().is_some() {
-        return Err(bad("credentials in the URL are not supported; use a key or token"));
+        return Err(bad(
+            "credentials in the URL are not supported; use a key or token",
+        ));
     }
     if u.query().is_some() || u.fragment().is_some() {
         return Err(bad("a query or fragment is not allowed here"));
@@ -244,8 +252,12 @@ mod tests {
             "wss://westeurope.tts.speech.microsoft.com/cognitiveservices/websocket/v1"
         );
         assert_eq!(
-            e.stt_ws_url(RecognitionMode::Conversation, "en-US", RecognitionFormat::Detailed)
-                .as_str(),
+            e.stt_ws_url(
+                RecognitionMode::Conversation,
+                "en-US",
+                RecognitionFormat::Detailed
+            )
+            .as_str(),
             "wss://westeurope.stt.speech.microsoft.com/speech/recognition/conversation/cognitiveservices/v1?language=en-US&format=detailed"
         );
         let c = Endpoint::region("chinaeast2").expect("region");
@@ -259,8 +271,12 @@ mod tests {
         );
         let g = Endpoint::region("usgovarizona").expect("region");
         assert_eq!(
-            g.stt_ws_url(RecognitionMode::Interactive, "en-US", RecognitionFormat::Simple)
-                .host_str(),
+            g.stt_ws_url(
+                RecognitionMode::Interactive,
+                "en-US",
+                RecognitionFormat::Simple
+            )
+            .host_str(),
             Some("usgovarizona.stt.speech.azure.us")
         );
         assert_eq!(
@@ -289,8 +305,12 @@ mod tests {
             "wss://my-res.cognitiveservices.azure.com/tts/cognitiveservices/websocket/v1"
         );
         assert_eq!(
-            e.stt_ws_url(RecognitionMode::Conversation, "en-US", RecognitionFormat::Simple)
-                .as_str(),
+            e.stt_ws_url(
+                RecognitionMode::Conversation,
+                "en-US",
+                RecognitionFormat::Simple
+            )
+            .as_str(),
             "wss://my-res.cognitiveservices.azure.com/stt/speech/recognition/conversation/cognitiveservices/v1?language=en-US&format=simple"
         );
         assert_eq!(

@@ -116,9 +116,7 @@ impl Headers {
     /// Writes `Name: value\r\n` per header (the JS SDK's form), checking each one.
     fn write_block(&self, out: &mut String) -> Result<(), FrameError> {
         for (n, v) in &self.items {
-            let name_ok = !n.is_empty()
-                && n.bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b':');
+            let name_ok = !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b':');
             let value_ok = !v.bytes().any(|b| b == b'\r' || b == b'\n');
             if !name_ok || !value_ok {
                 return Err(FrameError::InvalidHeader(n.chars().take(64).collect()));
@@ -251,7 +249,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    (y, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
+    (
+        y,
+        u32::try_from(m).unwrap_or(1),
+        u32::try_from(d).unwrap_or(1),
+    )
 }
 
 #[cfg(test)]
@@ -338,7 +340,12 @@ mod tests {
         );
         let b = write_binary(&Headers::new().with("Path", "audio"), &[1, 2]).expect("write");
         assert_eq!(b, b"\x00\x0dPath: audio\r\n\x01\x02");
-        for bad in [("Pa th", "x"), ("", "x"), ("P:x", "y"), ("Path", "a\r\nX: y")] {
+        for bad in [
+            ("Pa th", "x"),
+            ("", "x"),
+            ("P:x", "y"),
+            ("Path", "a\r\nX: y"),
+        ] {
             let h = Headers::new().with(bad.0, bad.1);
             assert!(write_text(&h, "").is_err(), "{bad:?}");
             assert!(write_binary(&h, b"").is_err(), "{bad:?}");

@@ -52,8 +52,8 @@ mod util;
 mod ws;
 
 pub use auth::{
-    AUTH_HEADER, AccessToken, AuthHeader, Authenticator, Credentials, EntraTokenSource,
-    KEY_HEADER, TokenPolicy,
+    AUTH_HEADER, AccessToken, AuthHeader, Authenticator, Credentials, EntraTokenSource, KEY_HEADER,
+    TokenPolicy,
 };
 pub use client::{
     AzureSpeech, AzureSpeechBuilder, SttWsFactory, SttWsOptions, TtsRestFactory, TtsWsFactory,

@@ -77,7 +77,10 @@ mod tests {
         let s = Secret::new("super-secret-key-123");
         assert_eq!(format!("{s}"), "[redacted]");
         assert_eq!(format!("{s:?}"), "Secret([redacted])");
-        assert_eq!(format!("{:#?}", Some(&s)), "Some(\n    Secret([redacted]),\n)");
+        assert_eq!(
+            format!("{:#?}", Some(&s)),
+            "Some(\n    Secret([redacted]),\n)"
+        );
         assert_eq!(s.expose(), "super-secret-key-123");
         assert_eq!(
             s.redact_in("echo super-secret-key-123!"),

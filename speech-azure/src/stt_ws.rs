@@ -95,7 +95,12 @@ impl SttWebSocket {
         Ok(())
     }
 
-    async fn send_audio(&mut self, rid: &str, payload: &[u8], first: bool) -> Result<(), SpeechError> {
+    async fn send_audio(
+        &mut self,
+        rid: &str,
+        payload: &[u8],
+        first: bool,
+    ) -> Result<(), SpeechError> {
         let mut h = Headers::new()
             .with("Path", "audio")
             .with("X-RequestId", rid)
@@ -238,10 +243,18 @@ fn to_event(path: &str, body: &str) -> Option<RecognitionEvent> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
     let u = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
     match path {
-        "speech.startdetected" => Some(RecognitionEvent::SpeechStartDetected { offset: u("Offset") }),
-        "speech.enddetected" => Some(RecognitionEvent::SpeechEndDetected { offset: u("Offset") }),
+        "speech.startdetected" => Some(RecognitionEvent::SpeechStartDetected {
+            offset: u("Offset"),
+        }),
+        "speech.enddetected" => Some(RecognitionEvent::SpeechEndDetected {
+            offset: u("Offset"),
+        }),
         "speech.hypothesis" | "speech.fragment" => Some(RecognitionEvent::Hypothesis {
-            text: v.get("Text").and_then(|t| t.as_str()).unwrap_or_default().to_owned(),
+            text: v
+                .get("Text")
+                .and_then(|t| t.as_str())
+                .unwrap_or_default()
+                .to_owned(),
             offset: u("Offset"),
             duration: u("Duration"),
         }),
@@ -334,7 +347,10 @@ mod tests {
     #[test]
     fn maps_service_messages() {
         assert_eq!(
-            to_event("speech.hypothesis", r#"{"Text":"to","Offset":8100000,"Duration":2000000}"#),
+            to_event(
+                "speech.hypothesis",
+                r#"{"Text":"to","Offset":8100000,"Duration":2000000}"#
+            ),
             Some(RecognitionEvent::Hypothesis {
                 text: "to".into(),
                 offset: 8_100_000,
@@ -359,7 +375,10 @@ mod tests {
         );
         assert_eq!(to_event("emulator.unknown", "{}"), None);
         assert_eq!(to_event("speech.phrase", "not json"), None);
-        assert!(inband_error("TooManyRequests").is_some_and(|e| e.class() == speech_core::ErrorClass::Throttled));
+        assert!(
+            inband_error("TooManyRequests")
+                .is_some_and(|e| e.class() == speech_core::ErrorClass::Throttled)
+        );
         assert!(inband_error("Success").is_none());
         assert!(inband_error("NoMatch").is_none());
     }

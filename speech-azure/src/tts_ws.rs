@@ -444,8 +444,12 @@ mod tests {
 
     #[tokio::test]
     async fn word_offsets_search_forward() {
-        let req = SynthesisRequest::text("the cat the dog", "en-US-AvaNeural", AudioFormat::Raw16Khz16BitMonoPcm)
-            .with_word_boundaries(true);
+        let req = SynthesisRequest::text(
+            "the cat the dog",
+            "en-US-AvaNeural",
+            AudioFormat::Raw16Khz16BitMonoPcm,
+        )
+        .with_word_boundaries(true);
         let ssml = req.to_ssml().into_owned();
         let mut out = TurnOutput::new(&req, &ssml);
         let (tx, mut rx) = mpsc::channel(16);

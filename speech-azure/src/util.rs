@@ -52,11 +52,7 @@ pub(crate) fn connection_id() -> String {
 
 /// Printable, bounded excerpt of a server's error body for an error message.
 pub(crate) fn excerpt(body: &str) -> String {
-    let clean: String = body
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
+    let clean: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
     clean.trim().to_owned()
 }
 
@@ -68,7 +64,10 @@ mod tests {
     fn retry_after_seconds_only() {
         let mut h = http::HeaderMap::new();
         assert_eq!(retry_after(&h), None);
-        h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static(" 3 "));
+        h.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static(" 3 "),
+        );
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
         h.insert(
             http::header::RETRY_AFTER,
@@ -81,7 +80,10 @@ mod tests {
     fn ids_and_excerpts() {
         let id = connection_id();
         assert_eq!(id.len(), 32);
-        assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()));
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
+        );
         assert_eq!(excerpt("  a\r\nb  "), "ab");
     }
 }

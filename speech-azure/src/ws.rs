@@ -44,7 +44,10 @@ pub(crate) enum Incoming {
     /// A binary message that does not parse (the turn decides what that means).
     Malformed(String),
     /// The connection ended: a close frame (`code`) or a drop (`None`, i.e. 1006).
-    Closed { code: Option<u16>, reason: String },
+    Closed {
+        code: Option<u16>,
+        reason: String,
+    },
 }
 
 /// State the reader task shares with the connection, readable without awaiting (for the
@@ -58,7 +61,10 @@ struct Shared {
 impl Shared {
     fn mark_closed(&self, code: Option<u16>, reason: String) -> bool {
         self.open.store(false, Ordering::SeqCst);
-        let mut c = self.closed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut c = self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if c.is_none() {
             *c = Some((code, reason));
             true
@@ -260,14 +266,22 @@ impl WsConn {
     }
 
     /// Sends a text message.
-    pub(crate) async fn send_text(&mut self, headers: &Headers, body: &str) -> Result<(), SpeechError> {
+    pub(crate) async fn send_text(
+        &mut self,
+        headers: &Headers,
+        body: &str,
+    ) -> Result<(), SpeechError> {
         let text = frame::write_text(headers, body)
             .map_err(|e| SpeechError::protocol(format!("cannot frame message: {e}")))?;
         self.send(Message::text(text)).await
     }
 
     /// Sends a binary message.
-    pub(crate) async fn send_binary(&mut self, headers: &Headers, payload: &[u8]) -> Result<(), SpeechError> {
+    pub(crate) async fn send_binary(
+        &mut self,
+        headers: &Headers,
+        payload: &[u8],
+    ) -> Result<(), SpeechError> {
         let data = frame::write_binary(headers, payload)
             .map_err(|e| SpeechError::protocol(format!("cannot frame message: {e}")))?;
         self.send(Message::binary(data)).await
@@ -327,7 +341,9 @@ impl WsConn {
         while let Ok(m) = self.rx.try_recv() {
             match m {
                 Incoming::Closed { .. } => break,
-                other => tracing::debug!(message = ?kind(&other), "discarding a message received between turns"),
+                other => {
+                    tracing::debug!(message = ?kind(&other), "discarding a message received between turns")
+                }
             }
         }
     }
@@ -352,7 +368,8 @@ impl WsConn {
             }
         }
         let _ = tokio::time::timeout(timeout, self.sink.close()).await;
-        self.shared.mark_closed(Some(1000), "closed by the client".into());
+        self.shared
+            .mark_closed(Some(1000), "closed by the client".into());
         self.reader.abort();
     }
 }
@@ -382,7 +399,12 @@ async fn read_loop(mut read: SplitStream<Stream>, tx: mpsc::Sender<Incoming>, sh
                 };
                 tracing::debug!(code, %reason, "service closed the websocket");
                 if shared.mark_closed(Some(code), reason.clone()) {
-                    let _ = tx.send(Incoming::Closed { code: Some(code), reason }).await;
+                    let _ = tx
+                        .send(Incoming::Closed {
+                            code: Some(code),
+                            reason,
+                        })
+                        .await;
                 }
                 // Keep reading: tungstenite answers the close and then ends the stream.
                 continue;

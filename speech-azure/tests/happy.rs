@@ -89,7 +89,11 @@ async fn hundred_sequential_turns_on_one_websocket() {
         .expect("connect");
     tts.warm().await.expect("warm");
     for i in 0..100 {
-        let req = SynthesisRequest::text(format!("Turn {i}."), VOICE, AudioFormat::Raw8Khz16BitMonoPcm);
+        let req = SynthesisRequest::text(
+            format!("Turn {i}."),
+            VOICE,
+            AudioFormat::Raw8Khz16BitMonoPcm,
+        );
         let (res, events) = synth(&mut tts, req).await;
         let s = res.unwrap_or_else(|e| panic!("turn {i}: {e}"));
         assert!(s.audio_bytes > 0 && !events.is_empty(), "turn {i}");
@@ -128,7 +132,11 @@ async fn tts_rest_streams_and_reuses_its_connection() {
         let s = res.unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert!(s.chunks > 1, "streamed in chunks");
         if format.is_riff() {
-            assert_eq!(&audio(&events)[..4], b"RIFF", "REST returns the header itself");
+            assert_eq!(
+                &audio(&events)[..4],
+                b"RIFF",
+                "REST returns the header itself"
+            );
         }
     }
     assert_eq!(rest.requests(), 3);
@@ -144,7 +152,8 @@ async fn tts_rest_streams_and_reuses_its_connection() {
 
 #[tokio::test]
 async fn stt_websocket_runs_several_turns() {
-    let emu = emulator(EmulatorConfig::default().with_transcript("Remind me to buy pencils.")).await;
+    let emu =
+        emulator(EmulatorConfig::default().with_transcript("Remind me to buy pencils.")).await;
     let azure = client(&emu, Credentials::key(KEY));
     for (mode, format) in [
         (RecognitionMode::Conversation, RecognitionFormat::Simple),
@@ -170,7 +179,9 @@ async fn stt_websocket_runs_several_turns() {
                 "hypotheses streamed: {events:?}"
             );
             let phrase = events.iter().find_map(|e| match e {
-                RecognitionEvent::Phrase { text, status, .. } => Some((text.clone(), status.clone())),
+                RecognitionEvent::Phrase { text, status, .. } => {
+                    Some((text.clone(), status.clone()))
+                }
                 _ => None,
             });
             assert_eq!(
@@ -220,7 +231,10 @@ async fn expired_token_is_refreshed_without_a_failed_turn() {
         .await
         .expect("connect with a token");
     first.warm().await.expect("warm");
-    synth(&mut first, text("Before expiry.")).await.0.expect("turn");
+    synth(&mut first, text("Before expiry."))
+        .await
+        .0
+        .expect("turn");
     assert_eq!(emu.counters().tokens_issued, 1);
 
     // Let the token expire for real (the emulator then refuses it at a handshake).
@@ -232,10 +246,16 @@ async fn expired_token_is_refreshed_without_a_failed_turn() {
         .await
         .expect("a new connection fetches a fresh token");
     second.warm().await.expect("warm");
-    synth(&mut second, text("After expiry.")).await.0.expect("turn");
+    synth(&mut second, text("After expiry."))
+        .await
+        .0
+        .expect("turn");
     let mut rest = azure.connect_tts_rest().await.expect("rest");
     rest.warm().await.expect("warm");
-    synth(&mut rest, text("REST after expiry.")).await.0.expect("rest turn");
+    synth(&mut rest, text("REST after expiry."))
+        .await
+        .0
+        .expect("rest turn");
     assert!(emu.counters().tokens_issued >= 2);
     assert_eq!(auth.failure_count(), 0);
 
@@ -254,7 +274,10 @@ async fn expired_token_is_refreshed_without_a_failed_turn() {
         .connect_tts_ws(TtsWsOptions::default())
         .await
         .expect("retried with a fresh token");
-    synth(&mut third, text("After a refused token.")).await.0.expect("turn");
+    synth(&mut third, text("After a refused token."))
+        .await
+        .0
+        .expect("turn");
     assert_eq!(emu.counters().tokens_issued, before + 1);
 
     for c in [first, second, third] {
@@ -317,7 +340,11 @@ async fn secrets_never_reach_errors_or_debug_output() {
     // A real token never shows either.
     let azure = client(&emu, Credentials::sts_token(KEY));
     let header = azure.authenticator().header().await.expect("token");
-    let token = header.value.expose().trim_start_matches("Bearer ").to_owned();
+    let token = header
+        .value
+        .expose()
+        .trim_start_matches("Bearer ")
+        .to_owned();
     assert!(token.len() > 20);
     let tts = azure
         .connect_tts_ws(TtsWsOptions::default())

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use speech_azure::{
-    AzureSpeech, ConnectionPolicy, Credentials, Endpoint, TlsOptions, TokenPolicy,
-};
+use speech_azure::{AzureSpeech, ConnectionPolicy, Credentials, Endpoint, TlsOptions, TokenPolicy};
 use speech_core::{
     AudioFormat, RecognitionEvent, RecognitionRequest, Recognizer, SpeechError, SynthesisEvent,
     SynthesisRequest, SynthesisSummary, Synthesizer,
