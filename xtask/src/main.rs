@@ -8,6 +8,7 @@
 //! [`main`]; the implementation goes in its own module.
 
 mod bench_pool;
+mod bench_speech;
 mod ci;
 
 use std::path::PathBuf;
@@ -54,6 +55,13 @@ enum BenchTarget {
     /// `ratio.<ours>_vs_<peer>.<case>: <peer / ours>` lines. Exits non-zero if any
     /// configuration hangs (exceeds its time bound) or fails.
     Pool(bench_pool::Args),
+    /// Time to first audio, COLD vs WARM (TTS websocket, TTS REST, STT) against the
+    /// emulator at 20 ms simulated round trip, over TLS.
+    Speech {
+        /// 8 samples per case instead of 30.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +74,7 @@ fn main() -> ExitCode {
             }
             match target {
                 BenchTarget::Pool(args) => bench_pool::run(&args),
+                BenchTarget::Speech { quick } => bench_speech::run(quick),
             }
         }
     };
