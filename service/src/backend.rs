@@ -96,6 +96,16 @@ pub fn choose(config: &Config) -> Result<BackendKind, StartupError> {
         BackendChoice::Auto => BackendKind::Mock,
     };
     if !kind.compiled_in() {
+        if config.backend == BackendChoice::Auto {
+            // Nothing was requested explicitly: say what was missing for each backend.
+            return Err(StartupError::Config(
+                "no Azure credentials are set (AZURE_SPEECH_KEY with AZURE_SPEECH_REGION or \
+                 AZURE_SPEECH_ENDPOINT) and this binary was built without the `mock` feature \
+                 that would serve without them; set the credentials or rebuild with \
+                 `--features mock`"
+                    .into(),
+            ));
+        }
         return Err(StartupError::NotCompiled(kind.as_str()));
     }
     Ok(kind)
