@@ -10,6 +10,7 @@
 mod bench_pool;
 mod bench_speech;
 mod ci;
+mod load;
 
 use std::path::PathBuf;
 use std::process::{Command as Process, ExitCode};
@@ -43,6 +44,13 @@ enum Command {
         #[command(subcommand)]
         target: BenchTarget,
     },
+    /// Simulated voice calls (Poisson arrivals, N TTS turns each, then DELETE) against
+    /// the service: started in-process with the mock backend unless `--url` is given.
+    ///
+    /// Prints a progress line per second, a report (calls, errors by class, tiers, time
+    /// to first audio per tier, connection accounting) and `load.<name>: <value>` lines.
+    /// Exits non-zero on any error or leaked connection.
+    Load(load::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +76,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ci => ci::run(),
+        Command::Load(args) => load::run(&args),
         Command::Bench { target } => {
             if let Some(code) = reexec_in_release_if_debug() {
                 return code;

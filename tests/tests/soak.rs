@@ -1,0 +1,175 @@
+//! A shortened soak: 200 concurrent callers against the service with the mock backend
+//! (instant profile) for a few seconds of real time. Each caller runs calls back to back:
+//! 2-3 TTS turns on its session, then `DELETE /api/v1/sessions/{id}`.
+//!
+//! Asserts: no request fails, later turns of a call reuse its connection (DEDICATED), the
+//! pools settle back to their warm target with nothing in use, the service shuts down
+//! cleanly, and every connection the backend created was closed (no leak). No assertion
+//! on timing; the wall-clock window only sizes the workload.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use service::backend::{BackendKind, Managers};
+use service::{Config, state_from_managers};
+use speech_mock::backend::{MockConfig, mock_stt_manager, mock_tts_manager};
+use tests::{HANG, spawn_service};
+
+const CALLERS: usize = 200;
+/// How long callers keep starting new calls.
+const WINDOW: Duration = Duration::from_secs(3);
+
+fn config() -> Config {
+    let mut c = Config::defaults();
+    c.warm_pool_tts_size = 8;
+    c.warm_pool_stt_size = 2;
+    // Every caller holds its own connection across turns.
+    c.pool_tts_max_size = 256;
+    c.pool_stt_max_size = 8;
+    c.pool_acquire_timeout = Duration::from_secs(10);
+    c
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    calls: AtomicU64,
+    turns: AtomicU64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
+    let (tts_m, tts_counters) = mock_tts_manager(MockConfig::default());
+    let (stt_m, stt_counters) = mock_stt_manager(MockConfig::default());
+    let state = state_from_managers(
+        &config(),
+        Managers {
+            kind: BackendKind::Mock,
+            tts: tts_m,
+            stt: stt_m,
+        },
+    )
+    .expect("state");
+    state.warm_up().await;
+    let running = spawn_service(&state).await;
+    let client = tests::client();
+    let tally = Arc::new(Tally::default());
+    let stop_at = tokio::time::Instant::now() + WINDOW;
+
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..CALLERS {
+        let client = client.clone();
+        let tts_url = running.url("/api/v1/tts");
+        let sessions_url = running.url("/api/v1/sessions");
+        let tally = tally.clone();
+        callers.spawn(async move {
+            let mut call = 0usize;
+            // At least one call per caller, then more until the window closes.
+            loop {
+                let id = format!("soak-{caller}-{call}");
+                let turns = 2 + (caller + call) % 2;
+                for turn in 0..turns {
+                    let response = client
+                        .post(&tts_url)
+                        .header("content-type", "application/json")
+                        .body(json!({"text": "Hello there.", "session_id": id}).to_string())
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("{id} turn {turn}: {e}"));
+                    let status = response.status().as_u16();
+                    let tier = response
+                        .headers()
+                        .get("x-pool-tier")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let body = response
+                        .bytes()
+                        .await
+                        .unwrap_or_else(|e| panic!("{id} turn {turn} body: {e}"));
+                    assert_eq!(status, 200, "{id} turn {turn}: {body:?}");
+                    assert!(body.len() > 44, "{id} turn {turn}: {} bytes", body.len());
+                    if turn > 0 {
+                        assert_eq!(tier.as_deref(), Some("dedicated"), "{id} turn {turn}");
+                    } else {
+                        assert!(
+                            matches!(tier.as_deref(), Some("warm" | "cold")),
+                            "{id} turn {turn}: {tier:?}"
+                        );
+                    }
+                    tally.turns.fetch_add(1, Ordering::Relaxed);
+                    // Think time: yields to other callers.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let response = client
+                    .delete(format!("{sessions_url}/{id}"))
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("{id} delete: {e}"));
+                assert_eq!(response.status(), 200, "{id} delete");
+                let _ = response.bytes().await;
+                tally.calls.fetch_add(1, Ordering::Relaxed);
+                call += 1;
+                if tokio::time::Instant::now() >= stop_at {
+                    break;
+                }
+            }
+        });
+    }
+    tokio::time::timeout(HANG, async {
+        while let Some(result) = callers.join_next().await {
+            result.expect("caller");
+        }
+    })
+    .await
+    .expect("the callers finish (no deadlock)");
+    let calls = tally.calls.load(Ordering::Relaxed);
+    let turns = tally.turns.load(Ordering::Relaxed);
+    eprintln!("soak: {CALLERS} callers, {calls} calls, {turns} turns");
+    assert!(calls >= CALLERS as u64, "{calls} calls");
+
+    // Every session was released: the pools return to their warm target, nothing in use.
+    tokio::time::timeout(HANG, async {
+        loop {
+            let settled = state.snapshots().iter().all(|p| {
+                p.active_sessions == 0
+                    && p.in_use == 0
+                    && p.dedicated == 0
+                    && p.creating == 0
+                    && p.waiting == 0
+                    && p.warm_pool_size == p.warm_pool_target
+            });
+            if settled {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("pools did not settle: {:#?}", state.snapshots()));
+    for pool in state.snapshots() {
+        assert_eq!(pool.size, pool.warm_pool_target, "{}: {pool:?}", pool.name);
+    }
+    let tts_pool = state
+        .snapshots()
+        .into_iter()
+        .find(|p| p.name == "speech-tts")
+        .expect("tts pool");
+    assert_eq!(tts_pool.allocations_total, turns, "{tts_pool:?}");
+
+    running.stop().await;
+
+    let tts = tts_counters.snapshot();
+    assert_eq!(tts.turns_served, turns, "{tts:?}");
+    assert_eq!((tts.turns_failed, tts.turns_cancelled), (0, 0), "{tts:?}");
+    for (name, counters) in [("tts", &tts_counters), ("stt", &stt_counters)] {
+        let s = counters.snapshot();
+        assert_eq!(s.created, s.closed, "{name} leaked: {s:?}");
+        assert_eq!(s.open_now, 0, "{name}: {s:?}");
+        assert_eq!(s.dropped_without_close, 0, "{name}: {s:?}");
+    }
+    for pool in state.snapshots() {
+        assert_eq!(pool.size, 0, "{}: {pool:?}", pool.name);
+        assert_eq!(pool.created_total, pool.closed_total, "{pool:?}");
+    }
+}
