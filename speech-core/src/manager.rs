@@ -29,123 +29,88 @@ pub trait RecognizerFactory: fmt::Debug + Send + Sync + 'static {
     async fn create(&self) -> Result<Box<dyn Recognizer>, SpeechError>;
 }
 
-/// A `pool_core::Manager` of boxed [`Synthesizer`]s from any backend.
-///
-/// `create` goes to the factory; `warm`, `is_ready`, `reset` and `close` go to the
-/// connection itself. The cost of erasure is one boxed future per call and one virtual
-/// call for `is_ready`, negligible next to a network round trip, and it keeps
-/// `Pool<SynthesizerManager>` a single concrete type whatever the backend.
-#[derive(Debug, Clone)]
-pub struct SynthesizerManager {
-    factory: Arc<dyn SynthesizerFactory>,
-}
-
-impl SynthesizerManager {
-    /// Wraps a factory.
-    pub fn new(factory: impl SynthesizerFactory) -> Self {
-        Self {
-            factory: Arc::new(factory),
+/// Defines a type-erased `pool_core::Manager` over boxed connections of one kind. The two
+/// kinds (synthesizers and recognizers) differ only in their trait names, so one definition
+/// serves both and they cannot drift apart.
+macro_rules! erased_manager {
+    ($(#[$doc:meta])* $manager:ident, $factory:ident, $connection:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $manager {
+            factory: Arc<dyn $factory>,
         }
-    }
 
-    /// Wraps an already shared factory (e.g. one whose counters a test also holds).
-    pub fn from_arc(factory: Arc<dyn SynthesizerFactory>) -> Self {
-        Self { factory }
-    }
+        impl $manager {
+            /// Wraps a factory.
+            pub fn new(factory: impl $factory) -> Self {
+                Self {
+                    factory: Arc::new(factory),
+                }
+            }
 
-    /// The factory behind this manager.
-    pub fn factory(&self) -> &Arc<dyn SynthesizerFactory> {
-        &self.factory
-    }
-}
+            /// Wraps an already shared factory (e.g. one whose counters a test also holds).
+            pub fn from_arc(factory: Arc<dyn $factory>) -> Self {
+                Self { factory }
+            }
 
-impl pool_core::Manager for SynthesizerManager {
-    type Resource = Box<dyn Synthesizer>;
-    type Error = SpeechError;
-
-    fn create(&self) -> impl Future<Output = Result<Self::Resource, Self::Error>> + Send {
-        self.factory.create()
-    }
-
-    fn warm(
-        &self,
-        resource: &mut Self::Resource,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        resource.warm()
-    }
-
-    fn is_ready(&self, resource: &Self::Resource) -> bool {
-        resource.is_ready()
-    }
-
-    fn reset(
-        &self,
-        resource: &mut Self::Resource,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        resource.reset()
-    }
-
-    fn close(&self, resource: Self::Resource) -> impl Future<Output = ()> + Send {
-        resource.close()
-    }
-}
-
-/// A `pool_core::Manager` of boxed [`Recognizer`]s from any backend. See
-/// [`SynthesizerManager`].
-#[derive(Debug, Clone)]
-pub struct RecognizerManager {
-    factory: Arc<dyn RecognizerFactory>,
-}
-
-impl RecognizerManager {
-    /// Wraps a factory.
-    pub fn new(factory: impl RecognizerFactory) -> Self {
-        Self {
-            factory: Arc::new(factory),
+            /// The factory behind this manager.
+            pub fn factory(&self) -> &Arc<dyn $factory> {
+                &self.factory
+            }
         }
-    }
 
-    /// Wraps an already shared factory.
-    pub fn from_arc(factory: Arc<dyn RecognizerFactory>) -> Self {
-        Self { factory }
-    }
+        impl pool_core::Manager for $manager {
+            type Resource = Box<dyn $connection>;
+            type Error = SpeechError;
 
-    /// The factory behind this manager.
-    pub fn factory(&self) -> &Arc<dyn RecognizerFactory> {
-        &self.factory
-    }
+            fn create(&self) -> impl Future<Output = Result<Self::Resource, Self::Error>> + Send {
+                self.factory.create()
+            }
+
+            fn warm(
+                &self,
+                resource: &mut Self::Resource,
+            ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+                resource.warm()
+            }
+
+            fn is_ready(&self, resource: &Self::Resource) -> bool {
+                resource.is_ready()
+            }
+
+            fn reset(
+                &self,
+                resource: &mut Self::Resource,
+            ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+                resource.reset()
+            }
+
+            fn close(&self, resource: Self::Resource) -> impl Future<Output = ()> + Send {
+                resource.close()
+            }
+        }
+    };
 }
 
-impl pool_core::Manager for RecognizerManager {
-    type Resource = Box<dyn Recognizer>;
-    type Error = SpeechError;
+erased_manager!(
+    /// A `pool_core::Manager` of boxed [`Synthesizer`]s from any backend.
+    ///
+    /// `create` goes to the factory; `warm`, `is_ready`, `reset` and `close` go to the
+    /// connection itself. The cost of erasure is one boxed future per call and one virtual
+    /// call for `is_ready`, negligible next to a network round trip, and it keeps
+    /// `Pool<SynthesizerManager>` a single concrete type whatever the backend.
+    SynthesizerManager,
+    SynthesizerFactory,
+    Synthesizer
+);
 
-    fn create(&self) -> impl Future<Output = Result<Self::Resource, Self::Error>> + Send {
-        self.factory.create()
-    }
-
-    fn warm(
-        &self,
-        resource: &mut Self::Resource,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        resource.warm()
-    }
-
-    fn is_ready(&self, resource: &Self::Resource) -> bool {
-        resource.is_ready()
-    }
-
-    fn reset(
-        &self,
-        resource: &mut Self::Resource,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        resource.reset()
-    }
-
-    fn close(&self, resource: Self::Resource) -> impl Future<Output = ()> + Send {
-        resource.close()
-    }
-}
+erased_manager!(
+    /// A `pool_core::Manager` of boxed [`Recognizer`]s from any backend. See
+    /// [`SynthesizerManager`].
+    RecognizerManager,
+    RecognizerFactory,
+    Recognizer
+);
 
 #[cfg(test)]
 mod tests {
