@@ -355,19 +355,10 @@ impl<M: Manager> Pool<M> {
         if let Some(mut entry) = state.entry.take() {
             drop(state);
             let reset_ok = inner.manager.reset(&mut entry.resource).await.is_ok();
+            let ready = reset_ok && inner.manager.is_ready(&entry.resource);
             let mut st = inner.lock();
             st.dedicated -= 1;
-            if reset_ok && inner.manager.is_ready(&entry.resource) {
-                let surplus = inner.place(&mut st, entry, false);
-                drop(st);
-                if let Some(entry) = surplus {
-                    inner.close_entry(entry);
-                }
-            } else {
-                inner.slot_freed(&mut st);
-                drop(st);
-                inner.close_entry(entry);
-            }
+            inner.give_back(st, entry, ready);
         }
         true
     }
@@ -430,23 +421,28 @@ impl<M: Manager> Inner<M> {
     /// (or the pool is closed: the slow path reports that).
     fn try_take_idle(self: &Arc<Self>, started: Option<Instant>) -> Option<Entry<M::Resource>> {
         loop {
-            let (idle, below_target) = {
+            let (entry, below_target) = {
                 let mut st = self.lock();
                 if st.closed {
                     return None;
                 }
-                let idle = st.idle.pop_front()?;
-                if idle.replacing {
-                    st.replacing -= 1;
-                }
-                st.checked_out += 1;
-                let below_target = st.idle.len() < self.config.warm_target;
-                (idle, below_target)
+                self.pop_idle(&mut st)?
             };
-            if let Some(entry) = self.hand_out_idle(idle.entry, below_target, started) {
+            if let Some(entry) = self.hand_out_idle(entry, below_target, started) {
                 return Some(entry);
             }
         }
+    }
+
+    /// Takes the oldest idle entry and counts it as checked out; the flag says whether the
+    /// idle set fell below target.
+    fn pop_idle(&self, st: &mut State<M::Resource>) -> Option<(Entry<M::Resource>, bool)> {
+        let idle = st.idle.pop_front()?;
+        if idle.replacing {
+            st.replacing -= 1;
+        }
+        st.checked_out += 1;
+        Some((idle.entry, st.idle.len() < self.config.warm_target))
     }
 
     /// Finishes taking an idle entry (already counted as checked out): wakes the maintainer
@@ -461,11 +457,8 @@ impl<M: Manager> Inner<M> {
         if below_target && self.config.background_warmup {
             self.maintainer_wake.notify_one();
         }
-        if !self.past_max_age(&entry) && self.manager.is_ready(&entry.resource) {
-            self.stats.record_allocation(Tier::Warm);
-            if let Some(started) = started {
-                self.stats.record_latency(Tier::Warm, started.elapsed());
-            }
+        if self.usable(&entry) {
+            self.record_hand_out(Tier::Warm, started);
             return Some(entry);
         }
         self.lock().checked_out -= 1;
@@ -488,16 +481,12 @@ impl<M: Manager> Inner<M> {
             .clone();
         let mut state = slot.try_lock_owned().ok()?;
         let entry = state.entry.as_ref()?;
-        if state.evicted || self.past_max_age(entry) || !self.manager.is_ready(&entry.resource) {
+        if state.evicted || !self.usable(entry) {
             return None;
         }
         let entry = state.entry.take()?;
         state.touched = true;
-        self.stats.record_allocation(Tier::Dedicated);
-        if let Some(started) = started {
-            self.stats
-                .record_latency(Tier::Dedicated, started.elapsed());
-        }
+        self.record_hand_out(Tier::Dedicated, started);
         Some(Pooled::session(self.clone(), state, entry, Tier::Dedicated))
     }
 
@@ -519,12 +508,8 @@ impl<M: Manager> Inner<M> {
             }
             state.touched = true;
             if let Some(entry) = state.entry.take() {
-                if !self.past_max_age(&entry) && self.manager.is_ready(&entry.resource) {
-                    self.stats.record_allocation(Tier::Dedicated);
-                    if let Some(started) = started {
-                        self.stats
-                            .record_latency(Tier::Dedicated, started.elapsed());
-                    }
+                if self.usable(&entry) {
+                    self.record_hand_out(Tier::Dedicated, started);
                     return Ok(Pooled::session(self.clone(), state, entry, Tier::Dedicated));
                 }
                 // Its connection died or expired: close it and bind a new one, reporting
@@ -550,7 +535,6 @@ impl<M: Manager> Inner<M> {
         self: &Arc<Self>,
         started: Option<Instant>,
     ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
-        let target = self.config.warm_target;
         loop {
             let mut slow_started = started;
             let step = {
@@ -558,14 +542,8 @@ impl<M: Manager> Inner<M> {
                 if st.closed {
                     return Err(PoolError::Closed);
                 }
-                match st.idle.pop_front() {
-                    Some(idle) => {
-                        if idle.replacing {
-                            st.replacing -= 1;
-                        }
-                        st.checked_out += 1;
-                        TakeStep::Idle(idle.entry, st.idle.len() < target)
-                    }
+                match self.pop_idle(&mut st) {
+                    Some((entry, below_target)) => TakeStep::Idle(entry, below_target),
                     None => {
                         // Nothing idle: the slow path, always timed.
                         let now = *slow_started.get_or_insert_with(Instant::now);
@@ -598,8 +576,7 @@ impl<M: Manager> Inner<M> {
                 self.wait(waiter, deadline).await
             };
             if let Ok((_, tier)) = &result {
-                self.stats.record_allocation(*tier);
-                self.stats.record_latency(*tier, started.elapsed());
+                self.record_hand_out(*tier, Some(started));
             }
             return result;
         }
@@ -1029,19 +1006,44 @@ impl<M: Manager> Inner<M> {
 
     /// Gives back a resource that was checked out by a plain acquire.
     pub(crate) fn return_entry(self: &Arc<Self>, entry: Entry<M::Resource>) {
-        let ready = !self.past_max_age(&entry) && self.manager.is_ready(&entry.resource);
+        let ready = self.usable(&entry);
         let mut st = self.lock();
         st.checked_out -= 1;
-        if ready {
-            let surplus = self.place(&mut st, entry, false);
-            drop(st);
-            if let Some(entry) = surplus {
-                self.close_entry(entry);
-            }
+        self.give_back(st, entry, ready);
+    }
+
+    /// Puts back a resource its holder has just stopped counting (under `st`): a ready one
+    /// is placed (and closed if surplus), any other is closed and its slot freed. The lock
+    /// is released before closing.
+    fn give_back(
+        self: &Arc<Self>,
+        mut st: MutexGuard<'_, State<M::Resource>>,
+        entry: Entry<M::Resource>,
+        ready: bool,
+    ) {
+        let to_close = if ready {
+            self.place(&mut st, entry, false)
         } else {
             self.slot_freed(&mut st);
-            drop(st);
+            Some(entry)
+        };
+        drop(st);
+        if let Some(entry) = to_close {
             self.close_entry(entry);
+        }
+    }
+
+    /// Whether a resource may be handed out or kept: within `max_age` and ready by the
+    /// manager's word. The one check every hand-out and return path uses.
+    fn usable(&self, entry: &Entry<M::Resource>) -> bool {
+        !self.past_max_age(entry) && self.manager.is_ready(&entry.resource)
+    }
+
+    /// Counts a hand-out in its tier and, for sampled acquires, its latency.
+    fn record_hand_out(&self, tier: Tier, started: Option<Instant>) {
+        self.stats.record_allocation(tier);
+        if let Some(started) = started {
+            self.stats.record_latency(tier, started.elapsed());
         }
     }
 
