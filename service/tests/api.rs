@@ -137,6 +137,13 @@ async fn tts_streams_audio_with_content_type_and_tier() {
     assert_eq!(r.header("x-pool-tier"), Some("warm"));
     assert_eq!(r.header("x-session-id"), Some("c-7"));
     assert_eq!(r.header("x-request-id").map(str::len), Some(32));
+    // The pool wait, in the standard Server-Timing form a browser's devtools understand.
+    let timing = r.header("server-timing").expect("server-timing header");
+    let waited: f64 = timing
+        .strip_prefix("acquire;dur=")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected server-timing {timing:?}"));
+    assert!(waited >= 0.0);
     assert_eq!(&r.body[..4], b"RIFF");
     assert!(r.body.len() > 44);
     let r = tts(

@@ -84,6 +84,7 @@ async fn stream_turns_sessions_and_pool_figures() {
     let events = turn(&mut ws, &pcm(1.0)).await;
     assert_eq!(events[0]["type"], "turn_start", "{events:?}");
     assert_eq!(events[0]["tier"], "warm");
+    assert!(events[0]["acquire_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
     assert_eq!(phrase(&events), Some("hello world"), "{events:?}");
     assert!(events.iter().any(|e| e["type"] == "speech_start_detected"));
     assert_eq!(events.last().unwrap()["type"], "turn_end");

@@ -7,9 +7,9 @@ pub mod sessions;
 pub mod stt;
 pub mod tts;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use pool_core::{Manager, Pool, Pooled};
 use speech_core::{ErrorClass, SpeechError};
 
@@ -20,6 +20,16 @@ use crate::state::AppState;
 pub const TIER_HEADER: &str = "x-pool-tier";
 /// Header echoing the request id sent to the speech service, for log correlation.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The standard `Server-Timing` header: `acquire;dur=<ms>` is how long this request
+/// waited for its connection, so a client can tell pool wait from speech-service time.
+pub const SERVER_TIMING_HEADER: &str = "server-timing";
+
+/// The `Server-Timing` value for a connection acquire that took `waited`.
+pub fn acquire_timing(waited: Duration) -> HeaderValue {
+    let value = format!("acquire;dur={:.3}", waited.as_secs_f64() * 1000.0);
+    // Digits, a dot and ASCII letters only: always a valid header value.
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("acquire"))
+}
 
 /// Longest accepted session id.
 pub const MAX_SESSION_ID_LEN: usize = 128;
@@ -44,11 +54,12 @@ pub fn validate_session_id(id: &str) -> Result<(), ApiError> {
 
 /// Takes a connection from `pool`: the session's own when `session` is given, else any
 /// warm one. Records the acquire latency by tier and maps failures to HTTP errors.
+/// Returns the connection and how long the acquire took.
 pub(crate) async fn acquire<M>(
     state: &AppState,
     pool: &Pool<M>,
     session: Option<&str>,
-) -> Result<Pooled<M>, ApiError>
+) -> Result<(Pooled<M>, Duration), ApiError>
 where
     M: Manager<Error = SpeechError>,
 {
@@ -82,10 +93,11 @@ where
     };
     match result {
         Ok(guard) => {
+            let waited = started.elapsed();
             state
                 .metrics()
-                .record_acquire(pool.name(), guard.tier(), started.elapsed());
-            Ok(guard)
+                .record_acquire(pool.name(), guard.tier(), waited);
+            Ok((guard, waited))
         }
         Err(e) => {
             let api = ApiError::from_pool(&e);

@@ -9,7 +9,7 @@
 //!   "session_id":…,"language":…}`; the upgrade response also carries `x-pool-tier`;
 //! - a turn starts with the client's first binary frame (16 kHz, 16-bit, mono,
 //!   little-endian PCM, no WAV header); the service answers `{"type":"turn_start",
-//!   "turn":N,"tier":…}`, then streams speech-core's `RecognitionEvent`s as JSON
+//!   "turn":N,"tier":…,"acquire_ms":…}`, then streams speech-core's `RecognitionEvent`s as JSON
 //!   (`speech_start_detected`, `hypothesis`, `phrase`, `speech_end_detected`, `turn_end`);
 //! - the client ends a turn's audio with the text message `{"type":"end"}` (or by
 //!   closing the socket); after `turn_end` it may start the next turn;
@@ -21,7 +21,7 @@
 //! `turn_end`: between turns it is parked in the session (DEDICATED next time) or returned
 //! to the warm set.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -39,7 +39,10 @@ use speech_core::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{TIER_HEADER, acquire, keep_after_error, validate_session_id};
+use super::{
+    SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing, keep_after_error,
+    validate_session_id,
+};
 use crate::error::ApiError;
 use crate::state::{AppState, STT_POOL};
 
@@ -76,6 +79,8 @@ enum ServerMessage<'a> {
     TurnStart {
         turn: u32,
         tier: Tier,
+        /// How long this turn waited for its connection, milliseconds.
+        acquire_ms: f64,
         request_id: &'a str,
     },
     Error {
@@ -152,7 +157,7 @@ pub async fn stt(
         format: options.stt_format,
         mode: options.stt_mode,
     };
-    let guard = acquire(&state, &state.pools().stt, context.session.as_deref()).await?;
+    let (guard, waited) = acquire(&state, &state.pools().stt, context.session.as_deref()).await?;
     let tier = guard.tier();
     // Counts as tracked work until the socket ends, so shutdown waits for it (axum's
     // graceful shutdown does not wait for upgraded connections).
@@ -161,11 +166,11 @@ pub async fn stt(
         ws.max_message_size(MAX_MESSAGE_BYTES)
             .on_upgrade(move |socket| async move {
                 let _token = token;
-                run_stream(socket, state, guard, context).await;
+                run_stream(socket, state, (guard, waited), context).await;
             });
-    response
-        .headers_mut()
-        .insert(TIER_HEADER, HeaderValue::from_static(tier.as_str()));
+    let headers = response.headers_mut();
+    headers.insert(TIER_HEADER, HeaderValue::from_static(tier.as_str()));
+    headers.insert(SERVER_TIMING_HEADER, acquire_timing(waited));
     Ok(response)
 }
 
@@ -202,9 +207,10 @@ enum NextTurn {
 async fn run_stream(
     mut socket: WebSocket,
     state: AppState,
-    first: Pooled<RecognizerManager>,
+    first: (Pooled<RecognizerManager>, Duration),
     context: StreamContext,
 ) {
+    let (first, first_waited) = first;
     let stop = state.drain_token().child_token();
     let _registration = context
         .session
@@ -219,7 +225,7 @@ async fn run_stream(
     if send_json(&mut socket, &connected).await.is_err() {
         return;
     }
-    let mut held = Some(first);
+    let mut held = Some((first, first_waited));
     let mut turn: u32 = 0;
     let mut close = (1000, "done");
     loop {
@@ -231,11 +237,11 @@ async fn run_stream(
         // idle sockets) is dropped here, before a new one is asked for: a session's guard
         // holds the session, and asking the pool for the same session while holding it
         // would wait on ourselves.
-        let reusable = held.take().filter(|g| g.is_ready());
-        let mut guard = match reusable {
-            Some(g) => g,
+        let reusable = held.take().filter(|(g, _)| g.is_ready());
+        let (mut guard, waited) = match reusable {
+            Some(held) => held,
             None => match acquire(&state, &state.pools().stt, context.session.as_deref()).await {
-                Ok(g) => g,
+                Ok(acquired) => acquired,
                 Err(e) => {
                     send_error(&mut socket, &e).await;
                     close = (1013, "no speech connection available");
@@ -251,6 +257,7 @@ async fn run_stream(
         let start = ServerMessage::TurnStart {
             turn,
             tier: guard.tier(),
+            acquire_ms: waited.as_secs_f64() * 1000.0,
             request_id: request_id.as_str(),
         };
         if send_json(&mut socket, &start).await.is_err() {
@@ -436,11 +443,12 @@ mod tests {
         let m = ServerMessage::TurnStart {
             turn: 2,
             tier: Tier::Dedicated,
+            acquire_ms: 0.25,
             request_id: "AB",
         };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
-            r#"{"type":"turn_start","turn":2,"tier":"dedicated","request_id":"AB"}"#
+            r#"{"type":"turn_start","turn":2,"tier":"dedicated","acquire_ms":0.25,"request_id":"AB"}"#
         );
     }
 }

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use speech_core::{AudioFormat, SpeechError, SynthesisEvent, SynthesisRequest, SynthesisSummary};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{REQUEST_ID_HEADER, TIER_HEADER, acquire, keep_after_error, validate_session_id};
+use super::{
+    REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
+    keep_after_error, validate_session_id,
+};
 use crate::error::ApiError;
 use crate::state::{AppState, TTS_POOL};
 
@@ -83,7 +86,7 @@ fn build_request(
 /// `POST /api/v1/tts`.
 ///
 /// Answers with the audio as a chunked stream in the requested format. Headers (status,
-/// `Content-Type`, `x-pool-tier`) are sent with the first audio chunk, so a failure before
+/// `Content-Type`, `x-pool-tier`, `Server-Timing: acquire;dur=<ms>`) are sent with the first audio chunk, so a failure before
 /// any audio still gets a proper error status; a failure after it ends the stream early.
 pub async fn tts(
     State(state): State<AppState>,
@@ -103,7 +106,7 @@ pub async fn tts(
     let format = request.format;
     let request_id = request.request_id.clone();
 
-    let mut guard = acquire(&state, &state.pools().tts, session.as_deref()).await?;
+    let (mut guard, waited) = acquire(&state, &state.pools().tts, session.as_deref()).await?;
     let tier = guard.tier();
     tracing::debug!(%request_id, %tier, session = session.as_deref(), %format, "synthesis starts");
 
@@ -166,6 +169,7 @@ pub async fn tts(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(TIER_HEADER, HeaderValue::from_static(tier.as_str()));
+    headers.insert(SERVER_TIMING_HEADER, acquire_timing(waited));
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
