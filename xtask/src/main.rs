@@ -3,6 +3,9 @@
 //!
 //! - `cargo xtask ci`: the same steps as `.ci/run`, in the same order.
 //! - `cargo xtask bench pool [--quick]`: pool-core against deadpool, bb8 and fastpool.
+//! - `cargo xtask bench speech [--quick]`: time to first audio, cold versus warm.
+//! - `cargo xtask load [--quick] [--out DIR]`: simulated voice calls against the service.
+//! - `cargo xtask soak [--sessions N] [--duration SECS]`: long run, leaks and memory.
 //!
 //! Adding a command is one variant in [`Command`] (or [`BenchTarget`]) and one match arm in
 //! [`main`]; the implementation goes in its own module.
@@ -11,6 +14,7 @@ mod bench_pool;
 mod bench_speech;
 mod ci;
 mod load;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::{Command as Process, ExitCode};
@@ -51,6 +55,11 @@ enum Command {
     /// to first audio per tier, connection accounting) and `load.<name>: <value>` lines.
     /// Exits non-zero on any error or leaked connection.
     Load(load::Args),
+    /// Many concurrent sessions for a long time against the mock backend (default 1000
+    /// for 60 s): fails on any error, stall, leak, leftover task or memory growth.
+    ///
+    /// Runs from an optimised build, like the benchmarks.
+    Soak(soak::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +86,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ci => ci::run(),
         Command::Load(args) => load::run(&args),
+        Command::Soak(args) => {
+            if let Some(code) = reexec_in_release_if_debug() {
+                return code;
+            }
+            soak::run(&args)
+        }
         Command::Bench { target } => {
             if let Some(code) = reexec_in_release_if_debug() {
                 return code;

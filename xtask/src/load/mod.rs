@@ -1,0 +1,336 @@
+//! `cargo xtask load`: simulated voice calls against the service.
+//!
+//! Calls arrive as a Poisson process (exponential inter-arrival times) at `--rate` calls
+//! per second for `--duration` seconds. Each call opens the STT websocket with its own
+//! session id, then runs `--turns` turns: the caller speaks (an utterance streamed at
+//! real-time pace; we time the first recognition result) and the agent answers
+//! (`POST /api/v1/tts`; we time the first audio byte), with `--think-ms` between turns.
+//! It ends with `DELETE /api/v1/sessions/{id}`. Every turn records its tier and, from the
+//! service's `Server-Timing` header, how long it waited for its connection.
+//!
+//! Without `--url` the service runs in this process: with the mock backend (realistic
+//! latencies, 400 ms cold connect) or, with `--backend emulator`, with the real Azure
+//! client against the local emulator over TLS at a simulated round trip. Connection
+//! accounting after shutdown compares what the backend opened with what it closed
+//! (`load.leaked_connections`). With `--url` (loopback only) it comes from the pools
+//! endpoint: `created_total - closed_total - size` summed over the pools.
+//!
+//! Shows a progress bar (a line every 5 s when stderr is not a terminal), then a report and
+//! machine-readable lines (`load.calls: N`, `load.errors: N`, ...); `--out DIR` also writes
+//! `load-report.json` and `load-latency.svg`. Exits non-zero on any error or leak.
+
+pub(crate) mod call;
+mod report;
+pub(crate) mod stats;
+pub(crate) mod target;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use call::{CallPlan, Client};
+use stats::Stats;
+use target::{Backend, InProcess, Setup};
+
+/// Upper bound on calls in flight at once, whatever the rate.
+const MAX_IN_FLIGHT: u64 = 2_000;
+/// How long calls still running at the end of the arrival window may take to finish.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// `cargo xtask load` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Short run (rate 10/s for 15 s, 3 turns, 300 ms think time): under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Call arrival rate, calls per second (default 10).
+    #[arg(long, value_name = "CALLS_PER_SEC")]
+    rate: Option<f64>,
+    /// How long new calls keep arriving, seconds (default 60; 15 with --quick).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Turns per call (default 4; 3 with --quick).
+    #[arg(long, value_name = "N")]
+    turns: Option<u32>,
+    /// Think time between turns, milliseconds (default 1000; 300 with --quick).
+    #[arg(long, value_name = "N")]
+    think_ms: Option<u64>,
+    /// TTS only: no STT stream and no caller utterances.
+    #[arg(long)]
+    no_stt: bool,
+    /// Length of each caller utterance, milliseconds (streamed in 100 ms frames).
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    utterance_ms: u64,
+    /// Backend of the in-process service.
+    #[arg(long, value_enum, default_value_t = Backend::Mock)]
+    backend: Backend,
+    /// Simulated network round trip of the emulator (`--backend emulator`), milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    rtt_ms: u64,
+    /// Also write the report as JSON and the latency plot as SVG into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// A running service (loopback only, e.g. http://127.0.0.1:8080). Without it the
+    /// service is started in this process.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Bearer key for a service started with SERVICE_API_KEY (only with --url).
+    #[arg(
+        long,
+        env = "SERVICE_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    api_key: Option<String>,
+}
+
+/// The resolved settings of one run.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    rate: f64,
+    duration: Duration,
+    call: CallPlan,
+    max_calls: u64,
+}
+
+impl Plan {
+    fn from_args(args: &Args) -> anyhow::Result<Self> {
+        let (rate, duration, turns, think_ms) = if args.quick {
+            (10.0, 15.0, 3, 300)
+        } else {
+            (10.0, 60.0, 4, 1000)
+        };
+        let rate = args.rate.unwrap_or(rate);
+        let duration = args.duration.unwrap_or(duration);
+        let turns = args.turns.unwrap_or(turns);
+        let think_ms = args.think_ms.unwrap_or(think_ms);
+        if !(rate.is_finite() && rate > 0.0 && rate <= 10_000.0) {
+            bail!("--rate must be in (0, 10000], got {rate}");
+        }
+        if !(duration.is_finite() && duration > 0.0 && duration <= 86_400.0) {
+            bail!("--duration must be in (0, 86400] seconds, got {duration}");
+        }
+        if turns == 0 || turns > 1_000 {
+            bail!("--turns must be in 1..=1000, got {turns}");
+        }
+        if !(100..=30_000).contains(&args.utterance_ms) {
+            bail!(
+                "--utterance-ms must be in 100..=30000, got {}",
+                args.utterance_ms
+            );
+        }
+        // Bounded in count as well as in time: twice the expected number of calls.
+        let max_calls = (rate * duration * 2.0).ceil() as u64 + 10;
+        Ok(Self {
+            rate,
+            duration: Duration::from_secs_f64(duration),
+            call: CallPlan {
+                turns,
+                think: Duration::from_millis(think_ms),
+                stt: !args.no_stt,
+                utterance: Duration::from_millis(args.utterance_ms),
+            },
+            max_calls,
+        })
+    }
+
+    /// The in-process service's pools, sized for this load. The warm target is the rate
+    /// times one second plus two: a refill takes one cold connect (450 ms with the mock),
+    /// and that covers the 99.9th percentile of Poisson arrivals in that time (11 at
+    /// 10 calls/s). Room for every call in flight to hold its own connections.
+    fn setup(&self, args: &Args) -> Setup {
+        let warm = ((self.rate.ceil() as usize) + 2).clamp(3, 256);
+        Setup {
+            backend: args.backend,
+            realistic: true,
+            rtt: Duration::from_millis(args.rtt_ms),
+            warm_tts: warm,
+            warm_stt: if self.call.stt { warm } else { 1 },
+            max_tts: 1_024,
+            max_stt: if self.call.stt { 1_024 } else { 8 },
+        }
+    }
+
+    fn describe(&self, target: &str) -> String {
+        format!(
+            "{target}: arrivals {:.1}/s for {:.0} s, {} turns per call ({}), {} ms think time",
+            self.rate,
+            self.duration.as_secs_f64(),
+            self.call.turns,
+            if self.call.stt {
+                format!(
+                    "STT {} ms utterance then TTS",
+                    self.call.utterance.as_millis()
+                )
+            } else {
+                "TTS only".to_owned()
+            },
+            self.call.think.as_millis(),
+        )
+    }
+}
+
+/// Entry point of `cargo xtask load`.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let plan = Plan::from_args(args)?;
+    let remote = args.url.as_deref().map(target::loopback_base).transpose()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(run_async(args, plan, remote))
+}
+
+async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::Result<()> {
+    speech_azure::install_crypto_provider();
+    let (in_process, base, auth, target_name) = match remote {
+        Some(url) => {
+            let name = url.clone();
+            (None, url, args.api_key.clone(), name)
+        }
+        None => {
+            let running = InProcess::start(plan.setup(args)).await?;
+            let base = running.base_url();
+            let name = match args.backend {
+                Backend::Mock => {
+                    "in-process service, mock backend (realistic latencies)".to_owned()
+                }
+                Backend::Emulator => format!(
+                    "in-process service, Azure backend, emulator over TLS at {} ms RTT",
+                    args.rtt_ms
+                ),
+            };
+            (Some(running), base, None, name)
+        }
+    };
+    let client = Client::new(&base, auth)?;
+    let settings = plan.describe(&target_name);
+    eprintln!("load: {settings}");
+
+    let stats = Arc::new(Stats::default());
+    let began = Instant::now();
+    let progress = tokio::spawn(progress("load", stats.clone(), began, plan.duration));
+
+    // Poisson arrivals: exponential gaps with mean 1/rate.
+    let mut calls = JoinSet::new();
+    let mut rng = fastrand::Rng::new();
+    let deadline = tokio::time::Instant::now() + plan.duration;
+    let mut next = tokio::time::Instant::now();
+    let pid = std::process::id();
+    let mut launched = 0u64;
+    loop {
+        let gap = -(1.0 - rng.f64()).ln() / plan.rate;
+        next += Duration::from_secs_f64(gap);
+        if next >= deadline || launched >= plan.max_calls {
+            break;
+        }
+        tokio::time::sleep_until(next).await;
+        // Reap finished calls so the set stays small.
+        while calls.try_join_next().is_some() {}
+        if calls.len() as u64 >= MAX_IN_FLIGHT {
+            stats.error("skipped-in-flight-cap");
+            continue;
+        }
+        launched += 1;
+        stats.started.fetch_add(1, Ordering::Relaxed);
+        let (client, stats) = (client.clone(), stats.clone());
+        let id = format!("load-{pid}-{launched}");
+        calls.spawn(async move {
+            call::call(&client, &id, plan.call, &stats).await;
+            stats.finished.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+        while calls.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    if !drained {
+        for _ in 0..calls.len() {
+            stats.error("unfinished");
+        }
+        calls.abort_all();
+        while calls.join_next().await.is_some() {}
+    }
+    let elapsed = began.elapsed();
+    progress.abort();
+    let _ = progress.await;
+
+    let connections = match in_process {
+        Some(running) => running.stop().await?,
+        None => target::remote_connections(&client).await?,
+    };
+    let recorded = stats.recorded();
+    let info = report::RunInfo {
+        settings,
+        settings_json: json!({
+            "target": target_name,
+            "rate_per_s": plan.rate,
+            "duration_s": plan.duration.as_secs_f64(),
+            "turns_per_call": plan.call.turns,
+            "think_ms": plan.call.think.as_millis() as u64,
+            "stt": plan.call.stt,
+            "utterance_ms": plan.call.utterance.as_millis() as u64,
+        }),
+        calls: stats.started.load(Ordering::Relaxed),
+        completed: stats.finished.load(Ordering::Relaxed),
+        elapsed,
+        connections: &connections,
+    };
+    report::print(&info, &recorded);
+    if let Some(dir) = &args.out {
+        report::write(dir, &info, &recorded)?;
+    }
+    let errors = stats.errors.load(Ordering::Relaxed);
+    if errors > 0 || connections.leaked > 0 {
+        bail!("{errors} errors, {} leaked connections", connections.leaked);
+    }
+    Ok(())
+}
+
+/// A progress bar over the arrival window, then "draining" until the last call ends. When
+/// stderr is not a terminal (CI logs) the bar hides itself and a line every 5 s replaces it.
+pub(crate) async fn progress(
+    label: &'static str,
+    stats: Arc<Stats>,
+    began: Instant,
+    window: Duration,
+) {
+    let bar = indicatif::ProgressBar::new(window.as_secs().max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let plain = bar.is_hidden();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let started = stats.started.load(Ordering::Relaxed);
+        let finished = stats.finished.load(Ordering::Relaxed);
+        let line = format!(
+            "calls {started} started, {finished} done, {} in flight | turns {} | errors {}",
+            started.saturating_sub(finished),
+            stats.turns.load(Ordering::Relaxed),
+            stats.errors.load(Ordering::Relaxed),
+        );
+        let elapsed = began.elapsed();
+        if plain {
+            if elapsed.as_secs() % 5 == 0 {
+                eprintln!("{label}: {:>4.0} s  {line}", elapsed.as_secs_f64());
+            }
+        } else {
+            bar.set_position(elapsed.as_secs().min(window.as_secs()));
+            bar.set_message(if elapsed >= window {
+                format!("draining: {line}")
+            } else {
+                line
+            });
+        }
+    }
+}
