@@ -48,12 +48,14 @@ enum Command {
         #[command(subcommand)]
         target: BenchTarget,
     },
-    /// Simulated voice calls (Poisson arrivals, N TTS turns each, then DELETE) against
-    /// the service: started in-process with the mock backend unless `--url` is given.
+    /// Simulated voice calls (Poisson arrivals; each call N turns of STT then TTS on its
+    /// session, then DELETE) against the service: started in-process (mock backend, or
+    /// `--backend emulator`) unless `--url` is given.
     ///
-    /// Prints a progress line per second, a report (calls, errors by class, tiers, time
-    /// to first audio per tier, connection accounting) and `load.<name>: <value>` lines.
-    /// Exits non-zero on any error or leaked connection.
+    /// Shows a progress bar, then a report (calls, errors by class, tiers, latency and
+    /// connection acquire per tier, connection accounting) and `load.<name>: <value>`
+    /// lines; `--out DIR` adds JSON and an SVG plot. Exits non-zero on any error or
+    /// leaked connection. Runs from an optimised build, like the benchmarks.
     Load(load::Args),
     /// Many concurrent sessions for a long time against the mock backend (default 1000
     /// for 60 s): fails on any error, stall, leak, leftover task or memory growth.
@@ -85,7 +87,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ci => ci::run(),
-        Command::Load(args) => load::run(&args),
+        Command::Load(args) => {
+            if let Some(code) = reexec_in_release_if_debug() {
+                return code;
+            }
+            load::run(&args)
+        }
         Command::Soak(args) => {
             if let Some(code) = reexec_in_release_if_debug() {
                 return code;
