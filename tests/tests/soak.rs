@@ -3,8 +3,10 @@
 //! 2-3 TTS turns on its session, then `DELETE /api/v1/sessions/{id}`.
 //!
 //! Asserts: no request fails, later turns of a call reuse its connection (DEDICATED), the
-//! pools settle back to their warm target with nothing in use, the service shuts down
-//! cleanly, and every connection the backend created was closed (no leak). No assertion
+//! pools settle back to their warm target with nothing in use and no session left (the
+//! pools' memory is back where it started), the service shuts down cleanly, no task
+//! outlives it, and every connection the backend created was closed (no leak). The
+//! 1000-session, 60-second version with resident-memory tracking is `cargo xtask soak`. No assertion
 //! on timing; the wall-clock window only sizes the workload.
 
 use std::sync::Arc;
@@ -51,6 +53,10 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
         },
     )
     .expect("state");
+    // Tasks alive before the service exists: after shutdown the count must come back here
+    // (a task left behind per call is how a slow leak starts).
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
     state.warm_up().await;
     let running = spawn_service(&state).await;
     let client = tests::client();
@@ -158,6 +164,19 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
     assert_eq!(tts_pool.allocations_total, turns, "{tts_pool:?}");
 
     running.stop().await;
+    // The HTTP client's idle keep-alive connections are tasks too.
+    drop(client);
+    let tasks_after = tokio::time::timeout(HANG, async {
+        while metrics.num_alive_tasks() > tasks_before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        tasks_after.is_ok(),
+        "{} tasks alive after shutdown, {tasks_before} before the service started",
+        metrics.num_alive_tasks()
+    );
 
     let tts = tts_counters.snapshot();
     assert_eq!(tts.turns_served, turns, "{tts:?}");
