@@ -334,3 +334,76 @@ pub(crate) async fn progress(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("load").chain(args.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_flag_named() {
+        for (flags, flag) in [
+            (&["--rate", "0"][..], "--rate"),
+            (&["--duration", "0"][..], "--duration"),
+            (&["--turns", "0"][..], "--turns"),
+            (&["--utterance-ms", "5"][..], "--utterance-ms"),
+        ] {
+            let args = parse(flags).unwrap();
+            let error = Plan::from_args(&args).unwrap_err().to_string();
+            assert!(error.contains(flag), "{flags:?}: {error}");
+        }
+    }
+
+    /// The whole generator on a tiny load against the in-process mock service: calls run,
+    /// the report files are written and agree with what happened, nothing leaks.
+    #[test]
+    fn a_short_run_writes_a_consistent_report() {
+        let dir = std::env::temp_dir().join(format!("xtask-load-test-{}", std::process::id()));
+        let out = dir.to_string_lossy().into_owned();
+        let args = parse(&[
+            "--rate",
+            "5",
+            "--duration",
+            "1",
+            "--turns",
+            "2",
+            "--think-ms",
+            "10",
+            "--utterance-ms",
+            "300",
+            "--out",
+            &out,
+        ])
+        .unwrap();
+        run(&args).expect("a clean run");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("load-report.json")).unwrap())
+                .unwrap();
+        let calls = report["calls"].as_u64().unwrap();
+        assert!(calls >= 1, "{report}");
+        assert_eq!(report["completed"], calls);
+        assert_eq!(report["errors"]["total"], 0);
+        assert_eq!(report["connections"]["leaked"], 0);
+        for kind in ["tts", "stt"] {
+            assert_eq!(
+                report["kinds"][kind]["turns"],
+                calls * 2,
+                "{kind}: {report}"
+            );
+        }
+        let svg = std::fs::read_to_string(dir.join("load-latency.svg")).unwrap();
+        assert!(svg.contains("TTS: time to first audio"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -155,6 +155,18 @@ pub(crate) fn print(info: &RunInfo<'_>, recorded: &Recorded) {
     for line in &info.connections.lines {
         println!("    {line}");
     }
+    if info.calls > 0 {
+        let per_call: Vec<String> = info
+            .connections
+            .created
+            .iter()
+            .map(|(pool, n)| format!("{pool} {:.2}", *n as f64 / info.calls as f64))
+            .collect();
+        println!(
+            "    connects per call (warm-up included): {}",
+            per_call.join(", ")
+        );
+    }
     println!();
     println!("load.calls: {}", info.calls);
     println!("load.errors: {}", f.errors);
@@ -203,6 +215,7 @@ pub(crate) fn to_json(info: &RunInfo<'_>, recorded: &Recorded) -> Value {
         "connections": {
             "lines": info.connections.lines,
             "leaked": info.connections.leaked,
+            "created": info.connections.created.iter().cloned().collect::<BTreeMap<_, _>>(),
         },
     })
 }
@@ -342,9 +355,11 @@ mod tests {
         let connections = Connections {
             lines: vec!["x".into()],
             leaked: 0,
+            created: vec![("speech-tts".into(), 7)],
         };
         let v = to_json(&info(&connections), &sample());
         assert_eq!(v["errors"]["total"], 2);
+        assert_eq!(v["connections"]["created"]["speech-tts"], 7);
         assert_eq!(v["errors"]["by_class"]["tts-503"], 2);
         assert_eq!(v["kinds"]["tts"]["turns"], 4);
         assert_eq!(
@@ -363,10 +378,7 @@ mod tests {
     #[test]
     fn the_plot_is_an_svg_with_a_line_per_tier() {
         let dir = std::env::temp_dir().join(format!("xtask-plot-{}", std::process::id()));
-        let connections = Connections {
-            lines: vec![],
-            leaked: 0,
-        };
+        let connections = Connections::default();
         write(&dir, &info(&connections), &sample()).unwrap();
         let svg = std::fs::read_to_string(dir.join("load-latency.svg")).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);

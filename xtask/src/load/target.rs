@@ -184,6 +184,10 @@ impl InProcess {
         };
         let mut lines = Vec::new();
         let mut leaked = 0;
+        let created = pools
+            .iter()
+            .map(|p| (p.name.clone(), p.created_total))
+            .collect();
         match accounting {
             Accounting::Mock { tts, stt } => {
                 for (name, counters) in [("speech-tts", &tts), ("speech-stt", &stt)] {
@@ -220,17 +224,24 @@ impl InProcess {
                 let _ = std::fs::remove_file(ca_file);
             }
         }
-        Ok(Connections { lines, leaked })
+        Ok(Connections {
+            lines,
+            leaked,
+            created,
+        })
     }
 }
 
 /// Connection accounting after a run.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Connections {
     /// Human-readable lines for the report.
     pub lines: Vec<String>,
     /// Connections the backend opened and nobody closed.
     pub leaked: u64,
+    /// Connections each pool created during the run (warm-up included): what the run
+    /// cost the speech service in connects.
+    pub created: Vec<(String, u64)>,
 }
 
 /// Reads the pools endpoint of a service we did not start: a live connection is
@@ -246,6 +257,7 @@ pub(crate) async fn remote_connections(client: &Client) -> anyhow::Result<Connec
     let json: serde_json::Value = serde_json::from_slice(&body).context("parsing /api/v1/pools")?;
     let mut lines = Vec::new();
     let mut leaked = 0;
+    let mut created_by_pool = Vec::new();
     if let Some(pools) = json["pools"].as_object() {
         for (name, pool) in pools {
             let created = pool["created_total"].as_u64().unwrap_or(0);
@@ -253,12 +265,17 @@ pub(crate) async fn remote_connections(client: &Client) -> anyhow::Result<Connec
             let size = pool["size"].as_u64().unwrap_or(0);
             let leak = created.saturating_sub(closed).saturating_sub(size);
             leaked += leak;
+            created_by_pool.push((name.clone(), created));
             lines.push(format!(
                 "{name}: pool created {created} closed {closed} live {size}; unaccounted {leak}"
             ));
         }
     }
-    Ok(Connections { lines, leaked })
+    Ok(Connections {
+        lines,
+        leaked,
+        created: created_by_pool,
+    })
 }
 
 /// Checks that `url` points at this machine and returns it without a trailing slash.
