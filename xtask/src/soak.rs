@@ -159,16 +159,7 @@ async fn soak(args: &Args) -> anyhow::Result<()> {
         args.duration,
         elapsed.as_secs_f64()
     );
-    if recorded.errors.is_empty() {
-        println!("  errors: none");
-    } else {
-        let by_class: Vec<String> = recorded
-            .errors
-            .iter()
-            .map(|(class, n)| format!("{class} {n}"))
-            .collect();
-        println!("  errors: {errors} ({})", by_class.join(", "));
-    }
+    println!("  errors: {}", recorded.errors_line());
     for kind in [Kind::Tts, Kind::Stt] {
         let all: Vec<f64> = recorded
             .latency_ms

@@ -97,16 +97,7 @@ pub(crate) fn print(info: &RunInfo<'_>, recorded: &Recorded) {
         },
         info.elapsed.as_secs_f64()
     );
-    if recorded.errors.is_empty() {
-        println!("  errors: none");
-    } else {
-        let by_class: Vec<String> = recorded
-            .errors
-            .iter()
-            .map(|(class, n)| format!("{class} {n}"))
-            .collect();
-        println!("  errors: {} ({})", f.errors, by_class.join(", "));
-    }
+    println!("  errors: {}", recorded.errors_line());
     println!("  cold share: {:.2}% of turns", f.cold_share);
     if let Some(last) = recorded.cold_at_s.iter().copied().reduce(f64::max) {
         let late = recorded

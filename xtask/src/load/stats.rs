@@ -60,6 +60,22 @@ pub(crate) struct Recorded {
     pub cold_at_s: Vec<f64>,
 }
 
+impl Recorded {
+    /// `none`, or the total and the count per class: `3 (tts-503 2, stt-transport 1)`.
+    pub(crate) fn errors_line(&self) -> String {
+        if self.errors.is_empty() {
+            return "none".to_owned();
+        }
+        let total: u64 = self.errors.values().sum();
+        let by_class: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(class, n)| format!("{class} {n}"))
+            .collect();
+        format!("{total} ({})", by_class.join(", "))
+    }
+}
+
 impl Default for Stats {
     fn default() -> Self {
         Self {
@@ -190,5 +206,7 @@ mod tests {
         assert_eq!(stats.errors.load(Ordering::Relaxed), 2);
         assert_eq!(stats.turns.load(Ordering::Relaxed), 2);
         assert_eq!(r.cold_at_s.len(), 1);
+        assert_eq!(r.errors_line(), "2 (tts-503 2)");
+        assert_eq!(Recorded::default().errors_line(), "none");
     }
 }
