@@ -3,6 +3,8 @@
 //!
 //! - `cargo xtask ci`: the same steps as `.ci/run`, in the same order.
 //! - `cargo xtask bench pool [--quick]`: pool-core against deadpool, bb8 and fastpool.
+//! - `cargo xtask faults [--quick] [--scenario NAME]`: the service (azure backend) against the
+//!   emulator under injected faults, one scenario per row.
 //!
 //! Adding a command is one variant in [`Command`] (or [`BenchTarget`]) and one match arm in
 //! [`main`]; the implementation goes in its own module.
@@ -10,6 +12,7 @@
 mod bench_pool;
 mod bench_speech;
 mod ci;
+mod faults;
 mod load;
 
 use std::path::PathBuf;
@@ -51,6 +54,15 @@ enum Command {
     /// to first audio per tier, connection accounting) and `load.<name>: <value>` lines.
     /// Exits non-zero on any error or leaked connection.
     Load(load::Args),
+    /// Fault scenarios against the service with the azure backend and the emulator (TLS),
+    /// one at a time: token expiry, a 429 storm, 4429 closes, idle closes racing acquires,
+    /// connections dropped mid-stream, an emulator restart under load.
+    ///
+    /// Prints one row per scenario (requests, failed, failures by class, time to recover
+    /// to the warm targets, leaked connections) and `faults.<scenario>.<name>: <value>`
+    /// lines. Exits non-zero if a request hangs, a connection leaks, a pool never recovers,
+    /// or a fault that must be transparent reaches a caller.
+    Faults(faults::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +89,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ci => ci::run(),
         Command::Load(args) => load::run(&args),
+        Command::Faults(args) => faults::run(&args),
         Command::Bench { target } => {
             if let Some(code) = reexec_in_release_if_debug() {
                 return code;
