@@ -32,7 +32,9 @@ pub struct PoolConfig {
     pub background_warmup: bool,
     /// Period of the maintainer's housekeeping pass (the seed's `warmup_interval_sec`).
     /// Refills are also triggered immediately when an acquire drains the idle set below
-    /// target, so this period bounds only session eviction and retry cadence. Default 30 s.
+    /// target, so this period bounds only session eviction, retry cadence, and how long an
+    /// idle resource that stopped being ready (e.g. closed by the server) goes unnoticed
+    /// without traffic: each pass closes such resources and refills. Default 30 s.
     pub refresh_interval: Duration,
     /// How long `acquire` may wait (for a free slot, a returned resource, or a create) before
     /// failing with [`PoolError::Timeout`](crate::PoolError::Timeout). `None` waits forever.

@@ -33,6 +33,8 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
                 inner.evict_stale_sessions(now);
                 next_housekeeping = now + interval;
             }
+            // Dead idle resources first, so this pass's refill replaces them.
+            inner.prune_unusable_idle();
             let next_refresh = inner.mark_expiring(now);
             let _ = inner.start_refill(false);
             wake_at = [Some(next_housekeeping), next_refresh, inner.backoff_until()]

@@ -1119,7 +1119,9 @@ impl<M: Manager> Inner<M> {
             (
                 (
                     st.ever_ready && !st.closed,
-                    st.idle.len(),
+                    // Only what could be handed out now: a resource the server closed
+                    // waits in the idle set until the maintainer's next pass.
+                    st.idle.iter().filter(|i| self.usable(&i.entry)).count(),
                     st.live(),
                     st.checked_out + st.dedicated,
                     st.dedicated,
@@ -1220,6 +1222,41 @@ impl<M: Manager> Inner<M> {
             self.close_entry(entry);
         }
         next
+    }
+
+    /// Closes idle entries that are no longer usable (the server closed the connection, or
+    /// it outlived `max_age`), freeing their slots so the refill that follows replaces
+    /// them. Without this a dead idle resource is noticed only when an acquire pops it:
+    /// until then the pool counts it as warm, and with no traffic it is never replaced.
+    pub(crate) fn prune_unusable_idle(self: &Arc<Self>) {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            let mut index = 0;
+            while index < st.idle.len() {
+                if self.usable(&st.idle[index].entry) {
+                    index += 1;
+                } else if let Some(removed) = st.idle.remove(index) {
+                    if removed.replacing {
+                        // Its replacement, already under way, just lands in the idle set.
+                        st.replacing -= 1;
+                    }
+                    dead.push(removed.entry);
+                }
+            }
+            if !dead.is_empty() {
+                self.slot_freed(&mut st);
+            }
+        }
+        if !dead.is_empty() {
+            tracing::debug!(pool = %self.config.name, count = dead.len(), "closed idle resources that are no longer ready");
+        }
+        for entry in dead {
+            self.close_entry(entry);
+        }
     }
 
     /// Evicts sessions unused for `session_max_age`, closing their resources. A session in

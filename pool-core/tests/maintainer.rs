@@ -158,3 +158,36 @@ async fn the_maintainer_replaces_resources_found_dead() {
     drop(g);
     pool.shutdown().await;
 }
+
+/// Regression: an idle resource that stops being ready while nobody acquires (the server
+/// closed it) used to stay in the idle set, counted as warm, until an acquire tripped over
+/// it. The snapshot now counts only ready idle resources, and the next maintainer pass
+/// closes the dead ones and refills.
+#[tokio::test(start_paused = true)]
+async fn dead_idle_resources_are_replaced_without_traffic() {
+    let fake = FakeManager::new().with_create_latency(millis(50));
+    let pool = Pool::builder(fake.clone())
+        .warm_target(2)
+        .background_warmup(true)
+        .refresh_interval(secs(1))
+        .build()
+        .unwrap();
+    pool.prepare().await.unwrap();
+    fake.set_ready(0, false);
+    fake.set_ready(1, false);
+    assert_eq!(
+        pool.snapshot().warm_pool_size,
+        0,
+        "dead resources are not warm"
+    );
+
+    // No acquire at all: the housekeeping pass finds them.
+    tokio::time::sleep(millis(1_100)).await;
+    let s = assert_no_leak(&pool, &fake).await;
+    assert_eq!(s.warm_pool_size, 2, "{s:#?}");
+    assert_eq!(fake.closed_ids(), vec![0, 1]);
+    assert_eq!(fake.created(), 4);
+    assert_eq!(s.allocations_total, 0);
+    assert_eq!(pool.acquire().await.unwrap().tier(), Tier::Warm);
+    pool.shutdown().await;
+}

@@ -206,3 +206,59 @@ async fn upstream_rejections_map_to_clear_statuses() {
     running.stop().await;
     no_connection_left(emulator, ca).await;
 }
+
+/// The emulator restarts while no call is running: every pooled websocket is closed by the
+/// server. The pools must notice on their own (not only when a caller trips over a dead
+/// connection), stop counting the dead ones as warm, and refill with live connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_replace_idle_connections_the_server_closed_without_traffic() {
+    let (emulator, ca) = emulator("hello world").await;
+    let mut config = azure_config(&emulator, &ca, KEY);
+    // The housekeeping pass bounds how long a dead idle connection can go unnoticed.
+    config.warm_pool_refresh_interval = std::time::Duration::from_millis(200);
+    let state = build_state(&config).expect("azure state");
+    state.warm_up().await;
+    assert!(state.is_ready(), "{:?}", state.snapshots());
+    let first = emulator.counters().connections_opened;
+
+    let emulator = emulator.restart().await.expect("restart");
+    // Every idle connection was closed by the restart; none was used since.
+    let refilled = emulator
+        .wait_for_counters(
+            |c| c.tts_connections_open >= 2 && c.stt_connections_open >= 1,
+            HANG,
+        )
+        .await;
+    assert!(
+        refilled.is_ok(),
+        "the pools did not replace the closed idle connections: {refilled:?} {:?}",
+        state.snapshots()
+    );
+    assert!(emulator.counters().connections_opened >= first + 3);
+    // What the pools report as warm is what is really open.
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let snapshots = state.snapshots();
+        let counters = emulator.counters();
+        let idle: Vec<usize> = snapshots.iter().map(|s| s.warm_pool_size).collect();
+        if idle == [2, 1]
+            && counters.tts_connections_open == 2
+            && counters.stt_connections_open == 1
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{snapshots:?} {counters:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, tier, _) = {
+        let running = spawn_service(&state).await;
+        let r = tts(&running, json!({"text": "after the restart"})).await;
+        running.stop().await;
+        r
+    };
+    assert_eq!((status, tier.as_deref()), (200, Some("warm")));
+    no_connection_left(emulator, ca).await;
+}

@@ -6,6 +6,8 @@
 //! - `cargo xtask bench speech [--quick]`: time to first audio, cold versus warm.
 //! - `cargo xtask load [--quick] [--out DIR]`: simulated voice calls against the service.
 //! - `cargo xtask soak [--sessions N] [--duration SECS]`: long run, leaks and memory.
+//! - `cargo xtask faults [--quick] [--scenario NAME]`: the service (azure backend) against the
+//!   emulator under injected faults, one scenario per row.
 //!
 //! Adding a command is one variant in [`Command`] (or [`BenchTarget`]) and one match arm in
 //! [`main`]; the implementation goes in its own module.
@@ -13,6 +15,7 @@
 mod bench_pool;
 mod bench_speech;
 mod ci;
+mod faults;
 mod load;
 mod soak;
 
@@ -62,6 +65,15 @@ enum Command {
     ///
     /// Runs from an optimised build, like the benchmarks.
     Soak(soak::Args),
+    /// Fault scenarios against the service with the azure backend and the emulator (TLS),
+    /// one at a time: token expiry, a 429 storm, 4429 closes, idle closes racing acquires,
+    /// connections dropped mid-stream, an emulator restart under load.
+    ///
+    /// Prints one row per scenario (requests, failed, failures by class, time to recover
+    /// to the warm targets, leaked connections) and `faults.<scenario>.<name>: <value>`
+    /// lines. Exits non-zero if a request hangs, a connection leaks, a pool never recovers,
+    /// or a fault that must be transparent reaches a caller.
+    Faults(faults::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +111,7 @@ fn main() -> ExitCode {
             }
             soak::run(&args)
         }
+        Command::Faults(args) => faults::run(&args),
         Command::Bench { target } => {
             if let Some(code) = reexec_in_release_if_debug() {
                 return code;
