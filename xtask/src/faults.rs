@@ -65,6 +65,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::load::target::{CaFile, Served};
 use futures_util::{SinkExt, StreamExt};
 use service::config::{AzureAuth, BackendChoice};
 use service::secret::Secret;
@@ -91,8 +93,6 @@ const RECOVER_LIMIT: Duration = Duration::from_secs(30);
 const RECOVER_POLL: Duration = Duration::from_millis(50);
 /// Bound on the emulator's open websockets reaching zero after the service shut down.
 const LEAK_WAIT: Duration = Duration::from_secs(10);
-/// Bound on the in-process service's shutdown.
-const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 /// Bound on the initial warm-up.
 const WARM_UP_LIMIT: Duration = Duration::from_secs(20);
 /// How often a scenario's fault loop runs while the fault is on.
@@ -891,28 +891,6 @@ async fn time_to_recover(
     }
 }
 
-/// Writes the emulator's CA to a temporary file for `AZURE_SPEECH_CA_CERT`; removed on drop.
-struct CaFile(PathBuf);
-
-impl CaFile {
-    fn write(emulator: &EmulatorHandle) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!(
-            "speech-pool-faults-ca-{}-{}.pem",
-            std::process::id(),
-            emulator.addr().port()
-        ));
-        let pem = emulator.ca_cert_pem().context("the emulator serves TLS")?;
-        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for CaFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
     let phases = scenario.phases(quick);
     let handle = Emulator::start(scenario.emulator_config())
@@ -934,19 +912,8 @@ async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
             state.snapshots()
         );
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding 127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let (stop_service, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service::serve(
-        listener,
-        state.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-        config.shutdown_grace,
-    ));
+    let served = Served::start(&state, config.shutdown_grace).await?;
+    let addr = served.addr;
 
     let ctx = Arc::new(Ctx {
         // No client timeout: the bound is ours ([`HANG`]), so a hang is told apart from a
@@ -1001,13 +968,7 @@ async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
     let recover = recovery.await.context("the recovery poller")?;
 
     let before_shutdown = state.snapshots();
-    let _ = stop_service.send(());
-    match tokio::time::timeout(SHUTDOWN_LIMIT, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => bail!("the service failed: {e}"),
-        Ok(Err(e)) => bail!("the service task failed: {e}"),
-        Err(_) => bail!("the service did not shut down within {SHUTDOWN_LIMIT:?}"),
-    }
+    served.stop().await?;
     let pools = state.snapshots();
     let pool_leak: u64 = pools
         .iter()

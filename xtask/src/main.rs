@@ -72,7 +72,8 @@ enum Command {
     /// Prints one row per scenario (requests, failed, failures by class, time to recover
     /// to the warm targets, leaked connections) and `faults.<scenario>.<name>: <value>`
     /// lines. Exits non-zero if a request hangs, a connection leaks, a pool never recovers,
-    /// or a fault that must be transparent reaches a caller.
+    /// or a fault that must be transparent reaches a caller. Runs from an optimised build,
+    /// so recovery times are those of the real service.
     Faults(faults::Args),
 }
 
@@ -111,7 +112,12 @@ fn main() -> ExitCode {
             }
             soak::run(&args)
         }
-        Command::Faults(args) => faults::run(&args),
+        Command::Faults(args) => {
+            if let Some(code) = reexec_in_release_if_debug() {
+                return code;
+            }
+            faults::run(&args)
+        }
         Command::Bench { target } => {
             if let Some(code) = reexec_in_release_if_debug() {
                 return code;

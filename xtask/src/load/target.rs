@@ -48,6 +48,67 @@ pub(crate) struct Setup {
     pub max_stt: usize,
 }
 
+/// The service serving a state on 127.0.0.1 (a free port), as `main` serves it.
+pub(crate) struct Served {
+    pub addr: SocketAddr,
+    /// Sending (or dropping) it starts the graceful shutdown.
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    pub(crate) async fn start(state: &AppState, grace: Duration) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding 127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(service::serve(
+            listener,
+            state.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+            grace,
+        ));
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Shuts the service down gracefully, bounded by [`SHUTDOWN_LIMIT`].
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(SHUTDOWN_LIMIT, self.task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => bail!("the service failed: {e}"),
+            Ok(Err(e)) => bail!("the service task failed: {e}"),
+            Err(_) => bail!("the service did not shut down within {SHUTDOWN_LIMIT:?}"),
+        }
+    }
+}
+
+/// The emulator's CA written to a temporary file for `AZURE_SPEECH_CA_CERT` (the real
+/// configuration path); removed on drop.
+pub(crate) struct CaFile(pub PathBuf);
+
+impl CaFile {
+    pub(crate) fn write(emulator: &EmulatorHandle) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "speech-pool-xtask-ca-{}-{}.pem",
+            std::process::id(),
+            emulator.addr().port()
+        ));
+        let pem = emulator.ca_cert_pem().context("the emulator serves TLS")?;
+        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for CaFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// What to compare after the run to find leaked connections.
 enum Accounting {
     Mock {
@@ -56,17 +117,15 @@ enum Accounting {
     },
     Emulator {
         emulator: EmulatorHandle,
-        /// The emulator's CA, written for `AZURE_SPEECH_CA_CERT`; removed at the end.
-        ca_file: PathBuf,
+        /// Kept until the emulator is shut down.
+        ca_file: CaFile,
     },
 }
 
 /// The service running in this process.
 pub(crate) struct InProcess {
-    addr: SocketAddr,
+    served: Served,
     state: AppState,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
     accounting: Accounting,
 }
 
@@ -108,20 +167,11 @@ impl InProcess {
                 )
                 .await
                 .context("starting the emulator")?;
-                let ca_file = std::env::temp_dir().join(format!(
-                    "xtask-load-ca-{}-{}.pem",
-                    std::process::id(),
-                    emulator.addr().port()
-                ));
-                let ca = emulator
-                    .ca_cert_pem()
-                    .context("the TLS emulator has a CA")?;
-                std::fs::write(&ca_file, ca)
-                    .with_context(|| format!("writing {}", ca_file.display()))?;
+                let ca_file = CaFile::write(&emulator)?;
                 config.backend = BackendChoice::Azure;
                 config.azure_speech_key = Some(Secret::new(EMULATOR_KEY));
                 config.azure_speech_endpoint = Some(emulator.base_url_http());
-                config.azure_speech_ca_cert = Some(ca_file.clone());
+                config.azure_speech_ca_cert = Some(ca_file.0.clone());
                 config.azure_speech_auth = AzureAuth::Key;
                 let state = build_state(&config)
                     .map_err(|e| anyhow::anyhow!("building the service state: {e}"))?;
@@ -129,30 +179,16 @@ impl InProcess {
             }
         };
         state.warm_up().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding 127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(service::serve(
-            listener,
-            state.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-            Duration::from_secs(10),
-        ));
+        let served = Served::start(&state, Duration::from_secs(10)).await?;
         Ok(Self {
-            addr,
+            served,
             state,
-            stop,
-            task,
             accounting,
         })
     }
 
     pub(crate) fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.served.addr)
     }
 
     pub(crate) fn state(&self) -> &AppState {
@@ -162,19 +198,11 @@ impl InProcess {
     /// Stops the service and compares what the backend opened with what it closed.
     pub(crate) async fn stop(self) -> anyhow::Result<Connections> {
         let Self {
+            served,
             state,
-            stop,
-            task,
             accounting,
-            ..
         } = self;
-        let _ = stop.send(());
-        match tokio::time::timeout(SHUTDOWN_LIMIT, task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => bail!("the service failed: {e}"),
-            Ok(Err(e)) => bail!("the service task failed: {e}"),
-            Err(_) => bail!("the service did not shut down within {SHUTDOWN_LIMIT:?}"),
-        }
+        served.stop().await?;
         let pools = state.snapshots();
         let pool_line = |name: &str| {
             pools.iter().find(|p| p.name == name).map_or_else(
@@ -221,7 +249,7 @@ impl InProcess {
                     lines.push(format!("{name}: {}", pool_line(name)));
                 }
                 emulator.shutdown().await;
-                let _ = std::fs::remove_file(ca_file);
+                drop(ca_file);
             }
         }
         Ok(Connections {
