@@ -359,6 +359,67 @@ async fn upstream_errors_map_by_class() {
     }
 }
 
+/// A connection that dies before the first audio byte costs the caller nothing but time:
+/// the turn is retried once on a fresh connection. After audio has started, or when the
+/// retry fails too, the caller gets the error.
+#[tokio::test]
+async fn a_connection_lost_before_any_audio_is_retried_once_on_a_fresh_one() {
+    // Every third turn of the factory drops before its first chunk.
+    let mock = MockConfig {
+        drop_after_chunks: Some(0),
+        drop_every_nth_turn: Some(3),
+        ..MockConfig::default()
+    };
+    let t = build(&config(), mock);
+    t.state.warm_up().await;
+    for (text, tier) in [("first", "warm"), ("second", "dedicated")] {
+        let r = tts(&t.state, json!({"text": text, "session_id": "c-r"})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.header("x-pool-tier"), Some(tier));
+    }
+    // Turn 3 drops on the session's connection; the retry is turn 4, on a warm one.
+    let r = tts(&t.state, json!({"text": "third", "session_id": "c-r"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(&r.body[..4], b"RIFF");
+    assert_eq!(
+        r.header("x-pool-tier"),
+        Some("warm"),
+        "a new connection, not the dead one"
+    );
+    let counters = t.tts.snapshot();
+    assert_eq!(counters.dropped_mid_stream, 1, "{counters:?}");
+    assert_eq!(counters.turns_served, 3, "{counters:?}");
+    let metrics = get(&t.state, "/metrics").await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("speech_upstream_errors_total")
+                && l.contains("class=\"connection_closed\"")
+                && l.ends_with(" 1")),
+        "the failed attempt is still counted: {metrics}"
+    );
+    // The session kept the connection that worked.
+    let r = tts(&t.state, json!({"text": "fourth", "session_id": "c-r"})).await;
+    assert_eq!(r.header("x-pool-tier"), Some("dedicated"));
+    t.state.shutdown(Duration::from_secs(1)).await;
+
+    // When every turn drops, the one retry fails too and the caller gets a clear 503.
+    let mock = MockConfig {
+        drop_after_chunks: Some(0),
+        ..MockConfig::default()
+    };
+    let t = build(&config(), mock);
+    t.state.warm_up().await;
+    let r = tts(&t.state, json!({"text": "doomed"})).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(
+        t.tts.snapshot().dropped_mid_stream,
+        2,
+        "one attempt and one retry"
+    );
+    t.state.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn mock_create_failures_are_503_and_counted() {
     let mut c = config();

@@ -1,14 +1,18 @@
 //! `POST /api/v1/tts`: text or SSML in, audio streamed out.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use pool_core::Tier;
 use serde::Deserialize;
-use speech_core::{AudioFormat, SpeechError, SynthesisEvent, SynthesisRequest, SynthesisSummary};
+use speech_core::{
+    AudioFormat, ErrorClass, RequestId, SpeechError, SynthesisEvent, SynthesisRequest,
+    SynthesisSummary,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -86,8 +90,15 @@ fn build_request(
 /// `POST /api/v1/tts`.
 ///
 /// Answers with the audio as a chunked stream in the requested format. Headers (status,
-/// `Content-Type`, `x-pool-tier`, `Server-Timing: acquire;dur=<ms>`) are sent with the first audio chunk, so a failure before
-/// any audio still gets a proper error status; a failure after it ends the stream early.
+/// `Content-Type`, `x-pool-tier`, `Server-Timing: acquire;dur=<ms>`) are sent with the first
+/// audio chunk, so a failure before any audio still gets a proper error status; a failure
+/// after it ends the stream early.
+///
+/// A turn whose connection dies before any audio (closed, dropped, a transient server
+/// error) is retried once on a fresh connection: synthesis has no side effects and the
+/// caller has received nothing yet, so the retry is invisible but for the time it takes.
+/// Throttling is not retried (that would add load exactly when the service asks for less),
+/// nor is anything after the first audio byte.
 pub async fn tts(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -104,59 +115,46 @@ pub async fn tts(
     let started = Instant::now();
     let (request, session) = build_request(&state, &body)?;
     let format = request.format;
-    let request_id = request.request_id.clone();
 
-    let (mut guard, waited) = acquire(&state, &state.pools().tts, session.as_deref()).await?;
-    let tier = guard.tier();
-    tracing::debug!(%request_id, %tier, session = session.as_deref(), %format, "synthesis starts");
-
-    let (events_tx, mut events_rx) = mpsc::channel(EVENT_BUFFER);
-    let (done_tx, done_rx) = oneshot::channel();
-    // The turn runs in its own task, tracked so shutdown waits for it: the response body
-    // only forwards what the task produces, and a client hanging up drops the receiver,
-    // which the backend sees as a cancelled turn.
-    state.tasks().spawn(async move {
-        let result = guard.synthesize(request, events_tx).await;
-        match &result {
-            Err(e) if !keep_after_error(e.class()) => guard.discard(),
-            _ => drop(guard),
-        }
-        let _ = done_tx.send(result);
-    });
-
-    let first = loop {
-        match events_rx.recv().await {
-            Some(SynthesisEvent::Audio(chunk)) if !chunk.is_empty() => break Some(chunk),
-            Some(_) => continue,
-            None => break None,
-        }
-    };
-    let Some(first) = first else {
-        // The turn ended before any audio: report its outcome as the status.
-        return Err(match done_rx.await {
-            Ok(Err(e)) => {
+    let mut waited = Duration::ZERO;
+    let mut retried = false;
+    let mut attempt = request;
+    let turn = loop {
+        // Kept for a retry; the text is at most 64 KB, cheap next to a network turn.
+        let mut retry = attempt.clone();
+        match start_turn(&state, attempt, session.as_deref(), &mut waited).await {
+            Ok(turn) => break turn,
+            Err(TurnFailure::Upstream(e)) if !retried && retry_before_audio(e.class()) => {
                 record_failure(&state, &e);
-                ApiError::from_speech(&e)
+                tracing::info!(
+                    request_id = %retry.request_id,
+                    session = session.as_deref(),
+                    "the connection failed before any audio; retrying once on a fresh connection"
+                );
+                // Azure refuses a reused request id.
+                retry.request_id = RequestId::new();
+                retried = true;
+                attempt = retry;
             }
-            Ok(Ok(_)) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_no_audio",
-                "the speech service ended the turn without audio",
-            ),
-            Err(_) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the synthesis task ended unexpectedly",
-            ),
-        });
+            Err(failure) => return Err(failure.into_api_error(&state)),
+        }
     };
-    state.metrics().record_first_audio(tier, started.elapsed());
+    state
+        .metrics()
+        .record_first_audio(turn.tier, started.elapsed());
 
+    let StartedTurn {
+        first,
+        events,
+        done,
+        tier,
+        request_id,
+    } = turn;
     let stream = futures_util::stream::unfold(
         BodyState {
             first: Some(first),
-            events: events_rx,
-            done: Some(done_rx),
+            events,
+            done: Some(done),
             state: state.clone(),
         },
         next_chunk,
@@ -177,6 +175,109 @@ pub async fn tts(
         headers.insert("x-session-id", v);
     }
     Ok(response)
+}
+
+/// Failures a turn is retried for when they happen before any audio: the connection, not
+/// the request, was the problem.
+fn retry_before_audio(class: ErrorClass) -> bool {
+    matches!(class, ErrorClass::ConnectionClosed | ErrorClass::Transient)
+}
+
+/// A turn that has produced its first audio.
+struct StartedTurn {
+    first: Bytes,
+    events: mpsc::Receiver<SynthesisEvent>,
+    done: oneshot::Receiver<Result<SynthesisSummary, SpeechError>>,
+    tier: Tier,
+    request_id: RequestId,
+}
+
+/// Why a turn produced no audio.
+enum TurnFailure {
+    /// No connection (pool exhausted, backend refusing connects...): already an HTTP error.
+    Acquire(ApiError),
+    /// The speech service failed the turn.
+    Upstream(SpeechError),
+    /// The turn succeeded without a single audio byte.
+    NoAudio,
+    /// The synthesis task ended without a result (it panicked).
+    TaskLost,
+}
+
+impl TurnFailure {
+    fn into_api_error(self, state: &AppState) -> ApiError {
+        match self {
+            Self::Acquire(e) => e,
+            Self::Upstream(e) => {
+                record_failure(state, &e);
+                ApiError::from_speech(&e)
+            }
+            Self::NoAudio => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_no_audio",
+                "the speech service ended the turn without audio",
+            ),
+            Self::TaskLost => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the synthesis task ended unexpectedly",
+            ),
+        }
+    }
+}
+
+/// Takes a connection and runs the turn until its first audio chunk. `waited` accumulates
+/// the time spent acquiring, across a retry.
+async fn start_turn(
+    state: &AppState,
+    request: SynthesisRequest,
+    session: Option<&str>,
+    waited: &mut Duration,
+) -> Result<StartedTurn, TurnFailure> {
+    let request_id = request.request_id.clone();
+    let (mut guard, acquire_time) = acquire(state, &state.pools().tts, session)
+        .await
+        .map_err(TurnFailure::Acquire)?;
+    *waited += acquire_time;
+    let tier = guard.tier();
+    tracing::debug!(%request_id, %tier, session, format = %request.format, "synthesis starts");
+
+    let (events_tx, mut events) = mpsc::channel(EVENT_BUFFER);
+    let (done_tx, done) = oneshot::channel();
+    // The turn runs in its own task, tracked so shutdown waits for it: the response body
+    // only forwards what the task produces, and a client hanging up drops the receiver,
+    // which the backend sees as a cancelled turn.
+    state.tasks().spawn(async move {
+        let result = guard.synthesize(request, events_tx).await;
+        match &result {
+            Err(e) if !keep_after_error(e.class()) => guard.discard(),
+            _ => drop(guard),
+        }
+        let _ = done_tx.send(result);
+    });
+
+    loop {
+        match events.recv().await {
+            Some(SynthesisEvent::Audio(first)) if !first.is_empty() => {
+                return Ok(StartedTurn {
+                    first,
+                    events,
+                    done,
+                    tier,
+                    request_id,
+                });
+            }
+            Some(_) => continue,
+            // The turn ended before any audio: its outcome says why.
+            None => {
+                return Err(match done.await {
+                    Ok(Err(e)) => TurnFailure::Upstream(e),
+                    Ok(Ok(_)) => TurnFailure::NoAudio,
+                    Err(_) => TurnFailure::TaskLost,
+                });
+            }
+        }
+    }
 }
 
 struct BodyState {
