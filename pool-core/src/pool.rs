@@ -1247,7 +1247,8 @@ impl<M: Manager> Inner<M> {
                     dead.push(removed.entry);
                 }
             }
-            if !dead.is_empty() {
+            // Each freed slot may let one waiter create.
+            for _ in 0..dead.len() {
                 self.slot_freed(&mut st);
             }
         }
