@@ -28,7 +28,6 @@ pub mod routes;
 pub mod secret;
 pub mod state;
 pub mod telemetry;
-mod time;
 
 #[cfg(test)]
 mod test_support;

@@ -23,6 +23,7 @@ mod event;
 mod format;
 mod manager;
 mod request;
+mod time;
 
 pub use connection::{Connection, Recognizer, Synthesizer};
 pub use error::{ErrorClass, SpeechError};
@@ -41,6 +42,7 @@ pub use request::{
     RecognitionMode, RecognitionRequest, RequestId, SynthesisInput, SynthesisRequest, build_ssml,
     escape_xml, validate_voice_name,
 };
+pub use time::rfc3339_millis;
 
 /// Re-exported so that backends name the same `async_trait` attribute the traits were
 /// declared with.

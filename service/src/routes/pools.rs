@@ -104,7 +104,7 @@ pub fn pools_health(
     };
     PoolsHealthResponse {
         status,
-        timestamp: crate::time::rfc3339(now),
+        timestamp: speech_core::rfc3339_millis(now),
         pools: snapshots.into_iter().map(|s| (s.name.clone(), s)).collect(),
         summary: PoolsSummary {
             total_warm,

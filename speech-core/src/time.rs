@@ -1,10 +1,12 @@
-//! RFC 3339 timestamps without a date-time dependency.
+//! RFC 3339 timestamps without a date-time dependency: the service's `timestamp` fields and
+//! the `X-Timestamp` header of the Azure Speech protocol use the same form.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Formats `t` as an RFC 3339 UTC timestamp with milliseconds, e.g.
-/// `2025-12-04T10:15:30.123Z`. Times before 1970 are clamped to the epoch.
-pub fn rfc3339(t: SystemTime) -> String {
+/// `2025-12-04T10:15:30.123Z` (the form the JS Speech SDK writes in `X-Timestamp`). Times
+/// before 1970 are clamped to the epoch.
+pub fn rfc3339_millis(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let millis = since.subsec_millis();
@@ -20,7 +22,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day): Howard Hinnant's
-/// `civil_from_days`, exact for every date this service will see.
+/// `civil_from_days`, exact for every date a running process will see.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -48,11 +50,13 @@ mod tests {
 
     #[test]
     fn known_instants() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_764_843_330_123);
-        assert_eq!(rfc3339(t), "2025-12-04T10:15:30.123Z");
+        assert_eq!(rfc3339_millis(t), "2025-12-04T10:15:30.123Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_784_001_155_123);
+        assert_eq!(rfc3339_millis(t), "2026-07-14T03:52:35.123Z");
         // A leap day.
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(t), "2000-02-29T00:00:00.000Z");
     }
 }
