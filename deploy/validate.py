@@ -71,6 +71,8 @@ CORE_KINDS = {
 # spends after SHUTDOWN_GRACE closing connections.
 POOL_SHUTDOWN_SECONDS = 5
 SESSION_HEADER = "X-Session-Id"
+# Endpoints that are websockets open for a whole call: the route must not time them out.
+WEBSOCKET_PATHS = ["/api/v1/stt", "/api/v1/tts/stream"]
 
 checks_passed = 0
 
@@ -444,18 +446,24 @@ def check_gateway_kinds(by_file: dict[str, list[dict]]) -> None:
             paths[path["value"]] = rule
     for needed in ["/api/v1/stt", "/api/v1/tts", "/"]:
         check(needed in paths, f"{where}: no rule matches {needed}")
-    stt_timeout = paths["/api/v1/stt"].get("timeouts", {}).get("request")
-    check(
-        stt_timeout == "0s" or (stt_timeout and stt_timeout.endswith("h")),
-        f"{where}: the STT websocket lasts a whole call; its request timeout must be off "
-        f"(0s) or hours, not {stt_timeout!r}",
-    )
+    for websocket in WEBSOCKET_PATHS:
+        check(websocket in paths, f"{where}: no rule for the websocket {websocket}")
+        timeout = paths[websocket].get("timeouts", {}).get("request")
+        check(
+            timeout == "0s" or (timeout is not None and timeout.endswith("h")),
+            f"{where}: the websocket {websocket} lasts a whole call; its request timeout "
+            f"must be off (0s) or hours, not {timeout!r}",
+        )
+    stt_timeout = paths["/api/v1/stt"]["timeouts"]["request"]
     tts_timeout = paths["/api/v1/tts"].get("timeouts", {}).get("request")
     check(
         tts_timeout is not None and tts_timeout != "15s",
         f"{where}: TTS audio streams longer than Envoy's default 15 s route timeout",
     )
-    ok(f"Gateway and HTTPRoute: rules for /api/v1/stt (timeout {stt_timeout}), /api/v1/tts, /")
+    ok(
+        f"Gateway and HTTPRoute: websocket rules {', '.join(WEBSOCKET_PATHS)} (timeout "
+        f"{stt_timeout}), /api/v1/tts, and / for the rest"
+    )
 
     policy = find(by_file, "BackendTrafficPolicy")
     where = "backendtrafficpolicy.yaml"
