@@ -29,6 +29,7 @@ What is checked:
 
 from __future__ import annotations
 
+import fnmatch
 import http.client
 import importlib.metadata
 import http.server
@@ -584,9 +585,70 @@ def check_dockerfile() -> None:
         any(i.startswith("ENV ") and "LISTEN_ADDR=0.0.0.0:" in i for i in runtime),
         "Dockerfile: LISTEN_ADDR must listen on all interfaces inside the container",
     )
-    ignore = (ROOT / ".dockerignore").read_text().split()
-    check("target" in ignore and ".git" in ignore, ".dockerignore must leave out target and .git")
-    ok(f"Dockerfile: multi-stage, --features azure only, runs {binary} as uid {uid}")
+    # The builder's toolchain must be at least the workspace's declared rust-version.
+    workspace = (ROOT / "Cargo.toml").read_text()
+    declared = re.search(r'rust-version\s*=\s*"([0-9.]+)"', workspace)
+    arg = re.search(r"^ARG RUST_VERSION=([0-9.]+)$", text, flags=re.M)
+    check(declared is not None and arg is not None, "Dockerfile: ARG RUST_VERSION and rust-version")
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    check(
+        as_tuple(arg.group(1)) >= as_tuple(declared.group(1))[:2],
+        f"Dockerfile: Rust {arg.group(1)} is older than the workspace's {declared.group(1)}",
+    )
+    check_dockerignore(workspace)
+    ok(
+        f"Dockerfile: multi-stage, Rust {arg.group(1)}, --features azure only, runs {binary} "
+        f"as uid {uid}; .dockerignore keeps every workspace input"
+    )
+
+
+def check_dockerignore(workspace_manifest: str) -> None:
+    """The build context keeps every workspace member, the manifests and lock file, and
+    every file a crate embeds, and leaves out the build output and git data."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    check("target" in patterns and ".git" in patterns, ".dockerignore must leave out target and .git")
+    check(not any(p.startswith("!") for p in patterns), ".dockerignore: keep it to exclusions")
+
+    def segments_match(segments: list[str], pattern: list[str]) -> bool:
+        return len(segments) == len(pattern) and all(
+            fnmatch.fnmatchcase(seg, pat) for seg, pat in zip(segments, pattern)
+        )
+
+    def excluded(relative: str) -> bool:
+        # Docker matches a pattern against the path from the context's root (a `*` never
+        # crosses a slash, `**/` matches any number of leading directories), and excluding
+        # a directory excludes everything below it.
+        parts = relative.split("/")
+        for pattern in patterns:
+            pattern_parts = pattern.strip("/").split("/")
+            anywhere = pattern_parts[0] == "**"
+            if anywhere:
+                pattern_parts = pattern_parts[1:]
+            starts = range(len(parts)) if anywhere else [0]
+            for start in starts:
+                for end in range(start + 1, len(parts) + 1):
+                    if segments_match(parts[start:end], pattern_parts):
+                        return True
+        return False
+
+    members = re.search(r"members\s*=\s*\[([^\]]*)\]", workspace_manifest)
+    check(members is not None, "Cargo.toml: no workspace members")
+    inputs = ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"]
+    for member in re.findall(r'"([^"]+)"', members.group(1)):
+        inputs.append(f"{member}/Cargo.toml")
+        for source in (ROOT / member).rglob("*.rs"):
+            if "target" in source.relative_to(ROOT).parts:
+                continue
+            inputs.append(str(source.relative_to(ROOT)))
+            for embedded in re.findall(r'include_(?:str|bytes)!\("([^"]+)"\)', source.read_text()):
+                path = (source.parent / embedded).resolve()
+                inputs.append(str(path.relative_to(ROOT)))
+    dropped = [i for i in inputs if excluded(i)]
+    check(not dropped, f".dockerignore leaves out build inputs: {dropped[:5]}")
 
 
 # ---------------------------------------------------------------------------------------
