@@ -880,6 +880,20 @@ def check_haproxy_behaviour() -> None:
         check(route_all() == first, "calls did not return to their replica after it came back")
         ok("haproxy: a replica that comes back gets exactly its calls back")
 
+        # The planned way to stop a replica: put it in DRAIN through the admin socket first.
+        # Its calls then move straight to where they go once it is down, so none of them
+        # sees a retry or a second move, and it takes no new request.
+        served_before = replicas[0].served
+        check(
+            lb.admin("set server speech_pool/replica1 state drain").strip() == "",
+            "haproxy refused to drain replica1",
+        )
+        check(route_all() == after_leave, "a replica in DRAIN moved calls elsewhere than DOWN does")
+        check(replicas[0].served == served_before, "replica1 served requests while in DRAIN")
+        lb.admin("set server speech_pool/replica1 state ready")
+        check(route_all() == first, "calls did not return to replica1 after DRAIN ended")
+        ok("haproxy: DRAIN through the admin socket moves a replica's calls exactly as DOWN does")
+
         # Scale-out through the admin socket: the new replica takes no traffic until its
         # /readyz answers 200, then about a quarter of the calls, all from other replicas.
         for command in [
