@@ -14,7 +14,7 @@ What is checked:
   supported Kubernetes versions;
 - the Gateway API, Envoy Gateway and KEDA kinds, which have no schema there, carry the
   fields they need with the values the service requires, and no misspelt keys in the parts
-  written here;
+  written here (the KEDA ScaledObject's HPA behavior is checked against the HPA schema);
 - the manifests agree with each other and with the service: selectors, ports, names,
   probe paths, the Secret key, environment variables the service really reads, the drain
   arithmetic, the pod's security settings, the metric the autoscaler queries;
@@ -524,6 +524,25 @@ def check_autoscaler(by_file: dict[str, list[dict]]) -> None:
     )
     check(spec.get("maxReplicaCount", 0) > spec["minReplicaCount"], f"{where}: maxReplicaCount")
     behavior = dig(spec, "advanced", "horizontalPodAutoscalerConfig", "behavior", where=where)
+    # KEDA passes `behavior` unchanged into the HPA it creates, so it is checked strictly
+    # against the autoscaling/v2 schema, inside a stand-in HPA.
+    import kubernetes_validate
+
+    stand_in = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "behavior-check"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"},
+            "maxReplicas": spec["maxReplicaCount"],
+            "behavior": behavior,
+        },
+    }
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(stand_in, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            raise Failure(f"{where}: HPA behavior is invalid for Kubernetes {version}: {e}") from None
     down = dig(behavior, "scaleDown", where=where)
     check(
         all(p.get("type") == "Pods" and p.get("value") == 1 for p in down.get("policies", [])),
@@ -543,7 +562,10 @@ def check_autoscaler(by_file: dict[str, list[dict]]) -> None:
         f"{where}: {metric.group(1)} is not exported by service/src/metrics.rs",
     )
     check(metric.group(1) == "speech_pool_active_sessions", f"{where}: scale on active sessions")
-    ok(f"ScaledObject: KEDA prometheus trigger on {metric.group(1)}, scale-in one at a time")
+    ok(
+        f"ScaledObject: KEDA prometheus trigger on {metric.group(1)}, scale-in one at a time, "
+        "HPA behavior valid for autoscaling/v2"
+    )
 
 
 # ---------------------------------------------------------------------------------------
