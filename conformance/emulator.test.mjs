@@ -1,4 +1,4 @@
-// Conformance: Microsoft's JavaScript Speech SDK against the speech-mock emulator.
+// Conformance: Microsoft's JavaScript Speech SDK against the speech-emulator crate.
 //
 // Starts nothing itself. Needs a running emulator in plain mode:
 //   EMULATOR_URL=ws://127.0.0.1:PORT   (required)

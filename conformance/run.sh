@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Conformance: Microsoft's JavaScript Speech SDK against the speech-mock emulator.
+# Conformance: Microsoft's JavaScript Speech SDK against the speech-emulator crate.
 #
 # Builds and starts `speech-emulator --plain --port 0`, reads the address it prints, installs
 # the SDK (npm ci) if needed, runs `node --test` here, and stops the emulator. Exits non-zero
@@ -20,7 +20,7 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 fi
 
 echo "== building speech-emulator"
-(cd "$root" && cargo build --quiet -p speech-mock --bin speech-emulator)
+(cd "$root" && cargo build --quiet -p speech-emulator --bin speech-emulator)
 target_dir="$(cd "$root" && cargo metadata --format-version 1 --no-deps \
   | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')"
 exe="$target_dir/debug/speech-emulator"

@@ -106,8 +106,9 @@ impl Credentials {
     }
 }
 
-/// When tokens are refreshed. Defaults follow spec §1.4 and §6: never use a token with
-/// less than 60 s left, start a background refresh two minutes before expiry.
+/// When tokens are refreshed. Tokens live ten minutes and are checked only when a
+/// connection opens (docs/protocol.md#token-endpoint), so the defaults never use a token
+/// with less than 60 s left and start a background refresh two minutes before expiry.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenPolicy {
     /// A cached token with less life left than this is not used; callers wait for a fresh

@@ -306,8 +306,8 @@ impl RecognizerFactory for SttWsFactory {
     }
 }
 
-/// The `speech.config` body (spec §4.2a, §5.2), in the shape the SDKs send. STT adds the
-/// audio source description and the recognition mode.
+/// The `speech.config` body in the shape the SDKs send (docs/protocol.md#tts-over-websocket,
+/// #stt-over-websocket). STT adds the audio source description and the recognition mode.
 pub(crate) fn speech_config_body(stt: Option<RecognitionMode>) -> String {
     let mut v = serde_json::json!({
         "context": {

@@ -7,7 +7,7 @@ use crate::error::ConfigError;
 
 /// An Azure Speech endpoint.
 ///
-/// Three forms, because deployments differ (spec §1.1, §1.5):
+/// Three forms, because deployments differ (docs/protocol.md#endpoints):
 /// - [`Region`](Self::Region): the public regional hosts (`{region}.tts.speech.microsoft.com`
 ///   …), with the sovereign-cloud suffixes (`china*` → `.azure.cn`, `usgov*` → `.azure.us`).
 /// - [`CustomDomain`](Self::CustomDomain): a resource with a custom subdomain
@@ -27,7 +27,7 @@ pub enum Endpoint {
 }
 
 /// The websocket path of TTS on regional hosts and explicit hosts. The legacy path: the
-/// native SDK 1.53 still uses it and every third-party client does (spec §1.1, App. A).
+/// native SDK 1.53 still uses it and every third-party client does (docs/protocol.md#endpoints).
 const TTS_WS_PATH: &str = "/cognitiveservices/websocket/v1";
 
 impl Endpoint {
@@ -139,7 +139,8 @@ impl Endpoint {
                 let scheme = if ws { "wss" } else { "https" };
                 regional(r, &format!("{offering}.{suffix}"), scheme, path)
             }
-            // Custom domains put the offering in front of the regional path (spec §1.5).
+            // Custom domains put the offering in front of the regional path
+            // (docs/protocol.md#endpoints).
             // The regional TTS websocket path under the tts offering is the current SDK's.
             Self::CustomDomain(b) => join(b, &format!("/{offering}{path}"), ws),
             Self::Host(b) => join(b, path, ws),

@@ -1,4 +1,4 @@
-//! The Azure Speech websocket message codec (spec §3).
+//! The Azure Speech websocket message codec (docs/protocol.md#message-framing).
 //!
 //! Text messages are a header block, a blank line and a body; binary messages are a
 //! big-endian `u16` header length, the header block and a payload. Parsing is lenient
@@ -173,7 +173,7 @@ pub fn parse_text(text: &str) -> TextMessage {
 }
 
 /// Parses a binary message: `[u16 BE header length][headers][payload]`. Header bytes that
-/// are not UTF-8 are decoded lossily (headers are ASCII by spec; a bad byte should not
+/// are not UTF-8 are decoded lossily (headers are meant to be ASCII; a bad byte should not
 /// cost the audio).
 pub fn parse_binary(data: Bytes) -> Result<BinaryMessage, FrameError> {
     if data.len() < 2 {
@@ -262,7 +262,8 @@ mod tests {
 
     #[test]
     fn real_binary_frame_from_the_service() {
-        // The header block of a real Azure frame (spec §3): 128 bytes.
+        // The header block of a frame the real service sent, as published by a working
+        // third-party client: 128 bytes.
         let hdr = "X-RequestId:025F36A205B5438982B944C077199122\r\nContent-Type:audio/mpeg\r\nX-StreamId:69B6AD0B57DB44289A2E44EB9D36FE88\r\nPath:audio\r\n";
         assert_eq!(hdr.len(), 128);
         let mut raw = vec![0u8, 128];

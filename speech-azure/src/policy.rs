@@ -6,7 +6,7 @@ use crate::error::ConfigError;
 
 /// When a pooled connection may still be handed out, and how long to wait for the service.
 ///
-/// The lifetime defaults follow spec §6 ("validity rules"): Azure closes a websocket after
+/// The lifetime defaults follow docs/protocol.md#warm-connections: Azure closes a websocket after
 /// about 180 s without client messages and 10 minutes after it opened, so a connection is
 /// considered ready only while younger than 9 minutes and idle for less than 150 s; a
 /// socket must not be opened with a token that has less than 60 s left. A pool should

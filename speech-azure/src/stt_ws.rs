@@ -1,5 +1,5 @@
-//! STT over websocket (spec §5): one connection per (mode, language, format), several
-//! sequential recognition turns.
+//! STT over websocket (docs/protocol.md#stt-over-websocket): one connection per (mode,
+//! language, format), several sequential recognition turns.
 
 use std::sync::Arc;
 
@@ -226,7 +226,8 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// The error a failed `speech.phrase` status stands for, as the SDK reads it (spec §5.3).
+/// The error a failed `speech.phrase` status stands for, as the SDK reads it
+/// (docs/protocol.md#stt-over-websocket, `RecognitionStatus`).
 fn inband_error(status: &str) -> Option<SpeechError> {
     let msg = || format!("recognition failed with status {status}");
     match status {

@@ -1,5 +1,5 @@
-//! TTS over REST (spec §2): one HTTP connection per pooled resource, reused across
-//! requests, audio streamed to the caller chunk by chunk.
+//! TTS over REST (docs/protocol.md#tts-over-rest): one HTTP connection per pooled resource,
+//! reused across requests, audio streamed to the caller chunk by chunk.
 
 use std::sync::Arc;
 
@@ -175,7 +175,7 @@ impl Connection for TtsRest {
     }
 
     /// Opens the HTTP connection with one voices-list request (authenticated, cheap, not
-    /// billed), as spec §6 suggests, since reqwest has no connect-only call.
+    /// billed), since reqwest has no connect-only call (docs/protocol.md#warm-connections).
     async fn warm(&mut self) -> Result<(), SpeechError> {
         self.in_request = true;
         let url = self.client.endpoint.voices_url();

@@ -1,4 +1,5 @@
-//! TTS over websocket (spec §4): one connection, many sequential turns.
+//! TTS over websocket (docs/protocol.md#tts-over-websocket): one connection, many
+//! sequential turns.
 
 use std::sync::Arc;
 
@@ -203,7 +204,8 @@ impl TtsWebSocket {
                     if !is_audio || !same_request(b.headers.request_id(), rid) {
                         continue;
                     }
-                    // The SDK drops frames of another stream (spec §4.3).
+                    // The SDK drops frames of another stream, and so do we: `response`
+                    // names the turn's stream (docs/protocol.md#tts-over-websocket).
                     if let (Some(want), Some(got)) = (&stream_id, b.headers.stream_id()) {
                         if !want.eq_ignore_ascii_case(got) {
                             continue;

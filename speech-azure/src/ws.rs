@@ -117,7 +117,7 @@ pub(crate) struct Connect<'a> {
 impl WsConn {
     /// Opens a websocket: token (if needed), TCP, TLS, upgrade. Follows up to two
     /// same-origin redirects and retries once with a fresh token when a bearer token is
-    /// refused (the SDK's `fetchOnExpiry` behaviour, spec §1.4).
+    /// refused, as the JavaScript SDK's `fetchOnExpiry` does (docs/protocol.md#token-endpoint).
     pub(crate) async fn connect(c: Connect<'_>) -> Result<Self, SpeechError> {
         let deadline = Instant::now() + c.policy.connect_timeout;
         let mut url = c.url.clone();

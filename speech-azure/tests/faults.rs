@@ -15,7 +15,7 @@ use speech_core::{
     AudioFormat, Connection, ErrorClass, RecognitionEvent, RecognitionRequest, SpeechError,
     SynthesisRequest, SynthesizerManager,
 };
-use speech_mock::emulator::{EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target, TurnPoint};
+use speech_emulator::{EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target, TurnPoint};
 
 fn fast_policy() -> ConnectionPolicy {
     ConnectionPolicy {

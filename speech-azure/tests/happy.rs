@@ -11,7 +11,7 @@ use speech_core::{
     AudioFormat, Connection, ErrorClass, RecognitionEvent, RecognitionFormat, RecognitionMode,
     RecognitionRequest, SynthesisEvent, SynthesisRequest,
 };
-use speech_mock::emulator::{EmulatorConfig, Fault, FaultRule, Target};
+use speech_emulator::{EmulatorConfig, Fault, FaultRule, Target};
 
 #[tokio::test]
 async fn tts_websocket_streams_riff_audio_and_word_boundaries() {
@@ -203,7 +203,7 @@ async fn stt_websocket_runs_several_turns() {
     emu.shutdown().await;
 }
 
-fn short_token_client(emu: &speech_mock::emulator::EmulatorHandle) -> speech_azure::AzureSpeech {
+fn short_token_client(emu: &speech_emulator::EmulatorHandle) -> speech_azure::AzureSpeech {
     client_with(
         emu,
         Credentials::sts_token(KEY),

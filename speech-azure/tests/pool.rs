@@ -10,7 +10,7 @@ use common::*;
 use pool_core::{Pool, Tier};
 use speech_azure::{ConnectionPolicy, Credentials, SttWsOptions, TokenPolicy, TtsWsOptions};
 use speech_core::RecognitionRequest;
-use speech_mock::emulator::EmulatorConfig;
+use speech_emulator::EmulatorConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_keeps_zero_cold_across_idle_and_age_limits() {

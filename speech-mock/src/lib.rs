@@ -1,9 +1,7 @@
-//! Offline speech backends for tests and for the service's default mode.
+//! An offline speech backend for tests and for the service's default mode.
 //!
-//! - [`backend`]: a deterministic, seeded in-process backend implementing the
-//!   speech-core traits and pool-core's `Manager`.
-//! - [`emulator`]: a server that speaks the Azure Speech REST and websocket protocols,
-//!   so that `speech-azure` is tested offline against the real protocol.
+//! [`backend`] is a deterministic, seeded in-process backend implementing the speech-core
+//! traits and pool-core's `Manager`. It has no network stack: the Azure protocol emulator,
+//! which tests `speech-azure` over real sockets, is the separate `speech-emulator` crate.
 
 pub mod backend;
-pub mod emulator;

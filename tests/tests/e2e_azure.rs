@@ -8,7 +8,7 @@ use serde_json::json;
 use service::config::{AzureAuth, BackendChoice, TtsTransport};
 use service::secret::Secret;
 use service::{Config, build_state};
-use speech_mock::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target};
+use speech_emulator::{Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target};
 use tests::{HANG, final_phrase, get_json, pcm, spawn_service, stt_connect, stt_turn, tts};
 
 const KEY: &str = "emulator-test-key";

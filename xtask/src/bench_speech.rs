@@ -29,7 +29,7 @@ use speech_core::{
     AudioFormat, RecognitionEvent, RecognitionRequest, RecognizerManager, SynthesisRequest,
     SynthesizerManager,
 };
-use speech_mock::emulator::{Emulator, EmulatorConfig};
+use speech_emulator::{Emulator, EmulatorConfig};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 

@@ -71,7 +71,7 @@ use futures_util::{SinkExt, StreamExt};
 use service::config::{AzureAuth, BackendChoice};
 use service::secret::Secret;
 use service::{AppState, Config};
-use speech_mock::emulator::{
+use speech_emulator::{
     Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target, TurnPoint,
 };
 use tokio::task::JoinSet;

@@ -9,7 +9,7 @@ use speech_core::{
     AudioFormat, RecognitionEvent, RecognitionRequest, Recognizer, SpeechError, SynthesisEvent,
     SynthesisRequest, SynthesisSummary, Synthesizer,
 };
-use speech_mock::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use speech_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use tokio::sync::mpsc;
 
 pub const KEY: &str = "emulator-test-key-0123";

@@ -1,7 +1,8 @@
 //! Deterministic audio derived from the request text.
 //!
 //! - 16-bit PCM formats (raw and RIFF): a triangle-wave tone per character (pitch chosen
-//!   by the seed and the character, silence for whitespace) plus a little seeded noise.
+//!   by the configured seed and the character, silence for whitespace) plus a little
+//!   seeded noise.
 //!   Real, playable PCM, generated with integer arithmetic only so the bytes are the same
 //!   on every platform.
 //! - G.711 µ-law / A-law: seeded noise bytes (every byte is a valid sample), with a correct

@@ -12,8 +12,8 @@ use service::backend::{BackendKind, Managers};
 use service::config::{AzureAuth, BackendChoice};
 use service::secret::Secret;
 use service::{AppState, Config, build_state, state_from_managers};
+use speech_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use speech_mock::backend::{MockConfig, MockCounters, mock_stt_manager, mock_tts_manager};
-use speech_mock::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 
 use super::call::Client;
 

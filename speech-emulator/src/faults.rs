@@ -1,4 +1,5 @@
-//! Fault injection (spec §7, "Error injection worth supporting").
+//! Fault injection: the failures a pooled client must survive, injected on demand
+//! (docs/protocol.md#emulator-extensions).
 //!
 //! A [`FaultRule`] pairs a [`Fault`] with where it applies ([`Target`]), how often
 //! (`times`: the next N matching events, or every one) and from when (`skip`: let the first

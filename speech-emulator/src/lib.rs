@@ -4,10 +4,18 @@
 //!
 //! It is self-contained on purpose (its own framing codec, format table, SSML reader): it
 //! exists to test the client crates against the protocol, so it must not share their code.
+//! Being its own crate, with no dependency on `speech-core` or `speech-azure`, makes that a
+//! fact the compiler checks. The protocol it speaks is described in `docs/protocol.md`.
+//!
+//! Layout: `server` (listener, routing, [`EmulatorHandle`]) sits on `state` (what survives a
+//! restart, and what one listening server owns); `rest` and `control` answer HTTP routes;
+//! `ws` upgrades websockets and drives each session through the `session` types, with the
+//! protocols in `tts` and `stt` (and `recognition`, shared with STT REST); `turn` folds
+//! injected faults into one turn's plan.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use speech_mock::emulator::{Emulator, EmulatorConfig, Fault, FaultRule};
+//! use speech_emulator::{Emulator, EmulatorConfig, Fault, FaultRule};
 //!
 //! let emu = Emulator::start(EmulatorConfig::plain().with_key("test-key")).await?;
 //! let tts_url = format!("{}/tts/cognitiveservices/websocket/v1", emu.base_url_ws());
@@ -30,6 +38,8 @@
 //! - `/_emulator/…`: the control API ([`control`] describes it);
 //! - anything else: `404`.
 
+#![warn(missing_docs)]
+
 mod audio;
 mod auth;
 mod config;
@@ -39,10 +49,14 @@ mod faults;
 pub mod formats;
 pub mod frame;
 mod http;
+mod recognition;
 mod rest;
 mod server;
+mod session;
 mod ssml;
+mod state;
 mod stt;
+mod time;
 mod tls;
 mod tts;
 mod turn;
@@ -58,12 +72,12 @@ pub use tls::TlsIdentity;
 
 /// Audio timing used by the emulator's synthetic speech, for tests that check lengths.
 pub mod timing {
-    pub use super::audio::{LEAD_MS, MAX_AUDIO_MS, MS_PER_CHAR, TAIL_MS, TICKS_PER_MS};
+    pub use crate::audio::{LEAD_MS, MAX_AUDIO_MS, MS_PER_CHAR, TAIL_MS, TICKS_PER_MS};
 
     /// Milliseconds of audio the emulator synthesises for `text` (already plain text, with
     /// whitespace collapsed as SSML rendering does).
     pub fn synthesized_ms(text: &str) -> u64 {
-        super::audio::Timeline::new(text).duration_ms()
+        crate::audio::Timeline::new(text).duration_ms()
     }
 }
 
@@ -71,6 +85,6 @@ pub mod timing {
 pub mod token {
     /// Reads the `exp` claim (Unix seconds) of a token without validating it.
     pub fn exp(token: &str) -> Option<u64> {
-        super::auth::token_exp(token)
+        crate::auth::token_exp(token)
     }
 }

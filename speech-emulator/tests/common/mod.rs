@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use speech_mock::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use speech_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;

@@ -1,9 +1,12 @@
 //! Counters that let tests prove what happened on the wire (and that nothing leaked).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+
+use crate::time::deadline_after;
 
 /// A snapshot of the emulator's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +97,7 @@ impl LiveCounters {
         pred: impl Fn(&Counters) -> bool,
         timeout: std::time::Duration,
     ) -> Result<Counters, Counters> {
-        let deadline = super::ws::later(tokio::time::Instant::now(), timeout);
+        let deadline = deadline_after(tokio::time::Instant::now(), timeout);
         loop {
             // Register interest before checking, so a change between the check and the
             // wait is not missed.
@@ -117,23 +120,20 @@ impl LiveCounters {
 /// panics and cancellation) keeps the "open now" counts honest.
 #[derive(Debug)]
 pub(crate) struct GaugeGuard {
-    shared: std::sync::Arc<super::server::Shared>,
+    counters: Arc<LiveCounters>,
     pick: fn(&LiveCounters) -> &AtomicU64,
 }
 
 impl GaugeGuard {
-    pub(crate) fn new(
-        shared: std::sync::Arc<super::server::Shared>,
-        pick: fn(&LiveCounters) -> &AtomicU64,
-    ) -> Self {
-        shared.counters.inc(pick(&shared.counters));
-        Self { shared, pick }
+    /// Increments the gauge `pick` chooses in `counters`.
+    pub(crate) fn new(counters: Arc<LiveCounters>, pick: fn(&LiveCounters) -> &AtomicU64) -> Self {
+        counters.inc(pick(&counters));
+        Self { counters, pick }
     }
 }
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        let c = &self.shared.counters;
-        c.dec((self.pick)(c));
+        self.counters.dec((self.pick)(&self.counters));
     }
 }

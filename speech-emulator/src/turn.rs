@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use super::faults::{Fault, TurnPoint};
-use super::frame::HeaderStyle;
-use super::ws::{Out, Stop};
+use crate::faults::{Fault, TurnPoint};
+use crate::frame::HeaderStyle;
+use crate::session::{Outgoing, Stop};
 
 /// Turn-level faults in effect for one turn.
 #[derive(Debug, Default, Clone)]
@@ -60,14 +60,14 @@ impl TurnFaults {
     }
 
     /// The action due at `point`, if any.
-    pub(crate) fn action_at(&self, point: TurnPoint) -> Option<Out> {
+    pub(crate) fn action_at(&self, point: TurnPoint) -> Option<Outgoing> {
         if let Some((code, reason, at)) = &self.close {
             if *at == point {
-                return Some(Out::Close(*code, reason.clone()));
+                return Some(Outgoing::Close(*code, reason.clone()));
             }
         }
         match self.disconnect {
-            Some((at, rst)) if at == point => Some(Out::Disconnect { rst }),
+            Some((at, rst)) if at == point => Some(Outgoing::Disconnect { rst }),
             _ => None,
         }
     }
@@ -75,8 +75,8 @@ impl TurnFaults {
     /// The action due before the turn starts, as an immediate stop.
     pub(crate) fn stop_before_start(&self) -> Option<Stop> {
         self.action_at(TurnPoint::BeforeTurnStart).map(|o| match o {
-            Out::Close(code, reason) => Stop::Close(code, reason),
-            Out::Disconnect { rst } => Stop::Disconnect { rst },
+            Outgoing::Close(code, reason) => Stop::Close(code, reason),
+            Outgoing::Disconnect { rst } => Stop::Disconnect { rst },
             _ => Stop::Gone,
         })
     }
@@ -91,7 +91,8 @@ impl TurnFaults {
     }
 }
 
-/// Typical service texts for injected close codes (spec §4.5, §5.4).
+/// Typical service texts for injected close codes, so a client's handling of the reason
+/// is exercised (docs/protocol.md#closes-and-error-codes).
 fn default_reason(code: u16) -> &'static str {
     match code {
         4429 => {

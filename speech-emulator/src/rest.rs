@@ -7,13 +7,14 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::audio::{SynthAudio, Timeline};
-use super::auth::{self, Presented};
-use super::faults::{Endpoint, Fault, Phase};
-use super::formats::OutputFormat;
-use super::http::{self as h, Body, ReadError};
-use super::server::Run;
-use super::{ssml, stt};
+use crate::audio::{SynthAudio, Timeline};
+use crate::auth::{self, Presented};
+use crate::faults::{Endpoint, Fault, Phase};
+use crate::formats::OutputFormat;
+use crate::http::{self as h, Body, ReadError};
+use crate::recognition::{parse_riff, phrase_json};
+use crate::ssml;
+use crate::state::ServerState;
 
 /// The largest TTS REST body accepted. The docs give no figure; 1 MiB is far above any
 /// sensible SSML and keeps a misbehaving client from exhausting memory.
@@ -28,21 +29,21 @@ const ACCESS_DENIED: &str = "Access denied due to invalid subscription key or wr
 /// What every REST route does first: count, simulate the round trip, apply injected REST
 /// faults, authenticate. `Ok` carries the caller's identity.
 async fn prologue(
-    run: &Arc<Run>,
+    server: &Arc<ServerState>,
     req: &Request<Incoming>,
     endpoint: Endpoint,
     key_only: bool,
 ) -> Result<String, Response<Body>> {
-    let shared = &run.shared;
-    shared.counters.inc(&shared.counters.rest_requests);
+    let emulator = &server.emulator;
+    emulator.counters.inc(&emulator.counters.rest_requests);
     let query = h::query_pairs(req.uri().query());
     let presented = auth::presented(|n| h::header(req, n), &query);
     let presented = presented.filter(|p| !key_only || matches!(p, Presented::Key(_)));
-    let checked = auth::check(presented.as_ref(), shared.config.key.as_deref());
+    let checked = auth::check(presented.as_ref(), emulator.config.key.as_deref());
     let identity = checked.as_ref().ok().map(String::as_str);
-    let mut delay = shared.config.rtt;
+    let mut delay = emulator.config.rtt;
     let mut injected = None;
-    for f in shared.take_faults(Phase::Rest, Some(endpoint), identity) {
+    for f in emulator.take_faults(Phase::Rest, Some(endpoint), identity) {
         match f {
             Fault::RestDelay { ms } => delay = delay.saturating_add(Duration::from_millis(ms)),
             Fault::Rest {
@@ -67,14 +68,17 @@ async fn prologue(
 }
 
 /// `POST /sts/v1.0/issueToken`: a JWT as plain text (no JSON, no `Bearer `).
-pub(crate) async fn issue_token(run: &Arc<Run>, req: Request<Incoming>) -> Response<Body> {
-    let key = match prologue(run, &req, Endpoint::Token, true).await {
+pub(crate) async fn issue_token(
+    server: &Arc<ServerState>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let key = match prologue(server, &req, Endpoint::Token, true).await {
         Ok(k) => k,
         Err(r) => return r,
     };
-    let shared = &run.shared;
-    let token = auth::issue_token(&key, SystemTime::now(), shared.config.token_lifetime);
-    shared.counters.inc(&shared.counters.tokens_issued);
+    let emulator = &server.emulator;
+    let token = auth::issue_token(&key, SystemTime::now(), emulator.config.token_lifetime);
+    emulator.counters.inc(&emulator.counters.tokens_issued);
     h::with_type(
         StatusCode::OK,
         "text/plain; charset=utf-8",
@@ -83,8 +87,8 @@ pub(crate) async fn issue_token(run: &Arc<Run>, req: Request<Incoming>) -> Respo
 }
 
 /// `POST /cognitiveservices/v1` (and `/tts/…`): SSML in, streamed audio out.
-pub(crate) async fn tts(run: &Arc<Run>, mut req: Request<Incoming>) -> Response<Body> {
-    if let Err(r) = prologue(run, &req, Endpoint::TtsRest, false).await {
+pub(crate) async fn tts(server: &Arc<ServerState>, mut req: Request<Incoming>) -> Response<Body> {
+    if let Err(r) = prologue(server, &req, Endpoint::TtsRest, false).await {
         return r;
     }
     let content_type = h::header(&req, "content-type").unwrap_or_default();
@@ -145,8 +149,8 @@ pub(crate) async fn tts(run: &Arc<Run>, mut req: Request<Incoming>) -> Response<
 }
 
 /// `GET /cognitiveservices/voices/list`.
-pub(crate) async fn voices(run: &Arc<Run>, req: Request<Incoming>) -> Response<Body> {
-    if let Err(r) = prologue(run, &req, Endpoint::Voices, false).await {
+pub(crate) async fn voices(server: &Arc<ServerState>, req: Request<Incoming>) -> Response<Body> {
+    if let Err(r) = prologue(server, &req, Endpoint::Voices, false).await {
         return r;
     }
     let list: Vec<serde_json::Value> = VOICES
@@ -229,9 +233,12 @@ const VOICES: &[Voice] = &[
 ];
 
 /// `POST /speech/recognition/{mode}/cognitiveservices/v1?language=…`: a WAV body in, one
-/// final result out (spec §5.5).
-pub(crate) async fn stt_short(run: &Arc<Run>, mut req: Request<Incoming>) -> Response<Body> {
-    if let Err(r) = prologue(run, &req, Endpoint::SttRest, false).await {
+/// final result out (docs/protocol.md#stt-over-rest).
+pub(crate) async fn stt_short(
+    server: &Arc<ServerState>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    if let Err(r) = prologue(server, &req, Endpoint::SttRest, false).await {
         return r;
     }
     let query = h::query_pairs(req.uri().query());
@@ -252,17 +259,17 @@ pub(crate) async fn stt_short(run: &Arc<Run>, mut req: Request<Incoming>) -> Res
             );
         }
     };
-    let (fmt, data_at) = match stt::parse_riff(&body) {
+    let (fmt, data_at) = match parse_riff(&body) {
         Ok(x) => x,
         Err(e) => return h::error(StatusCode::BAD_REQUEST, e, None),
     };
     let audio_bytes = body.len().saturating_sub(data_at) as u64;
     let duration = fmt.ticks(audio_bytes);
-    let transcript = run.shared.transcript();
+    let transcript = server.emulator.transcript();
     let v = if audio_bytes == 0 {
         serde_json::json!({"RecognitionStatus": "InitialSilenceTimeout", "Offset": 0, "Duration": 0})
     } else {
-        stt::phrase_json(&transcript, 0, duration, detailed, false)
+        phrase_json(&transcript, 0, duration, detailed, false)
     };
     h::json(StatusCode::OK, &v)
 }

@@ -1,12 +1,12 @@
 //! REST routes, authentication and TLS.
 
-mod emulator_common;
+mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use emulator_common::*;
-use speech_mock::emulator::timing::synthesized_ms;
-use speech_mock::emulator::{EmulatorConfig, token};
+use common::*;
+use speech_emulator::timing::synthesized_ms;
+use speech_emulator::{EmulatorConfig, token};
 
 #[tokio::test]
 async fn token_endpoint_issues_jwt_shaped_tokens_accepted_everywhere() {

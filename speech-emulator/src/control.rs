@@ -3,7 +3,7 @@
 //! | Method and path | Body | Effect |
 //! |---|---|---|
 //! | `GET /_emulator` | | this list, as JSON |
-//! | `GET /_emulator/counters` | | the [`Counters`](super::Counters) as JSON |
+//! | `GET /_emulator/counters` | | the [`Counters`](crate::Counters) as JSON |
 //! | `GET /_emulator/faults` | | the armed fault rules |
 //! | `POST /_emulator/faults` | a rule or an array of rules | adds them |
 //! | `PUT /_emulator/faults` | a rule or an array of rules | replaces all rules |
@@ -24,35 +24,35 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::faults::{FaultRule, Target};
-use super::http::{self as h, Body};
-use super::server::{Run, SessionCmd, lock};
+use crate::faults::{FaultRule, Target};
+use crate::http::{self as h, Body};
+use crate::state::{ServerState, SessionCommand, lock};
 
 const MAX_CONTROL_BODY: usize = 64 * 1024;
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Rules {
+enum FaultRules {
     Many(Vec<FaultRule>),
     One(FaultRule),
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Disconnect {
+struct DisconnectRequest {
     target: Target,
     rst: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(default)]
-struct Close {
+struct CloseRequest {
     target: Target,
     code: u16,
     reason: String,
 }
 
-impl Default for Close {
+impl Default for CloseRequest {
     fn default() -> Self {
         Self {
             target: Target::Any,
@@ -62,24 +62,24 @@ impl Default for Close {
     }
 }
 
-fn bad(msg: &str) -> Response<Body> {
+fn bad_request(msg: &str) -> Response<Body> {
     h::error(StatusCode::BAD_REQUEST, msg, None)
 }
 
-async fn body<T: for<'de> Deserialize<'de> + Default>(
+async fn read_json<T: for<'de> Deserialize<'de> + Default>(
     req: &mut Request<Incoming>,
 ) -> Result<T, Response<Body>> {
     let bytes = h::read_body(req.body_mut(), MAX_CONTROL_BODY)
         .await
-        .map_err(|_| bad("body too large or unreadable"))?;
+        .map_err(|_| bad_request("body too large or unreadable"))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| bad(&format!("bad JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(&format!("bad JSON: {e}")))
 }
 
-fn plan(run: &Run) -> Response<Body> {
-    let rules = lock(&run.shared.faults).rules.clone();
+fn fault_rules_response(server: &ServerState) -> Response<Body> {
+    let rules = lock(&server.emulator.faults).rules.clone();
     h::json(
         StatusCode::OK,
         &serde_json::to_value(rules).unwrap_or_default(),
@@ -88,7 +88,7 @@ fn plan(run: &Run) -> Response<Body> {
 
 /// Serves `/_emulator{rest}`.
 pub(crate) async fn handle(
-    run: &Arc<Run>,
+    server: &Arc<ServerState>,
     rest: &str,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
@@ -107,21 +107,21 @@ pub(crate) async fn handle(
         ),
         (Method::GET, "/counters") => h::json(
             StatusCode::OK,
-            &serde_json::to_value(run.shared.counters.snapshot()).unwrap_or_default(),
+            &serde_json::to_value(server.emulator.counters.snapshot()).unwrap_or_default(),
         ),
-        (Method::GET, "/faults") => plan(run),
+        (Method::GET, "/faults") => fault_rules_response(server),
         (m @ (Method::POST | Method::PUT), "/faults") => {
             let bytes = match h::read_body(req.body_mut(), MAX_CONTROL_BODY).await {
                 Ok(b) => b,
-                Err(_) => return bad("body too large or unreadable"),
+                Err(_) => return bad_request("body too large or unreadable"),
             };
-            let rules = match serde_json::from_slice::<Rules>(&bytes) {
-                Ok(Rules::Many(v)) => v,
-                Ok(Rules::One(r)) => vec![r],
-                Err(e) => return bad(&format!("bad fault rule: {e}")),
+            let rules = match serde_json::from_slice::<FaultRules>(&bytes) {
+                Ok(FaultRules::Many(v)) => v,
+                Ok(FaultRules::One(r)) => vec![r],
+                Err(e) => return bad_request(&format!("bad fault rule: {e}")),
             };
             {
-                let mut p = lock(&run.shared.faults);
+                let mut p = lock(&server.emulator.faults);
                 if m == Method::PUT {
                     p.clear();
                 }
@@ -130,26 +130,26 @@ pub(crate) async fn handle(
                     p.add(r);
                 }
             }
-            plan(run)
+            fault_rules_response(server)
         }
         (Method::DELETE, "/faults") => {
-            lock(&run.shared.faults).clear();
-            plan(run)
+            lock(&server.emulator.faults).clear();
+            fault_rules_response(server)
         }
-        (Method::POST, "/disconnect") => match body::<Disconnect>(&mut req).await {
+        (Method::POST, "/disconnect") => match read_json::<DisconnectRequest>(&mut req).await {
             Ok(d) => {
-                let n = run.broadcast(d.target, &SessionCmd::Disconnect { rst: d.rst });
+                let n = server.broadcast(d.target, &SessionCommand::Disconnect { rst: d.rst });
                 h::json(StatusCode::OK, &serde_json::json!({"affected": n}))
             }
             Err(r) => r,
         },
-        (Method::POST, "/close") => match body::<Close>(&mut req).await {
+        (Method::POST, "/close") => match read_json::<CloseRequest>(&mut req).await {
             Ok(c) => {
-                let cmd = SessionCmd::Close {
+                let cmd = SessionCommand::Close {
                     code: c.code,
                     reason: c.reason,
                 };
-                let n = run.broadcast(c.target, &cmd);
+                let n = server.broadcast(c.target, &cmd);
                 h::json(StatusCode::OK, &serde_json::json!({"affected": n}))
             }
             Err(r) => r,
@@ -160,14 +160,14 @@ pub(crate) async fn handle(
                 .map(String::from_utf8)
             {
                 Ok(Ok(t)) => {
-                    *lock(&run.shared.transcript) = t.trim().to_owned();
+                    *lock(&server.emulator.transcript) = t.trim().to_owned();
                     h::text(StatusCode::OK, "ok")
                 }
-                _ => bad("transcript must be UTF-8 text"),
+                _ => bad_request("transcript must be UTF-8 text"),
             }
         }
-        (Method::GET, "/ca.pem") => match &run.shared.config.tls_identity {
-            Some(id) if run.shared.config.tls => h::with_type(
+        (Method::GET, "/ca.pem") => match &server.emulator.config.tls_identity {
+            Some(id) if server.emulator.config.tls => h::with_type(
                 StatusCode::OK,
                 "application/x-pem-file",
                 id.ca_cert_pem().as_bytes().to_vec(),

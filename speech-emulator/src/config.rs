@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::faults::FaultRule;
-use super::tls::TlsIdentity;
+use crate::faults::FaultRule;
+use crate::tls::TlsIdentity;
 
 /// How to run an emulator. Start from [`EmulatorConfig::default`] (TLS on `127.0.0.1:0`
 /// with Azure's real timers) or [`EmulatorConfig::plain`], then adjust fields or use the
@@ -19,7 +19,8 @@ pub struct EmulatorConfig {
     /// The certificate to serve with TLS. `None` generates a fresh CA and server
     /// certificate; pass a handle's identity back in to restart with the same one.
     pub tls_identity: Option<TlsIdentity>,
-    /// The accepted subscription key. `None` accepts any non-empty key (as the issue asks).
+    /// The accepted subscription key. `None` accepts any non-empty key, so tests and local
+    /// runs need not agree on one.
     pub key: Option<String>,
     /// What the STT routes "recognise".
     pub transcript: String,

@@ -2,12 +2,9 @@
 //!
 //! The driver owns the socket and runs one `select!` loop over: shutdown, commands from the
 //! handle, the age and idle timers, the next scheduled outgoing message, and the next client
-//! message. Protocols ([`Protocol`]) only turn client messages into scheduled outgoing
-//! messages ([`Outbox`]), so timing (simulated RTT, injected delays), turn interleaving and
-//! fault actions all go through one ordered queue, and a client's `synthesis.control` or
-//! close is read even while audio is streaming.
+//! message. The protocol ([`Protocol`]) only fills the [`Outbox`], so a client's
+//! `synthesis.control` or close is read even while audio is streaming.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,48 +24,18 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::auth;
-use super::counters::GaugeGuard;
-use super::faults::{Endpoint, Fault, Phase};
-use super::frame::{self, BinaryMessage, TextMessage};
-use super::http::{self as h, Body};
-use super::server::{ConnInfo, Run, SessionCmd, lock};
-use super::{stt, tts};
+use crate::auth;
+use crate::counters::GaugeGuard;
+use crate::faults::{Endpoint, Fault, Phase};
+use crate::frame;
+use crate::http::{self as h, Body};
+use crate::session::{Outbox, Outgoing, Protocol, SessionParams, Stop, SttMode};
+use crate::state::{ConnectionInfo, ServerState, SessionCommand, lock};
+use crate::time::deadline_after;
+use crate::{stt, tts};
 
-/// The websocket as the sessions see it.
-pub(crate) type Ws = WebSocketStream<TokioIo<Upgraded>>;
-
-/// The STT recognition mode, fixed by the URL path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SttMode {
-    /// Single utterance: the turn ends after one phrase.
-    Interactive,
-    /// Continuous.
-    Conversation,
-    /// Continuous, with dictation post-processing (same behaviour here).
-    Dictation,
-    /// `/stt/speech/universal/v2`: continuous; the language may travel in `speech.context`.
-    Universal,
-}
-
-impl SttMode {
-    /// Whether phrases continue until the end of audio.
-    pub(crate) fn continuous(self) -> bool {
-        self != Self::Interactive
-    }
-}
-
-/// The STT mode for a (lowercased) path, in both the regional and the `/stt/…` form.
-pub(crate) fn stt_path_mode(path: &str) -> Option<SttMode> {
-    let p = path.strip_prefix("/stt").unwrap_or(path);
-    match p {
-        "/speech/recognition/interactive/cognitiveservices/v1" => Some(SttMode::Interactive),
-        "/speech/recognition/conversation/cognitiveservices/v1" => Some(SttMode::Conversation),
-        "/speech/recognition/dictation/cognitiveservices/v1" => Some(SttMode::Dictation),
-        "/speech/universal/v2" => Some(SttMode::Universal),
-        _ => None,
-    }
-}
+/// The upgraded socket a session driver owns.
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 /// The largest client message accepted. SSML is capped at 64 KiB by the protocol (checked
 /// separately, to answer with the right close code); audio chunks are a few KiB.
@@ -76,16 +43,18 @@ const MAX_MESSAGE: usize = 1 << 20;
 
 /// Answers a websocket upgrade: checks, faults, auth, then `101` and a session task.
 pub(crate) async fn upgrade(
-    run: Arc<Run>,
-    info: ConnInfo,
+    server: Arc<ServerState>,
+    info: ConnectionInfo,
     mut req: Request<Incoming>,
     endpoint: Endpoint,
     mode: Option<SttMode>,
 ) -> Response<Body> {
-    let shared = Arc::clone(&run.shared);
+    let emulator = Arc::clone(&server.emulator);
     tracing::trace!(uri = %req.uri(), headers = ?req.headers(), "websocket upgrade request");
     let reject = |resp: Response<Body>| {
-        shared.counters.inc(&shared.counters.handshakes_rejected);
+        emulator
+            .counters
+            .inc(&emulator.counters.handshakes_rejected);
         resp
     };
     let ws_key = h::header(&req, "sec-websocket-key").map(str::to_owned);
@@ -105,13 +74,13 @@ pub(crate) async fn upgrade(
 
     let query = h::query_pairs(req.uri().query());
     let presented = auth::presented(|n| h::header(&req, n), &query);
-    let checked = auth::check(presented.as_ref(), shared.config.key.as_deref());
+    let checked = auth::check(presented.as_ref(), emulator.config.key.as_deref());
     let identity = checked.as_ref().ok().cloned();
 
     // One simulated round trip for the upgrade itself, plus injected slowness.
-    let mut delay = shared.config.rtt;
+    let mut delay = emulator.config.rtt;
     let mut injected = None;
-    for f in shared.take_faults(Phase::Handshake, Some(endpoint), identity.as_deref()) {
+    for f in emulator.take_faults(Phase::Handshake, Some(endpoint), identity.as_deref()) {
         match f {
             Fault::HandshakeDelay { ms } => delay = delay.saturating_add(Duration::from_millis(ms)),
             Fault::Handshake {
@@ -150,7 +119,7 @@ pub(crate) async fn upgrade(
         .or_else(|| h::query_get(&query, "X-ConnectionId"))
         .unwrap_or_default()
         .to_owned();
-    if shared.config.strict && connection_id.is_empty() {
+    if emulator.config.strict && connection_id.is_empty() {
         return reject(h::error(
             StatusCode::BAD_REQUEST,
             "missing X-ConnectionId",
@@ -171,7 +140,7 @@ pub(crate) async fn upgrade(
             ));
         }
     }
-    let slot = match KeySlot::acquire(&run, &identity) {
+    let slot = match KeySlot::acquire(&server, &identity) {
         Some(s) => s,
         None => {
             return reject(h::error(
@@ -190,24 +159,27 @@ pub(crate) async fn upgrade(
         .filter(|p| !p.is_empty());
     let max_age = h::query_get(&query, "maxConnectionDurationSecs")
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(shared.config.max_connection_age, |s| {
-            shared.config.max_connection_age.min(Duration::from_secs(s))
+        .map_or(emulator.config.max_connection_age, |s| {
+            emulator
+                .config
+                .max_connection_age
+                .min(Duration::from_secs(s))
         });
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let id = run
-        .next_id
+    let id = server
+        .next_session_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (tx, cmds) = mpsc::channel(4);
-    lock(&run.sessions).insert(id, (endpoint, tx));
-    let registration = Registration {
-        run: Arc::clone(&run),
+    lock(&server.sessions).insert(id, (endpoint, tx));
+    let registration = SessionRegistration {
+        server: Arc::clone(&server),
         id,
     };
-    shared.counters.inc(&shared.counters.connections_opened);
+    emulator.counters.inc(&emulator.counters.connections_opened);
     let gauges = (
-        GaugeGuard::new(Arc::clone(&shared), |c| &c.connections_open),
+        GaugeGuard::new(Arc::clone(&emulator.counters), |c| &c.connections_open),
         GaugeGuard::new(
-            Arc::clone(&shared),
+            Arc::clone(&emulator.counters),
             match endpoint {
                 Endpoint::SttWs => |c| &c.stt_connections_open,
                 _ => |c| &c.tts_connections_open,
@@ -220,9 +192,9 @@ pub(crate) async fn upgrade(
         identity,
         connection_id,
     };
-    let run2 = Arc::clone(&run);
+    let server2 = Arc::clone(&server);
     let rst = Arc::clone(&info.rst_on_drop);
-    run.tracker.spawn(async move {
+    server.tracker.spawn(async move {
         // Released in this order: the key slot first, the gauges last, so a test that sees
         // `connections_open` drop can immediately use the freed slot.
         let _held = (slot, registration, gauges);
@@ -240,18 +212,18 @@ pub(crate) async fn upgrade(
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let driver = Driver {
+        let driver = SessionDriver {
             opened: Instant::now(),
             max_age,
-            run: Arc::clone(&run2),
+            server: Arc::clone(&server2),
             ws,
             cmds,
             rst,
             outbox: Outbox::default(),
         };
         match endpoint {
-            Endpoint::SttWs => driver.run(stt::SttSession::new(run2, params)).await,
-            _ => driver.run(tts::TtsSession::new(run2, params)).await,
+            Endpoint::SttWs => driver.run(stt::SttSession::new(server2, params)).await,
+            _ => driver.run(tts::TtsSession::new(server2, params)).await,
         }
     });
 
@@ -269,51 +241,38 @@ pub(crate) async fn upgrade(
     r
 }
 
-/// What a session knows about its handshake.
-#[derive(Debug, Clone)]
-pub(crate) struct SessionParams {
-    /// The decoded query.
-    pub(crate) query: Vec<(String, String)>,
-    /// The STT mode (`None` for TTS).
-    pub(crate) mode: Option<SttMode>,
-    /// The authenticated identity (key or token subscription).
-    pub(crate) identity: String,
-    /// The client's `X-ConnectionId` (may be empty in lenient mode).
-    pub(crate) connection_id: String,
-}
-
-/// Removes a session from the run's registry when it ends.
-struct Registration {
-    run: Arc<Run>,
+/// Removes a session from the server's registry when it ends.
+struct SessionRegistration {
+    server: Arc<ServerState>,
     id: u64,
 }
 
-impl Drop for Registration {
+impl Drop for SessionRegistration {
     fn drop(&mut self) {
-        lock(&self.run.sessions).remove(&self.id);
+        lock(&self.server.sessions).remove(&self.id);
     }
 }
 
 /// One of a key's concurrent-connection slots, released on drop.
 struct KeySlot {
-    run: Arc<Run>,
+    server: Arc<ServerState>,
     identity: String,
 }
 
 impl KeySlot {
     /// `None` when the key is at its limit; `Some(None)` when there is no limit.
-    fn acquire(run: &Arc<Run>, identity: &str) -> Option<Option<Self>> {
-        let Some(max) = run.shared.config.max_connections_per_key else {
+    fn acquire(server: &Arc<ServerState>, identity: &str) -> Option<Option<Self>> {
+        let Some(max) = server.emulator.config.max_connections_per_key else {
             return Some(None);
         };
-        let mut per_key = lock(&run.per_key);
+        let mut per_key = lock(&server.per_key);
         let n = per_key.entry(identity.to_owned()).or_insert(0);
         if *n >= max {
             return None;
         }
         *n += 1;
         Some(Some(Self {
-            run: Arc::clone(run),
+            server: Arc::clone(server),
             identity: identity.to_owned(),
         }))
     }
@@ -321,7 +280,7 @@ impl KeySlot {
 
 impl Drop for KeySlot {
     fn drop(&mut self) {
-        let mut per_key = lock(&self.run.per_key);
+        let mut per_key = lock(&self.server.per_key);
         if let Some(n) = per_key.get_mut(&self.identity) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -331,112 +290,22 @@ impl Drop for KeySlot {
     }
 }
 
-/// Something the session will send (or do) at a scheduled time.
-#[derive(Debug)]
-pub(crate) enum Out {
-    /// A text message.
-    Text(String),
-    /// A text message that completes a turn (`turn.end`): counted as a served turn.
-    TurnEnd(String),
-    /// A binary message.
-    Binary(Vec<u8>),
-    /// Close the socket with a code and reason.
-    Close(u16, String),
-    /// Drop the connection without a close frame.
-    Disconnect {
-        /// Reset rather than FIN.
-        rst: bool,
-    },
-}
-
-/// Outgoing messages in send order, each with the earliest time it may go. Times never
-/// decrease along the queue, so a delay on one message delays everything after it, as on a
-/// real connection.
-#[derive(Debug, Default)]
-pub(crate) struct Outbox {
-    q: VecDeque<(Instant, Out)>,
-    tail: Option<Instant>,
-}
-
-impl Outbox {
-    /// Queues `out` to go at `at` (or after the previous message, if later).
-    pub(crate) fn push_at(&mut self, at: Instant, out: Out) {
-        let at = self.tail.map_or(at, |t| t.max(at));
-        self.tail = Some(at);
-        self.q.push_back((at, out));
-    }
-
-    /// Queues `out` to go as soon as everything before it has gone.
-    pub(crate) fn push(&mut self, out: Out) {
-        self.push_at(Instant::now(), out);
-    }
-
-    /// Whether nothing is queued.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.q.is_empty()
-    }
-
-    /// Drops everything queued (a discarded turn).
-    pub(crate) fn clear(&mut self) {
-        self.q.clear();
-    }
-
-    fn next_at(&self) -> Option<Instant> {
-        self.q.front().map(|(t, _)| *t)
-    }
-
-    fn pop(&mut self) -> Option<Out> {
-        self.q.pop_front().map(|(_, o)| o)
-    }
-}
-
-/// How a session ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Stop {
-    /// Close with a code and reason.
-    Close(u16, String),
-    /// Drop without a close frame.
-    Disconnect {
-        /// Reset rather than FIN.
-        rst: bool,
-    },
-    /// The client went away.
-    Gone,
-}
-
-/// One websocket protocol (TTS or STT) driven by [`Driver`].
-pub(crate) trait Protocol {
-    /// A text message arrived.
-    fn on_text(&mut self, out: &mut Outbox, msg: TextMessage) -> Result<(), Stop>;
-    /// A binary message arrived.
-    fn on_binary(&mut self, out: &mut Outbox, msg: BinaryMessage) -> Result<(), Stop>;
-    /// Whether [`refill`](Self::refill) has something to add when the outbox runs dry.
-    fn wants_refill(&self) -> bool {
-        false
-    }
-    /// Adds the next generated messages (TTS audio is produced lazily, a frame at a time).
-    fn refill(&mut self, _out: &mut Outbox) {}
-    /// Whether a turn is progressing (the idle timer does not run then).
-    fn busy(&self) -> bool {
-        false
-    }
-}
-
-struct Driver {
+/// Owns one websocket and runs its session to the end.
+struct SessionDriver {
     opened: Instant,
     max_age: Duration,
-    run: Arc<Run>,
+    server: Arc<ServerState>,
     ws: Ws,
-    cmds: mpsc::Receiver<SessionCmd>,
+    cmds: mpsc::Receiver<SessionCommand>,
     rst: Arc<AtomicBool>,
     outbox: Outbox,
 }
 
-impl Driver {
+impl SessionDriver {
     async fn run<P: Protocol>(mut self, mut proto: P) {
-        let cancel = self.run.cancel.clone();
-        let idle = self.run.shared.config.idle_timeout;
-        let age_at = later(self.opened, self.max_age);
+        let cancel = self.server.cancel.clone();
+        let idle = self.server.emulator.config.idle_timeout;
+        let age_at = deadline_after(self.opened, self.max_age);
         let mut last_message = Instant::now();
         let mut cmds_open = true;
         let stop = loop {
@@ -449,12 +318,13 @@ impl Driver {
                 proto.refill(&mut self.outbox);
             }
             let next_at = self.outbox.next_at();
-            let idle_at = (!proto.busy() && next_at.is_none()).then(|| later(last_message, idle));
+            let idle_at =
+                (!proto.busy() && next_at.is_none()).then(|| deadline_after(last_message, idle));
             let step = tokio::select! {
                 () = cancel.cancelled() => Err(Stop::Close(1001, "service shutting down".into())),
                 cmd = self.cmds.recv(), if cmds_open => match cmd {
-                    Some(SessionCmd::Disconnect { rst }) => Err(Stop::Disconnect { rst }),
-                    Some(SessionCmd::Close { code, reason }) => Err(Stop::Close(code, reason)),
+                    Some(SessionCommand::Disconnect { rst }) => Err(Stop::Disconnect { rst }),
+                    Some(SessionCommand::Close { code, reason }) => Err(Stop::Close(code, reason)),
                     None => {
                         cmds_open = false;
                         Ok(())
@@ -512,21 +382,21 @@ impl Driver {
         let item = self.outbox.pop();
         if tracing::enabled!(tracing::Level::TRACE) {
             match &item {
-                Some(Out::Binary(b)) => tracing::trace!(len = b.len(), "sending binary"),
+                Some(Outgoing::Binary(b)) => tracing::trace!(len = b.len(), "sending binary"),
                 other => tracing::trace!(item = ?other, "sending"),
             }
         }
         let msg = match item {
             None => return Ok(()),
-            Some(Out::Close(code, reason)) => return Err(Stop::Close(code, reason)),
-            Some(Out::Disconnect { rst }) => return Err(Stop::Disconnect { rst }),
-            Some(Out::Text(t)) => Message::text(t),
-            Some(Out::TurnEnd(t)) => {
-                let c = &self.run.shared.counters;
+            Some(Outgoing::Close(code, reason)) => return Err(Stop::Close(code, reason)),
+            Some(Outgoing::Disconnect { rst }) => return Err(Stop::Disconnect { rst }),
+            Some(Outgoing::Text(t)) => Message::text(t),
+            Some(Outgoing::TurnEnd(t)) => {
+                let c = &self.server.emulator.counters;
                 c.inc(&c.turns_served);
                 Message::text(t)
             }
-            Some(Out::Binary(b)) => Message::binary(b),
+            Some(Outgoing::Binary(b)) => Message::binary(b),
         };
         self.ws.send(msg).await.map_err(|_| Stop::Gone)
     }
@@ -568,34 +438,4 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
-}
-
-/// `at + d`, or a year from `at` when that overflows (configured timers and injected delays
-/// come from users and may be absurdly large; `Instant` arithmetic would panic).
-pub(crate) fn later(at: Instant, d: Duration) -> Instant {
-    at.checked_add(d)
-        .unwrap_or_else(|| at + Duration::from_secs(365 * 86_400))
-}
-
-/// A fresh 32-hex uppercase id, as the service writes stream ids.
-pub(crate) fn new_id() -> String {
-    uuid::Uuid::new_v4()
-        .simple()
-        .to_string()
-        .to_ascii_uppercase()
-}
-
-/// Standard headers of a service text message: `X-RequestId`, `Content-Type`, `Path`, in
-/// the service's order.
-pub(crate) fn service_text(
-    request_id: &str,
-    path: &str,
-    body: &str,
-    style: frame::HeaderStyle,
-) -> String {
-    let mut hd = frame::Headers::new();
-    hd.push("X-RequestId", request_id);
-    hd.push("Content-Type", "application/json; charset=utf-8");
-    hd.push("Path", path);
-    frame::build_text(&hd, body, style)
 }

@@ -1,11 +1,11 @@
 //! STT over websocket against the emulator, with a raw client.
 
-mod emulator_common;
+mod common;
 
 use std::time::Duration;
 
-use emulator_common::*;
-use speech_mock::emulator::EmulatorConfig;
+use common::*;
+use speech_emulator::EmulatorConfig;
 
 const INTERACTIVE: &str = "/speech/recognition/interactive/cognitiveservices/v1?language=en-US";
 const CONVERSATION: &str = "/speech/recognition/conversation/cognitiveservices/v1?language=en-US";

@@ -1,11 +1,8 @@
-//! The STT websocket protocol (spec §5): `speech.config` once, per turn `speech.context`
-//! and a RIFF header frame, then PCM `audio` frames and an empty one; answered by
-//! `turn.start`, `speech.startDetected`, a `speech.hypothesis` per ~300 ms of audio,
-//! `speech.endDetected`, `speech.phrase` (simple or detailed) and `turn.end`.
-//!
-//! Recognition is scripted: the configured transcript is "heard" in whatever audio arrives.
-//! Offsets and durations are computed from the bytes received, so a client's timestamp
-//! arithmetic is checked for real.
+//! The STT websocket protocol (docs/protocol.md#stt-over-websocket): `speech.config` once,
+//! per turn `speech.context` and a RIFF header frame, then PCM `audio` frames and an empty
+//! one; answered by `turn.start`, `speech.startDetected`, a `speech.hypothesis` per ~300 ms
+//! of audio, `speech.endDetected`, `speech.phrase` (simple or detailed) and `turn.end`.
+//! What is "heard" comes from the `recognition` module.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,149 +10,29 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::faults::{Endpoint, Phase, TurnPoint};
-use super::frame::{BinaryMessage, HeaderStyle, TextMessage};
-use super::http as h;
-use super::server::Run;
-use super::turn::TurnFaults;
-use super::ws::{Out, Outbox, Protocol, SessionParams, Stop, SttMode, later, new_id, service_text};
+use crate::faults::{Endpoint, Phase, TurnPoint};
+use crate::frame::{BinaryMessage, HeaderStyle, TextMessage};
+use crate::http as h;
+use crate::recognition::{AudioFormat, lexical_words, parse_riff, phrase_json};
+use crate::session::{
+    Outbox, Outgoing, Protocol, SessionParams, Stop, SttMode, new_hex_id, service_text,
+};
+use crate::state::ServerState;
+use crate::time::deadline_after;
+use crate::turn::TurnFaults;
 
+/// Recently finished request ids remembered, so late audio of an ended turn is ignored.
 const REMEMBERED_IDS: usize = 256;
-
-/// The audio format of a turn, from its RIFF header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AudioFmt {
-    /// Samples per second.
-    pub(crate) sample_rate: u32,
-    /// Bytes per second.
-    pub(crate) bytes_per_sec: u32,
-}
-
-impl AudioFmt {
-    /// 100-ns ticks spanned by `bytes` of audio.
-    pub(crate) fn ticks(&self, bytes: u64) -> u64 {
-        let t = u128::from(bytes) * 10_000_000 / u128::from(self.bytes_per_sec.max(1));
-        u64::try_from(t).unwrap_or(u64::MAX)
-    }
-
-    fn bytes_for_ms(&self, ms: u128) -> u64 {
-        let b = u128::from(self.bytes_per_sec) * ms / 1000;
-        u64::try_from(b).unwrap_or(u64::MAX).max(1)
-    }
-}
-
-/// Validates a RIFF/WAVE header (PCM, mono, 16-bit, 8 or 16 kHz; size fields may be 0, as
-/// the SDKs write them) and returns the format and where the sample data starts.
-pub(crate) fn parse_riff(data: &[u8]) -> Result<(AudioFmt, usize), &'static str> {
-    if data.len() < 12 || &data[..4] != b"RIFF" || &data[8..12] != b"WAVE" {
-        return Err("Invalid audio header: expected RIFF/WAVE");
-    }
-    let mut pos = 12;
-    let mut fmt = None;
-    loop {
-        let Some(head) = data.get(pos..pos + 8) else {
-            return Err("Invalid audio header: no data chunk");
-        };
-        let id = &head[..4];
-        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-        pos += 8;
-        if id == b"data" {
-            let fmt = fmt.ok_or("Invalid audio header: data before fmt")?;
-            return Ok((fmt, pos));
-        }
-        let body = data
-            .get(pos..pos.saturating_add(len))
-            .ok_or("Invalid audio header: truncated chunk")?;
-        if id == b"fmt " {
-            if body.len() < 16 {
-                return Err("Invalid audio header: short fmt chunk");
-            }
-            let u16_at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
-            let u32_at =
-                |i: usize| u32::from_le_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
-            let (tag, channels, rate, bits) = (u16_at(0), u16_at(2), u32_at(4), u16_at(14));
-            if tag != 1 {
-                return Err("Unsupported audio format: only PCM is accepted");
-            }
-            if channels != 1 {
-                return Err("Unsupported audio format: only mono is accepted");
-            }
-            if bits != 16 {
-                return Err("Unsupported audio format: only 16-bit samples are accepted");
-            }
-            if rate != 8000 && rate != 16000 {
-                return Err("Unsupported audio format: only 8 kHz and 16 kHz are accepted");
-            }
-            fmt = Some(AudioFmt {
-                sample_rate: rate,
-                bytes_per_sec: rate * 2,
-            });
-        }
-        // Chunks are padded to an even length.
-        pos = pos.saturating_add(len + (len & 1));
-    }
-}
-
-/// The lexical form of a transcript: lowercase words without punctuation.
-fn lexical_words(transcript: &str) -> Vec<String> {
-    transcript
-        .split_whitespace()
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric() || *c == '\'')
-                .collect::<String>()
-                .to_lowercase()
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
-}
-
-/// A successful `speech.phrase` body (also the STT REST result).
-pub(crate) fn phrase_json(
-    transcript: &str,
-    offset: u64,
-    duration: u64,
-    detailed: bool,
-    word_timings: bool,
-) -> Value {
-    let mut v = json!({
-        "RecognitionStatus": "Success",
-        "DisplayText": transcript,
-        "Offset": offset,
-        "Duration": duration,
-    });
-    if detailed {
-        let words = lexical_words(transcript);
-        let lexical = words.join(" ");
-        let mut best = json!({
-            "Confidence": 0.95,
-            "Lexical": lexical,
-            "ITN": lexical,
-            "MaskedITN": lexical,
-            "Display": transcript,
-        });
-        if word_timings && !words.is_empty() {
-            let each = duration / words.len() as u64;
-            best["Words"] = words
-                .iter()
-                .enumerate()
-                .map(|(i, w)| json!({"Word": w, "Offset": offset + each * i as u64, "Duration": each}))
-                .collect();
-        }
-        v["NBest"] = json!([best]);
-    }
-    v
-}
 
 /// One recognition turn.
 #[derive(Debug)]
 struct SttTurn {
-    rid: String,
-    fmt: AudioFmt,
+    request_id: String,
+    fmt: AudioFormat,
     bytes: u64,
     frames: u32,
     phrase_start: u64,
-    hyps: u64,
+    hypotheses_sent: u64,
     speech_started: bool,
     first_result_sent: bool,
     done: bool,
@@ -165,30 +42,38 @@ struct SttTurn {
     faults: TurnFaults,
     style: HeaderStyle,
     transcript: String,
-    hyp_bytes: u64,
+    bytes_per_hypothesis: u64,
     max_phrase_bytes: u64,
     continuous: bool,
 }
 
 impl SttTurn {
-    fn msg(&self, path: &str, body: &Value) -> Out {
-        Out::Text(service_text(&self.rid, path, &body.to_string(), self.style))
+    fn message(&self, path: &str, body: &Value) -> Outgoing {
+        Outgoing::Text(service_text(
+            &self.request_id,
+            path,
+            &body.to_string(),
+            self.style,
+        ))
     }
 
     /// Queues a result; the first one waits out any injected first-result delay.
     fn result(&mut self, out: &mut Outbox, path: &str, body: &Value) {
-        let m = self.msg(path, body);
+        let m = self.message(path, body);
         if self.first_result_sent {
             out.push(m);
         } else {
             self.first_result_sent = true;
-            out.push_at(later(Instant::now(), self.faults.first_audio_delay), m);
+            out.push_at(
+                deadline_after(Instant::now(), self.faults.first_audio_delay),
+                m,
+            );
         }
     }
 
     fn hypothesis_text(&self) -> String {
         let words = lexical_words(&self.transcript);
-        let n = usize::try_from(self.hyps)
+        let n = usize::try_from(self.hypotheses_sent)
             .unwrap_or(usize::MAX)
             .min(words.len())
             .max(1);
@@ -207,8 +92,11 @@ impl SttTurn {
     }
 
     fn end_turn(&mut self, out: &mut Outbox) {
-        out.push(Out::TurnEnd(service_text(
-            &self.rid, "turn.end", "{}", self.style,
+        out.push(Outgoing::TurnEnd(service_text(
+            &self.request_id,
+            "turn.end",
+            "{}",
+            self.style,
         )));
         if let Some(action) = self.faults.action_at(TurnPoint::AfterTurnEnd) {
             out.push(action);
@@ -247,12 +135,12 @@ impl SttTurn {
                 self.result(out, "speech.startDetected", &body);
             }
             let heard = in_phrase.min(self.max_phrase_bytes);
-            while (self.hyps + 1).saturating_mul(self.hyp_bytes) <= heard {
-                self.hyps += 1;
+            while (self.hypotheses_sent + 1).saturating_mul(self.bytes_per_hypothesis) <= heard {
+                self.hypotheses_sent += 1;
                 let body = json!({
                     "Text": self.hypothesis_text(),
                     "Offset": self.fmt.ticks(self.phrase_start),
-                    "Duration": self.fmt.ticks(self.hyps * self.hyp_bytes),
+                    "Duration": self.fmt.ticks(self.hypotheses_sent * self.bytes_per_hypothesis),
                 });
                 self.result(out, "speech.hypothesis", &body);
             }
@@ -264,7 +152,7 @@ impl SttTurn {
             if self.continuous {
                 self.phrase(out, self.phrase_start, end);
                 self.phrase_start = end;
-                self.hyps = 0;
+                self.hypotheses_sent = 0;
                 self.speech_started = false;
             } else {
                 let body = json!({"Offset": self.fmt.ticks(end)});
@@ -282,7 +170,8 @@ impl SttTurn {
             return;
         }
         if self.bytes == 0 {
-            // Spec §5.3, "empty or invalid audio".
+            // A turn without audio fails in-band, as the service answers it
+            // (docs/protocol.md#stt-over-websocket, "a turn without audio").
             self.result(out, "speech.endDetected", &json!({"Offset": 0}));
             let body = json!({"RecognitionStatus": "Error", "Offset": 0, "Duration": 0});
             self.result(out, "speech.phrase", &body);
@@ -299,7 +188,7 @@ impl SttTurn {
 
 /// One STT websocket connection.
 pub(crate) struct SttSession {
-    run: Arc<Run>,
+    server: Arc<ServerState>,
     params: SessionParams,
     mode: SttMode,
     config_seen: bool,
@@ -309,10 +198,10 @@ pub(crate) struct SttSession {
 }
 
 impl SttSession {
-    pub(crate) fn new(run: Arc<Run>, params: SessionParams) -> Self {
+    pub(crate) fn new(server: Arc<ServerState>, params: SessionParams) -> Self {
         Self {
             mode: params.mode.unwrap_or(SttMode::Conversation),
-            run,
+            server,
             params,
             config_seen: false,
             context: None,
@@ -322,7 +211,7 @@ impl SttSession {
     }
 
     fn violation(&self, what: &str) -> Result<(), Stop> {
-        if self.run.shared.config.strict {
+        if self.server.emulator.config.strict {
             Err(Stop::Close(1002, what.to_owned()))
         } else {
             tracing::debug!(what, "tolerated protocol violation");
@@ -330,22 +219,22 @@ impl SttSession {
         }
     }
 
-    fn remember(&mut self, rid: String) {
+    fn remember(&mut self, request_id: String) {
         if self.finished.len() >= REMEMBERED_IDS {
             self.finished.pop_front();
         }
-        self.finished.push_back(rid);
+        self.finished.push_back(request_id);
     }
 
     /// Output options for a new turn: the query, overridden by a matching `speech.context`.
-    fn output_options(&self, rid: &str) -> (bool, bool) {
+    fn output_options(&self, request_id: &str) -> (bool, bool) {
         let q = &self.params.query;
         let mut detailed =
             h::query_get(q, "format").is_some_and(|f| f.eq_ignore_ascii_case("detailed"));
         let mut words =
             h::query_get(q, "wordLevelTimestamps").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let ctx = match &self.context {
-            Some((Some(c), v)) if c.eq_ignore_ascii_case(rid) => Some(v),
+            Some((Some(c), v)) if c.eq_ignore_ascii_case(request_id) => Some(v),
             Some((None, v)) => Some(v),
             _ => None,
         };
@@ -369,7 +258,7 @@ impl SttSession {
         &mut self,
         out: &mut Outbox,
         msg: &BinaryMessage,
-        rid: String,
+        request_id: String,
     ) -> Result<(), Stop> {
         if !self.config_seen {
             self.violation("speech.config must precede the first audio")?;
@@ -385,7 +274,7 @@ impl SttSession {
         } else if payload.starts_with(b"OggS") || content_type.contains("ogg") {
             // Opus: no header to read; time it at a typical 32 kbit/s.
             (
-                AudioFmt {
+                AudioFormat {
                     sample_rate: 16000,
                     bytes_per_sec: 4000,
                 },
@@ -398,26 +287,26 @@ impl SttSession {
                     .into(),
             ));
         };
-        let shared = Arc::clone(&self.run.shared);
-        let faults = TurnFaults::new(shared.take_faults(
+        let emulator = Arc::clone(&self.server.emulator);
+        let faults = TurnFaults::new(emulator.take_faults(
             Phase::Turn,
             Some(Endpoint::SttWs),
             Some(&self.params.identity),
         ));
-        shared.counters.inc(&shared.counters.turns_started);
+        emulator.counters.inc(&emulator.counters.turns_started);
         if let Some(stop) = faults.stop_before_start() {
             return Err(stop);
         }
-        let (detailed, word_timings) = self.output_options(&rid);
-        let cfg = &shared.config;
+        let (detailed, word_timings) = self.output_options(&request_id);
+        let cfg = &emulator.config;
         let style = faults.style();
         let mut turn = SttTurn {
-            rid,
+            request_id,
             fmt,
             bytes: 0,
             frames: 0,
             phrase_start: 0,
-            hyps: 0,
+            hypotheses_sent: 0,
             speech_started: false,
             first_result_sent: false,
             done: false,
@@ -425,23 +314,23 @@ impl SttSession {
             detailed,
             word_timings,
             style,
-            transcript: shared.transcript(),
-            hyp_bytes: fmt.bytes_for_ms(cfg.hypothesis_interval.as_millis().max(1)),
+            transcript: emulator.transcript(),
+            bytes_per_hypothesis: fmt.bytes_for_ms(cfg.hypothesis_interval.as_millis().max(1)),
             max_phrase_bytes: fmt.bytes_for_ms(cfg.max_phrase.as_millis().max(1)),
             continuous: self.mode.continuous(),
             faults,
         };
-        let at = later(
+        let at = deadline_after(
             Instant::now(),
             cfg.rtt.saturating_add(turn.faults.turn_start_delay),
         );
-        let tag = new_id().to_ascii_lowercase();
+        let tag = new_hex_id().to_ascii_lowercase();
         out.push_at(
             at,
-            turn.msg("turn.start", &json!({"context": {"serviceTag": tag}})),
+            turn.message("turn.start", &json!({"context": {"serviceTag": tag}})),
         );
         if turn.faults.quirks {
-            out.push(turn.msg(
+            out.push(turn.message(
                 "emulator.unknown",
                 &json!({"note": "clients must ignore unknown paths"}),
             ));
@@ -499,33 +388,37 @@ impl Protocol for SttSession {
             Some(_) => return Ok(()),
             None => self.violation("missing Path header")?,
         }
-        let rid = match msg.headers.request_id().filter(|r| !r.is_empty()) {
+        let request_id = match msg.headers.request_id().filter(|r| !r.is_empty()) {
             Some(r) => r.to_owned(),
             None => {
                 self.violation("missing X-RequestId")?;
                 // Lenient: audio without an id continues the current turn.
                 match &self.turn {
-                    Some(t) => t.rid.clone(),
-                    None => new_id(),
+                    Some(t) => t.request_id.clone(),
+                    None => new_hex_id(),
                 }
             }
         };
         if let Some(t) = &mut self.turn {
-            if t.rid.eq_ignore_ascii_case(&rid) {
+            if t.request_id.eq_ignore_ascii_case(&request_id) {
                 if msg.payload.is_empty() {
                     t.end_of_audio(out);
                 } else {
                     t.audio(out, msg.payload.len() as u64);
                 }
                 if t.done {
-                    let rid = t.rid.clone();
+                    let request_id = t.request_id.clone();
                     self.turn = None;
-                    self.remember(rid);
+                    self.remember(request_id);
                 }
                 return Ok(());
             }
         }
-        if self.finished.iter().any(|f| f.eq_ignore_ascii_case(&rid)) {
+        if self
+            .finished
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(&request_id))
+        {
             // Late audio for a turn the service already ended (interactive mode).
             return Ok(());
         }
@@ -536,57 +429,14 @@ impl Protocol for SttSession {
         if msg.payload.is_empty() {
             return self.violation("empty audio message without a turn");
         }
-        self.start_turn(out, &msg, rid)?;
+        self.start_turn(out, &msg, request_id)?;
         if let Some(t) = &self.turn {
             if t.done {
-                let rid = t.rid.clone();
+                let request_id = t.request_id.clone();
                 self.turn = None;
-                self.remember(rid);
+                self.remember(request_id);
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn header(tag: u16, ch: u16, rate: u32, bits: u16) -> Vec<u8> {
-        let mut h = Vec::new();
-        h.extend_from_slice(b"RIFF\0\0\0\0WAVEfmt ");
-        h.extend_from_slice(&16u32.to_le_bytes());
-        h.extend_from_slice(&tag.to_le_bytes());
-        h.extend_from_slice(&ch.to_le_bytes());
-        h.extend_from_slice(&rate.to_le_bytes());
-        h.extend_from_slice(&(rate * u32::from(ch) * u32::from(bits) / 8).to_le_bytes());
-        h.extend_from_slice(&(ch * bits / 8).to_le_bytes());
-        h.extend_from_slice(&bits.to_le_bytes());
-        h.extend_from_slice(b"data\0\0\0\0");
-        h
-    }
-
-    #[test]
-    fn riff_validation() {
-        let (fmt, at) = parse_riff(&header(1, 1, 16000, 16)).expect("valid");
-        assert_eq!((fmt.bytes_per_sec, at), (32000, 44));
-        assert!(parse_riff(&header(1, 1, 8000, 16)).is_ok());
-        assert!(parse_riff(&header(1, 2, 16000, 16)).is_err());
-        assert!(parse_riff(&header(1, 1, 44100, 16)).is_err());
-        assert!(parse_riff(&header(1, 1, 16000, 8)).is_err());
-        assert!(parse_riff(&header(3, 1, 16000, 16)).is_err());
-        assert!(parse_riff(b"RIFF").is_err());
-        assert!(parse_riff(&header(1, 1, 16000, 16)[..40]).is_err());
-        let mut huge = header(1, 1, 16000, 16);
-        huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(parse_riff(&huge).is_err());
-    }
-
-    #[test]
-    fn detailed_phrase_has_nbest_and_words() {
-        let v = phrase_json("Hello, world.", 0, 10_000_000, true, true);
-        assert_eq!(v["NBest"][0]["Lexical"], "hello world");
-        assert_eq!(v["NBest"][0]["Display"], "Hello, world.");
-        assert_eq!(v["NBest"][0]["Words"][1]["Offset"], 5_000_000);
     }
 }

@@ -1,4 +1,5 @@
-//! The TTS websocket protocol (spec §4): `speech.config` once, then per request
+//! The TTS websocket protocol (docs/protocol.md#tts-over-websocket): `speech.config` once,
+//! then per request
 //! `synthesis.context` + `ssml`, answered by `turn.start`, `response` (with the stream id),
 //! binary `audio` frames, `audio.metadata`, an empty `audio` frame and `turn.end`.
 
@@ -8,16 +9,17 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::audio::{MS_PER_CHAR, SynthAudio, TICKS_PER_MS, Timeline};
-use super::faults::{Endpoint, Phase, TurnPoint};
-use super::formats::{DEFAULT_FORMAT, OutputFormat};
-use super::frame::{self, BinaryMessage, HeaderStyle, TextMessage};
-use super::server::Run;
-use super::ssml::{self, Ssml};
-use super::turn::TurnFaults;
-use super::ws::{Out, Outbox, Protocol, SessionParams, Stop, later, new_id, service_text};
+use crate::audio::{MS_PER_CHAR, SynthAudio, TICKS_PER_MS, Timeline};
+use crate::faults::{Endpoint, Phase, TurnPoint};
+use crate::formats::{DEFAULT_FORMAT, OutputFormat};
+use crate::frame::{self, BinaryMessage, HeaderStyle, TextMessage};
+use crate::session::{Outbox, Outgoing, Protocol, SessionParams, Stop, new_hex_id, service_text};
+use crate::ssml::{self, Ssml};
+use crate::state::ServerState;
+use crate::time::deadline_after;
+use crate::turn::TurnFaults;
 
-/// SSML over websocket is limited to 64 KB per turn (spec §2 limits).
+/// SSML over websocket is limited to 64 KiB per turn (docs/protocol.md#limits-and-timers).
 pub(crate) const MAX_SSML_WS: usize = 64 * 1024;
 
 /// At most this many requests wait behind the current one (lenient mode queues overlapping
@@ -54,8 +56,8 @@ impl Default for TtsOptions {
     }
 }
 
-/// A JSON flag that may arrive as a boolean or as the string `"true"` (the JS SDK sends
-/// some metadata options as strings, Appendix B).
+/// A JSON flag that may arrive as a boolean or as the string `"true"`: the JavaScript SDK
+/// sends some metadata options as strings (docs/protocol.md#tts-over-websocket).
 fn truthy(v: Option<&Value>) -> Option<bool> {
     match v? {
         Value::Bool(b) => Some(*b),
@@ -128,8 +130,8 @@ impl TtsTurn {
         Self {
             metadata: metadata(doc, &opts).into(),
             request_id,
-            stream_id: new_id(),
-            service_tag: new_id().to_ascii_lowercase(),
+            stream_id: new_hex_id(),
+            service_tag: new_hex_id().to_ascii_lowercase(),
             audio,
             opts,
             sent: 0,
@@ -142,11 +144,11 @@ impl TtsTurn {
         }
     }
 
-    fn text(&self, path: &str, body: &str) -> Out {
-        Out::Text(service_text(&self.request_id, path, body, self.style))
+    fn text(&self, path: &str, body: &str) -> Outgoing {
+        Outgoing::Text(service_text(&self.request_id, path, body, self.style))
     }
 
-    fn audio_frame(&self, payload: &[u8], content_type: bool) -> Out {
+    fn audio_frame(&self, payload: &[u8], content_type: bool) -> Outgoing {
         let mut hd = frame::Headers::new();
         hd.push("X-RequestId", self.request_id.as_str());
         if content_type {
@@ -154,7 +156,7 @@ impl TtsTurn {
         }
         hd.push("X-StreamId", self.stream_id.as_str());
         hd.push("Path", "audio");
-        Out::Binary(frame::build_binary(&hd, payload, self.style))
+        Outgoing::Binary(frame::build_binary(&hd, payload, self.style))
     }
 
     /// Schedules the next step of the turn.
@@ -162,7 +164,7 @@ impl TtsTurn {
         match self.stage {
             Stage::Start => {
                 // The first response of a turn costs one round trip (plus injected delay).
-                let at = later(
+                let at = deadline_after(
                     Instant::now(),
                     rtt.saturating_add(self.faults.turn_start_delay),
                 );
@@ -198,7 +200,7 @@ impl TtsTurn {
                     return;
                 }
                 let at = if self.frames == 0 {
-                    later(Instant::now(), self.faults.first_audio_delay)
+                    deadline_after(Instant::now(), self.faults.first_audio_delay)
                 } else {
                     Instant::now()
                 };
@@ -236,7 +238,7 @@ impl TtsTurn {
                 if self.faults.quirks {
                     out.push(self.audio_frame(&[], false));
                 }
-                out.push(Out::TurnEnd(service_text(
+                out.push(Outgoing::TurnEnd(service_text(
                     &self.request_id,
                     "turn.end",
                     "{}",
@@ -344,7 +346,7 @@ fn metadata(doc: &Ssml, opts: &TtsOptions) -> Vec<(u64, String)> {
 
 /// One TTS websocket connection.
 pub(crate) struct TtsSession {
-    run: Arc<Run>,
+    server: Arc<ServerState>,
     params: SessionParams,
     config_seen: bool,
     defaults: TtsOptions,
@@ -355,9 +357,9 @@ pub(crate) struct TtsSession {
 }
 
 impl TtsSession {
-    pub(crate) fn new(run: Arc<Run>, params: SessionParams) -> Self {
+    pub(crate) fn new(server: Arc<ServerState>, params: SessionParams) -> Self {
         Self {
-            run,
+            server,
             params,
             config_seen: false,
             defaults: TtsOptions::default(),
@@ -369,7 +371,7 @@ impl TtsSession {
     }
 
     fn strict(&self) -> bool {
-        self.run.shared.config.strict
+        self.server.emulator.config.strict
     }
 
     fn violation(&self, what: &str) -> Result<(), Stop> {
@@ -388,18 +390,21 @@ impl TtsSession {
         if !self.config_seen {
             self.violation("speech.config must precede the first ssml")?;
         }
-        let rid = match msg.headers.request_id().filter(|r| !r.is_empty()) {
+        let request_id = match msg.headers.request_id().filter(|r| !r.is_empty()) {
             Some(r) => r.to_owned(),
             None => {
                 self.violation("missing X-RequestId")?;
-                new_id()
+                new_hex_id()
             }
         };
-        if self.finished.iter().any(|f| f.eq_ignore_ascii_case(&rid))
+        if self
+            .finished
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(&request_id))
             || self
                 .queue
                 .iter()
-                .any(|t| t.request_id.eq_ignore_ascii_case(&rid))
+                .any(|t| t.request_id.eq_ignore_ascii_case(&request_id))
         {
             self.violation("X-RequestId reused")?;
         }
@@ -412,21 +417,22 @@ impl TtsSession {
         let doc =
             ssml::parse(&msg.body).map_err(|e| Stop::Close(1007, format!("Invalid SSML: {e}")))?;
         let opts = match &self.context {
-            Some((Some(crid), o)) if crid.eq_ignore_ascii_case(&rid) => *o,
+            Some((Some(crid), o)) if crid.eq_ignore_ascii_case(&request_id) => *o,
             Some((None, o)) => *o,
             _ => self.defaults,
         };
-        let shared = &self.run.shared;
-        let faults = TurnFaults::new(shared.take_faults(
+        let emulator = &self.server.emulator;
+        let faults = TurnFaults::new(emulator.take_faults(
             Phase::Turn,
             Some(Endpoint::TtsWs),
             Some(&self.params.identity),
         ));
-        shared.counters.inc(&shared.counters.turns_started);
+        emulator.counters.inc(&emulator.counters.turns_started);
         if let Some(stop) = faults.stop_before_start() {
             return Err(stop);
         }
-        self.queue.push_back(TtsTurn::new(rid, &doc, opts, faults));
+        self.queue
+            .push_back(TtsTurn::new(request_id, &doc, opts, faults));
         Ok(())
     }
 }
@@ -464,8 +470,8 @@ impl Protocol for TtsSession {
                         .map_err(|e| Stop::Close(1007, e))?,
                     None => self.defaults,
                 };
-                let rid = msg.headers.request_id().map(str::to_owned);
-                self.context = Some((rid, opts));
+                let request_id = msg.headers.request_id().map(str::to_owned);
+                self.context = Some((request_id, opts));
                 Ok(())
             }
             "ssml" => self.on_ssml(msg),
@@ -501,7 +507,7 @@ impl Protocol for TtsSession {
         if self.current.is_none() {
             self.current = self.queue.pop_front();
         }
-        let rtt = self.run.shared.config.rtt;
+        let rtt = self.server.emulator.config.rtt;
         if let Some(t) = &mut self.current {
             t.step(out, rtt);
             if t.stage == Stage::Done {

@@ -1,6 +1,6 @@
-//! Authentication as the service does it (spec §1.2–1.4): a subscription key or a bearer
-//! token, from a header or (for browsers) the query string, and STS tokens that are
-//! JWT-shaped with an `exp` ten minutes out.
+//! Authentication as the service does it (docs/protocol.md#authentication): a subscription
+//! key or a bearer token, from a header or (for browsers) the query string, and STS tokens
+//! that are JWT-shaped with an `exp` ten minutes out.
 //!
 //! Tokens are signed with a fixed keyed hash rather than a per-instance secret on purpose:
 //! a restarted emulator (same port, new process) keeps accepting the tokens it issued before,

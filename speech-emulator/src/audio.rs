@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use super::formats::{Codec, Container, OutputFormat};
+use crate::formats::{Codec, Container, OutputFormat};
 
 /// Silence before the first character, in milliseconds.
 pub const LEAD_MS: u64 = 50;
@@ -20,7 +20,7 @@ pub const LEAD_MS: u64 = 50;
 pub const MS_PER_CHAR: u64 = 60;
 /// Silence after the last character, in milliseconds.
 pub const TAIL_MS: u64 = 50;
-/// The service truncates output at 10 minutes (spec §2).
+/// The service cuts output at 10 minutes of audio (docs/protocol.md#tts-over-rest).
 pub const MAX_AUDIO_MS: u64 = 10 * 60 * 1000;
 /// 100-ns ticks per millisecond: Azure's offset unit.
 pub const TICKS_PER_MS: u64 = 10_000;

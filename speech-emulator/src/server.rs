@@ -1,8 +1,9 @@
-//! Listener, connection tasks, routing, and the shared state behind the handle.
+//! The listener, the connection tasks, request routing, and the handle.
 //!
 //! Every task the emulator starts (accept loop, one per TCP connection, h2 streams, one per
-//! websocket) is spawned on one [`TaskTracker`] and watches one [`CancellationToken`], so
-//! [`EmulatorHandle::shutdown`] can stop them all and wait until none is left.
+//! websocket) is spawned on the server's one [`TaskTracker`] and watches its one
+//! [`CancellationToken`], so [`EmulatorHandle::shutdown`] can stop them all and wait until
+//! none is left.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -11,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,17 +24,18 @@ use hyper_util::server::conn::auto;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::config::EmulatorConfig;
-use super::counters::{Counters, GaugeGuard, LiveCounters};
-use super::faults::{Endpoint, Fault, FaultPlan, FaultRule, Phase, Target};
-use super::http::{self as h, Body};
-use super::tls::TlsIdentity;
-use super::{control, rest, ws};
+use crate::config::EmulatorConfig;
+use crate::counters::{Counters, GaugeGuard, LiveCounters};
+use crate::faults::{Endpoint, Fault, FaultPlan, FaultRule, Phase, Target};
+use crate::http::{self as h, Body};
+use crate::session::SttMode;
+use crate::state::{ConnectionInfo, EmulatorState, ServerState, SessionCommand, lock};
+use crate::tls::TlsIdentity;
+use crate::{auth, control, rest, ws};
 
 /// Why the emulator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,114 +70,46 @@ impl Emulator {
         if config.tls && config.tls_identity.is_none() {
             config.tls_identity = Some(TlsIdentity::generate(&[])?);
         }
-        let shared = Arc::new(Shared {
+        let emulator = Arc::new(EmulatorState {
             faults: Mutex::new(FaultPlan {
                 rules: config.faults.clone(),
             }),
             transcript: Mutex::new(config.transcript.clone()),
-            counters: LiveCounters::default(),
+            counters: Arc::new(LiveCounters::default()),
             config,
         });
-        start_run(shared).await
+        start_server(emulator).await
     }
 }
 
-/// State that outlives one run (kept across [`EmulatorHandle::restart`]).
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: EmulatorConfig,
-    pub(crate) counters: LiveCounters,
-    pub(crate) faults: Mutex<FaultPlan>,
-    pub(crate) transcript: Mutex<String>,
-}
-
-/// Locks a mutex, recovering from poisoning: every critical section here leaves the data
-/// consistent, so a panic elsewhere must not wedge the emulator.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Shared {
-    /// Consumes the faults firing for one event and counts them.
-    pub(crate) fn take_faults(
-        &self,
-        phase: Phase,
-        endpoint: Option<Endpoint>,
-        identity: Option<&str>,
-    ) -> Vec<Fault> {
-        let fired = lock(&self.faults).take(phase, endpoint, identity);
-        self.counters
-            .add(&self.counters.faults_injected, fired.len() as u64);
-        if !fired.is_empty() {
-            tracing::info!(?endpoint, ?fired, "injecting faults");
-        }
-        fired
-    }
-
-    pub(crate) fn transcript(&self) -> String {
-        lock(&self.transcript).clone()
-    }
-}
-
-/// A command to one open websocket, from the handle or the control API.
-#[derive(Debug, Clone)]
-pub(crate) enum SessionCmd {
-    /// Drop the TCP connection without a close frame.
-    Disconnect { rst: bool },
-    /// Close with a code and reason.
-    Close { code: u16, reason: String },
-}
-
-/// State of one run: its tasks, its open websockets, its per-key slots.
-#[derive(Debug)]
-pub(crate) struct Run {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) tracker: TaskTracker,
-    pub(crate) cancel: CancellationToken,
-    pub(crate) sessions: Mutex<HashMap<u64, (Endpoint, mpsc::Sender<SessionCmd>)>>,
-    pub(crate) per_key: Mutex<HashMap<String, usize>>,
-    pub(crate) next_id: AtomicU64,
-}
-
-impl Run {
-    /// Sends `cmd` to every open websocket matching `target`; returns how many.
-    pub(crate) fn broadcast(&self, target: Target, cmd: &SessionCmd) -> usize {
-        let sessions = lock(&self.sessions);
-        sessions
-            .values()
-            .filter(|(e, _)| target.matches(Some(*e)))
-            .filter(|(_, tx)| tx.try_send(cmd.clone()).is_ok())
-            .count()
-    }
-}
-
-async fn start_run(shared: Arc<Shared>) -> Result<EmulatorHandle, EmulatorError> {
-    let bind = shared.config.bind;
+async fn start_server(emulator: Arc<EmulatorState>) -> Result<EmulatorHandle, EmulatorError> {
+    let bind = emulator.config.bind;
     let listener =
         bind_listener(bind).map_err(|source| EmulatorError::Bind { addr: bind, source })?;
     let addr = listener
         .local_addr()
         .map_err(|source| EmulatorError::Bind { addr: bind, source })?;
-    let acceptor = match &shared.config.tls_identity {
-        Some(id) if shared.config.tls => Some(TlsAcceptor::from(Arc::new(id.server_config()?))),
+    let acceptor = match &emulator.config.tls_identity {
+        Some(id) if emulator.config.tls => Some(TlsAcceptor::from(Arc::new(id.server_config()?))),
         _ => None,
     };
-    let run = Arc::new(Run {
-        shared,
+    let server = Arc::new(ServerState {
+        emulator,
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
         sessions: Mutex::new(HashMap::new()),
         per_key: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(1),
+        next_session_id: AtomicU64::new(1),
     });
-    run.tracker
-        .spawn(accept_loop(Arc::clone(&run), listener, acceptor));
-    tracing::info!(%addr, tls = run.shared.config.tls, "speech emulator listening");
-    Ok(EmulatorHandle { run, addr })
+    server
+        .tracker
+        .spawn(accept_loop(Arc::clone(&server), listener, acceptor));
+    tracing::info!(%addr, tls = server.emulator.config.tls, "speech emulator listening");
+    Ok(EmulatorHandle { server, addr })
 }
 
 /// Binds with `SO_REUSEADDR` so a restart can take the same port at once, even while the
-/// previous run's connections sit in TIME_WAIT.
+/// previous server's connections sit in TIME_WAIT.
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -187,19 +121,23 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn accept_loop(run: Arc<Run>, listener: TcpListener, acceptor: Option<TlsAcceptor>) {
+async fn accept_loop(
+    server: Arc<ServerState>,
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+) {
     loop {
         tokio::select! {
-            () = run.cancel.cancelled() => break,
+            () = server.cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let run2 = Arc::clone(&run);
+                    let server2 = Arc::clone(&server);
                     let acceptor = acceptor.clone();
-                    run.tracker.spawn(async move {
-                        let cancel = run2.cancel.clone();
+                    server.tracker.spawn(async move {
+                        let cancel = server2.cancel.clone();
                         tokio::select! {
                             () = cancel.cancelled() => {}
-                            () = serve_tcp(run2, stream, peer, acceptor) => {}
+                            () = serve_tcp(server2, stream, peer, acceptor) => {}
                         }
                     });
                 }
@@ -213,36 +151,29 @@ async fn accept_loop(run: Arc<Run>, listener: TcpListener, acceptor: Option<TlsA
     }
 }
 
-/// Per-connection facts the routes need.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnInfo {
-    /// Set by a session that wants its socket reset (RST) rather than closed when dropped.
-    pub(crate) rst_on_drop: Arc<AtomicBool>,
-}
-
 async fn serve_tcp(
-    run: Arc<Run>,
+    server: Arc<ServerState>,
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: Option<TlsAcceptor>,
 ) {
-    let shared = Arc::clone(&run.shared);
-    shared.counters.inc(&shared.counters.tcp_accepted);
+    let emulator = Arc::clone(&server.emulator);
+    emulator.counters.inc(&emulator.counters.tcp_accepted);
     let _ = stream.set_nodelay(true);
-    let info = ConnInfo {
+    let info = ConnectionInfo {
         rst_on_drop: Arc::new(AtomicBool::new(false)),
     };
     let io = CountedIo {
         stream,
-        _gauge: GaugeGuard::new(Arc::clone(&shared), |c| &c.tcp_open),
+        _gauge: GaugeGuard::new(Arc::clone(&emulator.counters), |c| &c.tcp_open),
         rst_on_drop: Arc::clone(&info.rst_on_drop),
     };
     // One simulated round trip for TCP set-up, one more for TLS, plus injected slowness.
-    let mut delay = shared.config.rtt;
+    let mut delay = emulator.config.rtt;
     if acceptor.is_some() {
-        delay = delay.saturating_add(shared.config.rtt);
+        delay = delay.saturating_add(emulator.config.rtt);
     }
-    for f in shared.take_faults(Phase::Accept, None, None) {
+    for f in emulator.take_faults(Phase::Accept, None, None) {
         if let Fault::TlsDelay { ms } = f {
             delay = delay.saturating_add(Duration::from_millis(ms));
         }
@@ -253,16 +184,16 @@ async fn serve_tcp(
     match acceptor {
         Some(acceptor) => {
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(io)).await {
-                Ok(Ok(tls)) => serve_http(run, tls, info).await,
+                Ok(Ok(tls)) => serve_http(server, tls, info).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
-        None => serve_http(run, io, info).await,
+        None => serve_http(server, io, info).await,
     }
 }
 
-/// Runs hyper's tasks (h2 streams) on the run's tracker so shutdown waits for them too.
+/// Runs hyper's tasks (h2 streams) on the server's tracker so shutdown waits for them too.
 #[derive(Debug, Clone)]
 struct TrackedExecutor(TaskTracker);
 
@@ -276,19 +207,19 @@ where
     }
 }
 
-async fn serve_http<IO>(run: Arc<Run>, io: IO, info: ConnInfo)
+async fn serve_http<IO>(server: Arc<ServerState>, io: IO, info: ConnectionInfo)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = {
-        let run = Arc::clone(&run);
+        let server = Arc::clone(&server);
         service_fn(move |req| {
-            let run = Arc::clone(&run);
+            let server = Arc::clone(&server);
             let info = info.clone();
-            async move { Ok::<_, Infallible>(route(run, info, req).await) }
+            async move { Ok::<_, Infallible>(route(server, info, req).await) }
         })
     };
-    let mut builder = auto::Builder::new(TrackedExecutor(run.tracker.clone()));
+    let mut builder = auto::Builder::new(TrackedExecutor(server.tracker.clone()));
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -298,18 +229,22 @@ where
 }
 
 /// Request routing (paths are matched case-insensitively, as the service does).
-async fn route(run: Arc<Run>, info: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+async fn route(
+    server: Arc<ServerState>,
+    info: ConnectionInfo,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_ascii_lowercase();
     let path = path.trim_end_matches('/');
     let method = req.method().clone();
     if let Some(rest) = path.strip_prefix("/_emulator") {
-        return control::handle(&run, rest, req).await;
+        return control::handle(&server, rest, req).await;
     }
-    if let Some(kind) = ws::stt_path_mode(path) {
+    if let Some(kind) = SttMode::from_path(path) {
         return if method == Method::GET && h::is_upgrade(&req) {
-            ws::upgrade(run, info, req, Endpoint::SttWs, Some(kind)).await
+            ws::upgrade(server, info, req, Endpoint::SttWs, Some(kind)).await
         } else if method == Method::POST && !path.contains("/universal/") {
-            rest::stt_short(&run, req).await
+            rest::stt_short(&server, req).await
         } else {
             h::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         };
@@ -317,19 +252,19 @@ async fn route(run: Arc<Run>, info: ConnInfo, req: Request<Incoming>) -> Respons
     match path {
         "/cognitiveservices/websocket/v1" | "/tts/cognitiveservices/websocket/v1" => {
             if method == Method::GET {
-                ws::upgrade(run, info, req, Endpoint::TtsWs, None).await
+                ws::upgrade(server, info, req, Endpoint::TtsWs, None).await
             } else {
                 h::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
         }
-        "/sts/v1.0/issuetoken" if method == Method::POST => rest::issue_token(&run, req).await,
+        "/sts/v1.0/issuetoken" if method == Method::POST => rest::issue_token(&server, req).await,
         "/cognitiveservices/v1" | "/tts/cognitiveservices/v1" if method == Method::POST => {
-            rest::tts(&run, req).await
+            rest::tts(&server, req).await
         }
         "/cognitiveservices/voices/list" | "/tts/cognitiveservices/voices/list"
             if method == Method::GET =>
         {
-            rest::voices(&run, req).await
+            rest::voices(&server, req).await
         }
         "/sts/v1.0/issuetoken"
         | "/cognitiveservices/v1"
@@ -403,7 +338,7 @@ impl AsyncWrite for CountedIo {
 /// [`shutdown`](Self::shutdown) to stop and wait until every task has ended.
 #[derive(Debug)]
 pub struct EmulatorHandle {
-    run: Arc<Run>,
+    server: Arc<ServerState>,
     addr: SocketAddr,
 }
 
@@ -415,7 +350,7 @@ impl EmulatorHandle {
 
     /// Whether it serves TLS.
     pub fn is_tls(&self) -> bool {
-        self.run.shared.config.tls
+        self.server.emulator.config.tls
     }
 
     /// `https://127.0.0.1:PORT` (or `http://` in plain mode): the base of the REST routes.
@@ -433,8 +368,8 @@ impl EmulatorHandle {
 
     /// The TLS identity in use (pass it back in a config to restart with the same one).
     pub fn tls_identity(&self) -> Option<&TlsIdentity> {
-        self.run
-            .shared
+        self.server
+            .emulator
             .config
             .tls_identity
             .as_ref()
@@ -454,16 +389,16 @@ impl EmulatorHandle {
     /// The effective configuration (the port and certificate filled in), e.g. to start an
     /// identical emulator later.
     pub fn config(&self) -> EmulatorConfig {
-        let mut c = self.run.shared.config.clone();
+        let mut c = self.server.emulator.config.clone();
         c.bind = self.addr;
         c.faults = self.faults();
-        c.transcript = self.run.shared.transcript();
+        c.transcript = self.server.emulator.transcript();
         c
     }
 
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
-        self.run.shared.counters.snapshot()
+        self.server.emulator.counters.snapshot()
     }
 
     /// Waits until `pred` holds for the counters or `timeout` passes. `Ok` carries the
@@ -473,55 +408,56 @@ impl EmulatorHandle {
         pred: impl Fn(&Counters) -> bool,
         timeout: Duration,
     ) -> Result<Counters, Counters> {
-        self.run.shared.counters.wait_for(pred, timeout).await
+        self.server.emulator.counters.wait_for(pred, timeout).await
     }
 
     /// Adds a fault rule.
     pub fn add_fault(&self, rule: FaultRule) {
-        lock(&self.run.shared.faults).add(rule);
+        lock(&self.server.emulator.faults).add(rule);
     }
 
     /// Replaces every fault rule.
     pub fn set_faults(&self, rules: Vec<FaultRule>) {
-        lock(&self.run.shared.faults).rules = rules;
+        lock(&self.server.emulator.faults).rules = rules;
     }
 
     /// Removes every fault rule.
     pub fn clear_faults(&self) {
-        lock(&self.run.shared.faults).clear();
+        lock(&self.server.emulator.faults).clear();
     }
 
     /// The fault rules still armed (spent one-shot rules are gone).
     pub fn faults(&self) -> Vec<FaultRule> {
-        lock(&self.run.shared.faults).rules.clone()
+        lock(&self.server.emulator.faults).rules.clone()
     }
 
     /// Changes what the STT routes recognise from now on.
     pub fn set_transcript(&self, transcript: impl Into<String>) {
-        *lock(&self.run.shared.transcript) = transcript.into();
+        *lock(&self.server.emulator.transcript) = transcript.into();
     }
 
     /// Mints a token as the token endpoint would for `key`, without a request.
     pub fn issue_token(&self, key: &str) -> String {
-        super::auth::issue_token(
+        auth::issue_token(
             key,
             std::time::SystemTime::now(),
-            self.run.shared.config.token_lifetime,
+            self.server.emulator.config.token_lifetime,
         )
     }
 
     /// Drops every open websocket matching `target` without a close frame (RST if `rst`);
     /// returns how many. Models a network failure hitting warm, idle sockets.
     pub fn disconnect_all(&self, target: Target, rst: bool) -> usize {
-        self.run.broadcast(target, &SessionCmd::Disconnect { rst })
+        self.server
+            .broadcast(target, &SessionCommand::Disconnect { rst })
     }
 
     /// Closes every open websocket matching `target` with `code` and `reason`; returns how
     /// many.
     pub fn close_all(&self, target: Target, code: u16, reason: &str) -> usize {
-        self.run.broadcast(
+        self.server.broadcast(
             target,
-            &SessionCmd::Close {
+            &SessionCommand::Close {
                 code,
                 reason: reason.to_owned(),
             },
@@ -532,40 +468,40 @@ impl EmulatorHandle {
     /// every task has ended (bounded: a client that never reads cannot hold it up). Returns
     /// how many tasks were still running when the wait gave up: 0 on a clean shutdown.
     pub async fn shutdown(self) -> usize {
-        Self::stop(&self.run).await
+        Self::stop(&self.server).await
     }
 
     /// Tasks currently running: the accept loop, one per TCP connection, one per websocket.
     pub fn tasks_running(&self) -> usize {
-        self.run.tracker.len()
+        self.server.tracker.len()
     }
 
-    async fn stop(run: &Run) -> usize {
-        run.cancel.cancel();
-        run.tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), run.tracker.wait()).await;
-        let left = run.tracker.len();
+    async fn stop(server: &ServerState) -> usize {
+        server.cancel.cancel();
+        server.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), server.tracker.wait()).await;
+        let left = server.tracker.len();
         if left > 0 {
             tracing::warn!(left, "emulator tasks still running after shutdown");
         }
         left
     }
 
-    /// Stops this run and starts another on the same address with the same certificate,
+    /// Stops this server and starts another on the same address with the same certificate,
     /// faults, transcript and counters: what a client sees when the service restarts.
     pub async fn restart(self) -> Result<EmulatorHandle, EmulatorError> {
-        Self::stop(&self.run).await;
-        let mut config = self.run.shared.config.clone();
+        Self::stop(&self.server).await;
+        let mut config = self.server.emulator.config.clone();
         config.bind = self.addr;
-        let shared = Arc::new(Shared {
+        let emulator = Arc::new(EmulatorState {
             config,
-            counters: LiveCounters::default(),
-            faults: Mutex::new(lock(&self.run.shared.faults).clone()),
-            transcript: Mutex::new(self.run.shared.transcript()),
+            counters: Arc::new(LiveCounters::default()),
+            faults: Mutex::new(lock(&self.server.emulator.faults).clone()),
+            transcript: Mutex::new(self.server.emulator.transcript()),
         });
         // Counters carry over so totals span the restart; the gauges are zero by now.
-        let old = self.run.shared.counters.snapshot();
-        let c = &shared.counters;
+        let old = self.server.emulator.counters.snapshot();
+        let c = &emulator.counters;
         for (dst, v) in [
             (&c.tcp_accepted, old.tcp_accepted),
             (&c.connections_opened, old.connections_opened),
@@ -578,13 +514,13 @@ impl EmulatorHandle {
         ] {
             dst.store(v, Ordering::SeqCst);
         }
-        start_run(shared).await
+        start_server(emulator).await
     }
 }
 
 impl Drop for EmulatorHandle {
     fn drop(&mut self) {
         // Stop serving even if the owner forgot `shutdown` (e.g. a failed test).
-        self.run.cancel.cancel();
+        self.server.cancel.cancel();
     }
 }

@@ -1,5 +1,5 @@
-//! The Azure Speech websocket message framing (spec §3), self-contained so the emulator
-//! does not depend on the client crates it is meant to test.
+//! The Azure Speech websocket message framing (docs/protocol.md#message-framing),
+//! self-contained so the emulator does not depend on the client crates it is meant to test.
 //!
 //! - Text message: `Name:value\r\n` headers, a blank line, then the body.
 //! - Binary message: a 2-byte big-endian header length, that many bytes of

@@ -10,7 +10,7 @@ use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
-use super::audio::SynthAudio;
+use crate::audio::SynthAudio;
 
 /// A response body: fixed bytes, or synthetic audio produced chunk by chunk as the client
 /// reads (HTTP/1.1 sends it chunked, since its length is not announced).
@@ -76,7 +76,8 @@ impl HttpBody for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            // Deliberately inexact: the spec asks for chunked transfer, like the service.
+            // Deliberately inexact, so hyper uses chunked transfer as the service does
+            // (docs/protocol.md#tts-over-rest).
             Self::Audio { .. } => SizeHint::default(),
         }
     }

@@ -1,4 +1,4 @@
-//! The Azure TTS output formats (spec §2), with what the emulator needs to synthesise
+//! The Azure TTS output formats (docs/protocol.md#output-formats), with what the emulator needs to synthesise
 //! plausible audio for each: codec, container, sample rate and byte rate.
 
 /// The codec of an output format.
@@ -54,7 +54,7 @@ pub struct OutputFormat {
 
 impl OutputFormat {
     /// The MIME type the emulator puts on REST responses and `audio` frames. Clients must not
-    /// depend on it (spec §2); it is only informative.
+    /// depend on it (docs/protocol.md#tts-over-rest); it is only informative.
     pub fn mime(&self) -> &'static str {
         match (self.container, self.codec) {
             (Container::Riff, _) | (Container::Raw, Codec::Pcm16 | Codec::Mulaw | Codec::Alaw) => {
@@ -104,7 +104,7 @@ macro_rules! fmt {
     };
 }
 
-/// Every format named in the spec. Compressed byte rates come from the bit rate in the
+/// Every documented output format (docs/protocol.md#output-formats). Compressed byte rates come from the bit rate in the
 /// name; where the name has none (Ogg/WebM Opus, SILK) a typical rate is assumed.
 static FORMATS: &[OutputFormat] = &[
     fmt!("raw-8khz-8bit-mono-mulaw", Mulaw, Raw, 8000, 8000),

@@ -3,12 +3,12 @@
 //! Delay faults are checked as lower bounds only (a sleep never ends early), never as upper
 //! bounds, so these tests do not depend on machine speed.
 
-mod emulator_common;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use emulator_common::*;
-use speech_mock::emulator::{EmulatorConfig, Fault, FaultRule, Target, TurnPoint};
+use common::*;
+use speech_emulator::{EmulatorConfig, Fault, FaultRule, Target, TurnPoint};
 
 const STT: &str = "/speech/recognition/conversation/cognitiveservices/v1?language=en-US";
 const PCM: &str = "raw-16khz-16bit-mono-pcm";
@@ -40,7 +40,7 @@ async fn tts_turn(c: &mut Client, text: &str) -> (Vec<Got>, Got) {
     }
 }
 
-async fn ready_tts(emu: &speech_mock::emulator::EmulatorHandle) -> Client {
+async fn ready_tts(emu: &speech_emulator::EmulatorHandle) -> Client {
     let mut c = connect(emu, TTS_PATH).await;
     c.speech_config(&new_id()).await;
     c

@@ -1,14 +1,14 @@
 //! Timers, counters, shutdown, restart, robustness against garbage, and the binary.
 
-mod emulator_common;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use emulator_common::*;
-use speech_mock::emulator::{EmulatorConfig, Target};
+use common::*;
+use speech_emulator::{EmulatorConfig, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]

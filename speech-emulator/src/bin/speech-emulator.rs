@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use speech_mock::emulator::{Emulator, EmulatorConfig, FaultRule, TlsIdentity};
+use speech_emulator::{Emulator, EmulatorConfig, FaultRule, TlsIdentity};
 
 const FAULT_HELP: &str = "\
 Inject a fault; repeatable. Syntax: NAME[=VALUE][,OPTION=VALUE]... or the control API's JSON.

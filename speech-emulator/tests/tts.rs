@@ -1,10 +1,10 @@
 //! TTS over websocket against the emulator, with a raw client.
 
-mod emulator_common;
+mod common;
 
-use emulator_common::*;
-use speech_mock::emulator::EmulatorConfig;
-use speech_mock::emulator::timing::{MS_PER_CHAR, TICKS_PER_MS, synthesized_ms};
+use common::*;
+use speech_emulator::EmulatorConfig;
+use speech_emulator::timing::{MS_PER_CHAR, TICKS_PER_MS, synthesized_ms};
 
 /// One full turn: returns (messages, audio bytes).
 async fn turn(c: &mut Client, format: &str, words: bool, text: &str) -> (Vec<Got>, Vec<u8>) {
