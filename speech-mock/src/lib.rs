@@ -5,5 +5,7 @@
 //! - [`emulator`]: a server that speaks the Azure Speech REST and websocket protocols,
 //!   so that `speech-azure` is tested offline against the real protocol.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod emulator;
