@@ -204,10 +204,10 @@ impl TtsWebSocket {
                         continue;
                     }
                     // The SDK drops frames of another stream (spec §4.3).
-                    if let (Some(want), Some(got)) = (&stream_id, b.headers.stream_id()) {
-                        if !want.eq_ignore_ascii_case(got) {
-                            continue;
-                        }
+                    if let (Some(want), Some(got)) = (&stream_id, b.headers.stream_id())
+                        && !want.eq_ignore_ascii_case(got)
+                    {
+                        continue;
                     }
                     if !b.payload.is_empty() {
                         out.audio(b.payload, events).await?;

@@ -510,20 +510,20 @@ impl Protocol for SttSession {
                 }
             }
         };
-        if let Some(t) = &mut self.turn {
-            if t.rid.eq_ignore_ascii_case(&rid) {
-                if msg.payload.is_empty() {
-                    t.end_of_audio(out);
-                } else {
-                    t.audio(out, msg.payload.len() as u64);
-                }
-                if t.done {
-                    let rid = t.rid.clone();
-                    self.turn = None;
-                    self.remember(rid);
-                }
-                return Ok(());
+        if let Some(t) = &mut self.turn
+            && t.rid.eq_ignore_ascii_case(&rid)
+        {
+            if msg.payload.is_empty() {
+                t.end_of_audio(out);
+            } else {
+                t.audio(out, msg.payload.len() as u64);
             }
+            if t.done {
+                let rid = t.rid.clone();
+                self.turn = None;
+                self.remember(rid);
+            }
+            return Ok(());
         }
         if self.finished.iter().any(|f| f.eq_ignore_ascii_case(&rid)) {
             // Late audio for a turn the service already ended (interactive mode).
@@ -537,12 +537,12 @@ impl Protocol for SttSession {
             return self.violation("empty audio message without a turn");
         }
         self.start_turn(out, &msg, rid)?;
-        if let Some(t) = &self.turn {
-            if t.done {
-                let rid = t.rid.clone();
-                self.turn = None;
-                self.remember(rid);
-            }
+        if let Some(t) = &self.turn
+            && t.done
+        {
+            let rid = t.rid.clone();
+            self.turn = None;
+            self.remember(rid);
         }
         Ok(())
     }
