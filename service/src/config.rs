@@ -2,7 +2,7 @@
 //! and a command-line flag; `speech-pool --help` documents them all.
 //!
 //! Each setting is declared once, as a field with its flag, its variable (`env = ...`), its
-//! default and its parser. The parsers ([`Expect`]) read the variable's name back from the
+//! default and its parser. The parsers (`Expect`) read the variable's name back from the
 //! argument, so a malformed value stops start-up with a message naming the variable, the
 //! value and what was expected, e.g.
 //! `invalid value 'three' for '--warm-pool-tts-size <N>': WARM_POOL_TTS_SIZE expects a whole
