@@ -1,4 +1,5 @@
-//! Configuration: every setting is an environment variable (the seed's names stay valid)
+//! Configuration: every setting is an environment variable (the names the Python service
+//! used stay valid)
 //! and a command-line flag; `speech-pool --help` documents them all.
 //!
 //! Each setting is declared once, as a field with its flag, its variable (`env = ...`), its
@@ -144,8 +145,8 @@ pub struct Config {
     )]
     pub backend: BackendChoice,
 
-    /// Keep pre-warmed connections (false: every plain request connects cold, like the
-    /// seed's OnDemandResourcePool).
+    /// Keep pre-warmed connections (false: every request outside a session connects
+    /// cold; a session's turns still reuse its connection).
     #[arg(
         long,
         env = "WARM_POOL_ENABLED",
@@ -812,7 +813,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_seeds() {
+    fn defaults_are_the_documented_ones() {
         let c = Config::defaults();
         assert!(c.warm_pool_enabled);
         assert_eq!(c.warm_pool_tts_size, 3);

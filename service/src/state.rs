@@ -56,8 +56,8 @@ pub fn pool_config(config: &Config, pool: PoolKind) -> PoolConfig {
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     PoolConfig {
         name: pool.name().to_owned(),
-        // Disabled warm pools behave like the seed's OnDemandResourcePool: no idle set, no
-        // background work, sessions still dedicated.
+        // Disabled warm pools connect on demand: no idle set, no background work, but a
+        // session's turns still reuse its connection.
         warm_target: if config.warm_pool_enabled {
             config.warm_size(pool)
         } else {

@@ -194,7 +194,8 @@ pub struct PoolsHealthResponse {
     pub draining: bool,
 }
 
-/// Rounds to one decimal, as the seed's `round(x, 1)` does for the values it sees.
+/// Rounds to one decimal, as Python's `round(x, 1)` does for the values it sees (the
+/// dashboards built on the Python service expect that precision).
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
