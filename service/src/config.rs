@@ -456,45 +456,49 @@ impl Config {
         }
     }
 
-    /// Checks relations between settings that each parsed on their own.
+    /// Checks relations between settings that each parsed on their own. Messages name the
+    /// variables as declared on the fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (max, max_var) in [
-            (self.pool_tts_max_size, "POOL_TTS_MAX_SIZE"),
-            (self.pool_stt_max_size, "POOL_STT_MAX_SIZE"),
-        ] {
+        for pool in PoolKind::ALL {
+            let (warm_field, max_field) = match pool {
+                PoolKind::Tts => ("warm_pool_tts_size", "pool_tts_max_size"),
+                PoolKind::Stt => ("warm_pool_stt_size", "pool_stt_max_size"),
+            };
+            let (size, max) = (self.warm_size(pool), self.max_size(pool));
             if max == 0 {
+                let max_var = variable(max_field);
                 return Err(ConfigError(format!(
                     "{max_var} is 0; expected at least 1 connection"
                 )));
             }
-        }
-        for (size, var, max, max_var) in [
-            (
-                self.warm_pool_tts_size,
-                "WARM_POOL_TTS_SIZE",
-                self.pool_tts_max_size,
-                "POOL_TTS_MAX_SIZE",
-            ),
-            (
-                self.warm_pool_stt_size,
-                "WARM_POOL_STT_SIZE",
-                self.pool_stt_max_size,
-                "POOL_STT_MAX_SIZE",
-            ),
-        ] {
             if self.warm_pool_enabled && size > max {
+                let (var, max_var) = (variable(warm_field), variable(max_field));
                 return Err(ConfigError(format!(
                     "{var} is {size} but {max_var} is {max}; expected {var} <= {max_var}"
                 )));
             }
         }
         if self.max_body_bytes == 0 {
-            return Err(ConfigError(
-                "MAX_BODY_BYTES is 0; expected a positive number of bytes".into(),
-            ));
+            let var = variable("max_body_bytes");
+            return Err(ConfigError(format!(
+                "{var} is 0; expected a positive number of bytes"
+            )));
         }
         Ok(())
     }
+}
+
+/// The environment variable declared on the [`Config`] field `field`, for messages about
+/// relations between settings. Falls back to the field's name in capitals.
+fn variable(field: &str) -> String {
+    <Config as clap::CommandFactory>::command()
+        .get_arguments()
+        .find(|a| a.get_id() == field)
+        .and_then(clap::Arg::get_env)
+        .map_or_else(
+            || field.to_ascii_uppercase(),
+            |var| var.to_string_lossy().into_owned(),
+        )
 }
 
 // Value parsers. Each setting names its environment variable once, in its `env`
@@ -960,6 +964,30 @@ mod tests {
         }
         let c = parse(&["--pool-max-age", "0.000000001"]).unwrap();
         assert_eq!(c.pool_max_age, Duration::from_nanos(1));
+    }
+
+    #[test]
+    fn validation_messages_use_the_declared_variables() {
+        assert_eq!(variable("warm_pool_tts_size"), "WARM_POOL_TTS_SIZE");
+        assert_eq!(variable("pool_stt_max_size"), "POOL_STT_MAX_SIZE");
+        let c = parse(&["--pool-stt-max-size", "0"]).unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "POOL_STT_MAX_SIZE is 0; expected at least 1 connection"
+        );
+        let c = parse(&["--max-body-bytes", "0"]).unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("MAX_BODY_BYTES is 0"),
+        );
+        let c = parse(&["--warm-pool-stt-size", "9", "--pool-stt-max-size", "4"]).unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "WARM_POOL_STT_SIZE is 9 but POOL_STT_MAX_SIZE is 4; \
+             expected WARM_POOL_STT_SIZE <= POOL_STT_MAX_SIZE"
+        );
     }
 
     #[test]
