@@ -45,6 +45,8 @@
 //!   never meets an expired resource;
 //! - all time goes through `tokio::time`, so tests run with paused time.
 
+#![warn(missing_docs)]
+
 mod config;
 mod error;
 mod guard;

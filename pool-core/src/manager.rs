@@ -14,7 +14,9 @@ use std::future::Future;
 pub trait Manager: Send + Sync + 'static {
     /// The pooled resource, e.g. an open websocket connection.
     type Resource: Send + 'static;
-    /// The backend's error type, surfaced through [`PoolError::Backend`](crate::PoolError::Backend).
+    /// The backend's error type, surfaced through
+    /// [`PoolError::Create`](crate::PoolError::Create) and
+    /// [`PoolError::Warm`](crate::PoolError::Warm).
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Opens a new resource: connect, handshake, authenticate. This is the cold path.

@@ -1,9 +1,11 @@
-//! Configuration: every setting is an environment variable (the seed's names stay valid)
+//! Configuration: every setting is an environment variable (the names the Python service
+//! used stay valid)
 //! and a command-line flag; `speech-pool --help` documents them all.
 //!
-//! Values are parsed by the functions in this module rather than by clap's defaults so that
-//! a malformed value stops start-up with a message naming the variable, the value and what
-//! was expected, e.g.
+//! Each setting is declared once, as a field with its flag, its variable (`env = ...`), its
+//! default and its parser. The parsers (`Expect`) read the variable's name back from the
+//! argument, so a malformed value stops start-up with a message naming the variable, the
+//! value and what was expected, e.g.
 //! `invalid value 'three' for '--warm-pool-tts-size <N>': WARM_POOL_TTS_SIZE expects a whole
 //! number such as 3, got "three"`.
 
@@ -63,6 +65,29 @@ pub enum MockProfile {
     Instant,
 }
 
+/// One of the service's two pools. Chooses the settings that differ per pool, so a pool
+/// cannot silently get the other one's sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    /// Text-to-speech connections.
+    Tts,
+    /// Speech-to-text connections.
+    Stt,
+}
+
+impl PoolKind {
+    /// Both pools, TTS first (the order of `/api/v1/pools` and the snapshots).
+    pub const ALL: [Self; 2] = [Self::Tts, Self::Stt];
+
+    /// The pool's name: its key in `/api/v1/pools` and its metrics label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tts => "speech-tts",
+            Self::Stt => "speech-stt",
+        }
+    }
+}
+
 /// Every setting of the service.
 ///
 /// `Debug` is safe to log: the two secrets are [`Secret`]s, printed as `<redacted>`.
@@ -86,7 +111,7 @@ pub struct Config {
         env = "LISTEN_ADDR",
         default_value = "127.0.0.1:8080",
         value_name = "ADDR",
-        value_parser = socket_addr("LISTEN_ADDR")
+        value_parser = socket_addr()
     )]
     pub listen: SocketAddr,
 
@@ -96,7 +121,7 @@ pub struct Config {
         env = "LOG_FORMAT",
         default_value = "pretty",
         value_name = "FORMAT",
-        value_parser = log_format("LOG_FORMAT")
+        value_parser = log_format()
     )]
     pub log_format: LogFormat,
 
@@ -106,7 +131,7 @@ pub struct Config {
         env = "LOG_LEVEL",
         default_value = "info",
         value_name = "FILTER",
-        value_parser = log_filter("LOG_LEVEL")
+        value_parser = log_filter()
     )]
     pub log_level: String,
 
@@ -116,18 +141,18 @@ pub struct Config {
         env = "SPEECH_BACKEND",
         default_value = "auto",
         value_name = "BACKEND",
-        value_parser = backend_choice("SPEECH_BACKEND")
+        value_parser = backend_choice()
     )]
     pub backend: BackendChoice,
 
-    /// Keep pre-warmed connections (false: every plain request connects cold, like the
-    /// seed's OnDemandResourcePool).
+    /// Keep pre-warmed connections (false: every request outside a session connects
+    /// cold; a session's turns still reuse its connection).
     #[arg(
         long,
         env = "WARM_POOL_ENABLED",
         default_value = "true",
         value_name = "BOOL",
-        value_parser = boolean("WARM_POOL_ENABLED"),
+        value_parser = boolean(),
         action = clap::ArgAction::Set
     )]
     pub warm_pool_enabled: bool,
@@ -138,7 +163,7 @@ pub struct Config {
         env = "WARM_POOL_TTS_SIZE",
         default_value = "3",
         value_name = "N",
-        value_parser = count("WARM_POOL_TTS_SIZE")
+        value_parser = count()
     )]
     pub warm_pool_tts_size: usize,
 
@@ -148,7 +173,7 @@ pub struct Config {
         env = "WARM_POOL_STT_SIZE",
         default_value = "2",
         value_name = "N",
-        value_parser = count("WARM_POOL_STT_SIZE")
+        value_parser = count()
     )]
     pub warm_pool_stt_size: usize,
 
@@ -159,7 +184,7 @@ pub struct Config {
         env = "WARM_POOL_BACKGROUND_REFRESH",
         default_value = "true",
         value_name = "BOOL",
-        value_parser = boolean("WARM_POOL_BACKGROUND_REFRESH"),
+        value_parser = boolean(),
         action = clap::ArgAction::Set
     )]
     pub warm_pool_background_refresh: bool,
@@ -170,7 +195,7 @@ pub struct Config {
         env = "WARM_POOL_REFRESH_INTERVAL",
         default_value = "30.0",
         value_name = "SECONDS",
-        value_parser = positive_seconds("WARM_POOL_REFRESH_INTERVAL")
+        value_parser = positive_seconds()
     )]
     pub warm_pool_refresh_interval: Duration,
 
@@ -180,7 +205,7 @@ pub struct Config {
         env = "WARM_POOL_SESSION_MAX_AGE",
         default_value = "1800.0",
         value_name = "SECONDS",
-        value_parser = positive_seconds("WARM_POOL_SESSION_MAX_AGE")
+        value_parser = positive_seconds()
     )]
     pub warm_pool_session_max_age: Duration,
 
@@ -190,7 +215,7 @@ pub struct Config {
         env = "POOL_TTS_MAX_SIZE",
         default_value = "32",
         value_name = "N",
-        value_parser = count("POOL_TTS_MAX_SIZE")
+        value_parser = count()
     )]
     pub pool_tts_max_size: usize,
 
@@ -200,7 +225,7 @@ pub struct Config {
         env = "POOL_STT_MAX_SIZE",
         default_value = "32",
         value_name = "N",
-        value_parser = count("POOL_STT_MAX_SIZE")
+        value_parser = count()
     )]
     pub pool_stt_max_size: usize,
 
@@ -211,7 +236,7 @@ pub struct Config {
         env = "POOL_ACQUIRE_TIMEOUT",
         default_value = "5.0",
         value_name = "SECONDS",
-        value_parser = positive_seconds("POOL_ACQUIRE_TIMEOUT")
+        value_parser = positive_seconds()
     )]
     pub pool_acquire_timeout: Duration,
 
@@ -221,7 +246,7 @@ pub struct Config {
         env = "POOL_CREATE_TIMEOUT",
         default_value = "10.0",
         value_name = "SECONDS",
-        value_parser = positive_seconds("POOL_CREATE_TIMEOUT")
+        value_parser = positive_seconds()
     )]
     pub pool_create_timeout: Duration,
 
@@ -231,7 +256,7 @@ pub struct Config {
         env = "POOL_MAX_AGE",
         default_value = "540.0",
         value_name = "SECONDS",
-        value_parser = seconds("POOL_MAX_AGE")
+        value_parser = seconds()
     )]
     pub pool_max_age: Duration,
 
@@ -241,7 +266,7 @@ pub struct Config {
         env = "POOL_MAX_IDLE",
         default_value = "150.0",
         value_name = "SECONDS",
-        value_parser = seconds("POOL_MAX_IDLE")
+        value_parser = seconds()
     )]
     pub pool_max_idle: Duration,
 
@@ -251,7 +276,7 @@ pub struct Config {
         env = "TTS_DEFAULT_VOICE",
         default_value = "en-US-AvaMultilingualNeural",
         value_name = "VOICE",
-        value_parser = voice("TTS_DEFAULT_VOICE")
+        value_parser = voice()
     )]
     pub tts_default_voice: String,
 
@@ -261,7 +286,7 @@ pub struct Config {
         env = "TTS_DEFAULT_FORMAT",
         default_value = "riff-24khz-16bit-mono-pcm",
         value_name = "FORMAT",
-        value_parser = audio_format("TTS_DEFAULT_FORMAT")
+        value_parser = audio_format()
     )]
     pub tts_default_format: AudioFormat,
 
@@ -271,7 +296,7 @@ pub struct Config {
         env = "STT_LANGUAGE",
         default_value = "en-US",
         value_name = "LANG",
-        value_parser = language("STT_LANGUAGE")
+        value_parser = language()
     )]
     pub stt_language: String,
 
@@ -282,7 +307,7 @@ pub struct Config {
         env = "STT_MODE",
         default_value = "conversation",
         value_name = "MODE",
-        value_parser = stt_mode("STT_MODE")
+        value_parser = stt_mode()
     )]
     pub stt_mode: RecognitionMode,
 
@@ -292,7 +317,7 @@ pub struct Config {
         env = "STT_FORMAT",
         default_value = "simple",
         value_name = "FORMAT",
-        value_parser = stt_format("STT_FORMAT")
+        value_parser = stt_format()
     )]
     pub stt_format: RecognitionFormat,
 
@@ -302,7 +327,7 @@ pub struct Config {
         env = "MAX_BODY_BYTES",
         default_value = "262144",
         value_name = "BYTES",
-        value_parser = count("MAX_BODY_BYTES")
+        value_parser = count()
     )]
     pub max_body_bytes: usize,
 
@@ -312,7 +337,7 @@ pub struct Config {
         env = "SHUTDOWN_GRACE",
         default_value = "10.0",
         value_name = "SECONDS",
-        value_parser = seconds("SHUTDOWN_GRACE")
+        value_parser = seconds()
     )]
     pub shutdown_grace: Duration,
 
@@ -340,7 +365,7 @@ pub struct Config {
         long,
         env = "AZURE_SPEECH_REGION",
         value_name = "REGION",
-        value_parser = region("AZURE_SPEECH_REGION")
+        value_parser = region()
     )]
     pub azure_speech_region: Option<String>,
 
@@ -356,7 +381,7 @@ pub struct Config {
         env = "AZURE_SPEECH_AUTH",
         default_value = "key",
         value_name = "MODE",
-        value_parser = azure_auth("AZURE_SPEECH_AUTH")
+        value_parser = azure_auth()
     )]
     pub azure_speech_auth: AzureAuth,
 
@@ -366,7 +391,7 @@ pub struct Config {
         env = "AZURE_TTS_TRANSPORT",
         default_value = "websocket",
         value_name = "TRANSPORT",
-        value_parser = tts_transport("AZURE_TTS_TRANSPORT")
+        value_parser = tts_transport()
     )]
     pub azure_tts_transport: TtsTransport,
 
@@ -382,7 +407,7 @@ pub struct Config {
         env = "MOCK_PROFILE",
         default_value = "realistic",
         value_name = "PROFILE",
-        value_parser = mock_profile("MOCK_PROFILE")
+        value_parser = mock_profile()
     )]
     pub mock_profile: MockProfile,
 }
@@ -415,234 +440,345 @@ impl Config {
             .unwrap_or_else(|e| panic!("defaults must convert: {e}"))
     }
 
-    /// Checks relations between settings that each parsed on their own.
+    /// The warm target of a pool as configured (before `WARM_POOL_ENABLED` applies).
+    pub fn warm_size(&self, pool: PoolKind) -> usize {
+        match pool {
+            PoolKind::Tts => self.warm_pool_tts_size,
+            PoolKind::Stt => self.warm_pool_stt_size,
+        }
+    }
+
+    /// The most connections a pool may hold open.
+    pub fn max_size(&self, pool: PoolKind) -> usize {
+        match pool {
+            PoolKind::Tts => self.pool_tts_max_size,
+            PoolKind::Stt => self.pool_stt_max_size,
+        }
+    }
+
+    /// Checks relations between settings that each parsed on their own. Messages name the
+    /// variables as declared on the fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (max, max_var) in [
-            (self.pool_tts_max_size, "POOL_TTS_MAX_SIZE"),
-            (self.pool_stt_max_size, "POOL_STT_MAX_SIZE"),
-        ] {
+        for pool in PoolKind::ALL {
+            let (warm_field, max_field) = match pool {
+                PoolKind::Tts => ("warm_pool_tts_size", "pool_tts_max_size"),
+                PoolKind::Stt => ("warm_pool_stt_size", "pool_stt_max_size"),
+            };
+            let (size, max) = (self.warm_size(pool), self.max_size(pool));
             if max == 0 {
+                let max_var = variable(max_field);
                 return Err(ConfigError(format!(
                     "{max_var} is 0; expected at least 1 connection"
                 )));
             }
-        }
-        for (size, var, max, max_var) in [
-            (
-                self.warm_pool_tts_size,
-                "WARM_POOL_TTS_SIZE",
-                self.pool_tts_max_size,
-                "POOL_TTS_MAX_SIZE",
-            ),
-            (
-                self.warm_pool_stt_size,
-                "WARM_POOL_STT_SIZE",
-                self.pool_stt_max_size,
-                "POOL_STT_MAX_SIZE",
-            ),
-        ] {
             if self.warm_pool_enabled && size > max {
+                let (var, max_var) = (variable(warm_field), variable(max_field));
                 return Err(ConfigError(format!(
                     "{var} is {size} but {max_var} is {max}; expected {var} <= {max_var}"
                 )));
             }
         }
         if self.max_body_bytes == 0 {
-            return Err(ConfigError(
-                "MAX_BODY_BYTES is 0; expected a positive number of bytes".into(),
-            ));
+            let var = variable("max_body_bytes");
+            return Err(ConfigError(format!(
+                "{var} is 0; expected a positive number of bytes"
+            )));
         }
         Ok(())
     }
 }
 
-// Value parsers. Each returns a closure so the variable's name is in the message; clap
-// adds the value and the flag.
-
-fn expected(var: &str, what: &str, got: &str) -> String {
-    format!("{var} expects {what}, got {got:?}")
+/// The environment variable declared on the [`Config`] field `field`, for messages about
+/// relations between settings. Falls back to the field's name in capitals.
+fn variable(field: &str) -> String {
+    <Config as clap::CommandFactory>::command()
+        .get_arguments()
+        .find(|a| a.get_id() == field)
+        .and_then(clap::Arg::get_env)
+        .map_or_else(
+            || field.to_ascii_uppercase(),
+            |var| var.to_string_lossy().into_owned(),
+        )
 }
 
-fn count(var: &'static str) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync {
-    move |s| {
-        s.trim()
-            .parse::<usize>()
-            .map_err(|_| expected(var, "a whole number such as 3", s))
+// Value parsers. Each setting names its environment variable once, in its `env`
+// attribute; [`Expect`] reads it back from the argument when a value is malformed, so the
+// message names the variable, the value and what was expected without a second copy of
+// the name. Settings in flattened `#[derive(clap::Args)]` structs use the same parsers.
+
+/// A value parser: how to read a setting, and what it expects when the value is wrong.
+#[derive(Clone, Copy)]
+pub(crate) struct Expect<T> {
+    /// Converts the text, or says what was expected (e.g. "a whole number such as 3").
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> Expect<T> {
+    /// A parser from a conversion that returns the expectation on failure.
+    pub(crate) const fn new(parse: fn(&str) -> Result<T, String>) -> Self {
+        Self { parse }
     }
 }
 
-fn boolean(var: &'static str) -> impl Fn(&str) -> Result<bool, String> + Clone + Send + Sync {
-    move |s| match s.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(expected(var, "true or false", s)),
-    }
-}
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Expect<T> {
+    type Value = T;
 
-fn parse_seconds(var: &str, s: &str, allow_zero: bool) -> Result<Duration, String> {
-    let what = if allow_zero {
-        "a number of seconds >= 0 such as 30.0"
-    } else {
-        "a number of seconds > 0 such as 30.0"
-    };
-    let v: f64 = s.trim().parse().map_err(|_| expected(var, what, s))?;
-    // Also bounded above: Duration::from_secs_f64 panics on huge values, and a timeout of
-    // more than 100 years is a typo.
-    if !v.is_finite() || v < 0.0 || (v == 0.0 && !allow_zero) || v > 3.2e9 {
-        return Err(expected(var, what, s));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-fn seconds(var: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
-    move |s| parse_seconds(var, s, true)
-}
-
-fn positive_seconds(
-    var: &'static str,
-) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
-    move |s| parse_seconds(var, s, false)
-}
-
-fn socket_addr(
-    var: &'static str,
-) -> impl Fn(&str) -> Result<SocketAddr, String> + Clone + Send + Sync {
-    move |s| {
-        s.trim()
-            .parse()
-            .map_err(|_| expected(var, "IP:PORT such as 127.0.0.1:8080 or 0.0.0.0:8080", s))
-    }
-}
-
-fn log_format(
-    var: &'static str,
-) -> impl Fn(&str) -> Result<LogFormat, String> + Clone + Send + Sync {
-    move |s| match s.trim().to_ascii_lowercase().as_str() {
-        "pretty" | "text" => Ok(LogFormat::Pretty),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(expected(var, "pretty or json", s)),
-    }
-}
-
-fn log_filter(var: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync {
-    move |s| {
-        tracing_subscriber::EnvFilter::try_new(s)
-            .map(|_| s.to_owned())
-            .map_err(|e| expected(var, &format!("a log filter such as info ({e})"), s))
-    }
-}
-
-fn backend_choice(
-    var: &'static str,
-) -> impl Fn(&str) -> Result<BackendChoice, String> + Clone + Send + Sync {
-    move |s| match s.trim().to_ascii_lowercase().as_str() {
-        "auto" | "" => Ok(BackendChoice::Auto),
-        "azure" => Ok(BackendChoice::Azure),
-        "mock" => Ok(BackendChoice::Mock),
-        _ => Err(expected(var, "auto, azure or mock", s)),
-    }
-}
-
-fn mock_profile(
-    var: &'static str,
-) -> impl Fn(&str) -> Result<MockProfile, String> + Clone + Send + Sync {
-    move |s| match s.trim().to_ascii_lowercase().as_str() {
-        "realistic" => Ok(MockProfile::Realistic),
-        "instant" => Ok(MockProfile::Instant),
-        _ => Err(expected(var, "realistic or instant", s)),
-    }
-}
-
-fn azure_auth(
-    var: &'static str,
-) -> impl Fn(&str) -> Result<AzureAuth, String> + Clone + Send + Sync {
-    move |s| match s.trim().to_ascii_lowercase().as_str() {
-        "key" => Ok(AzureAuth::Key),
-        "token" | "sts" => Ok(AzureAuth::Token),
-        _ => Err(expected(var, "key or token", s)),
-    }
-}
-
-fn tts_transport(
-    var: &'static str,
-) -> impl Fn(&str) -> Result<TtsTransport, String> + Clone + Send + Sync {
-    move |s| match s.trim().to_ascii_lowercase().as_str() {
-        "websocket" | "ws" => Ok(TtsTransport::Websocket),
-        "rest" | "http" => Ok(TtsTransport::Rest),
-        _ => Err(expected(var, "websocket or rest", s)),
-    }
-}
-
-fn stt_mode(
-    var: &'static str,
-) -> impl Fn(&str) -> Result<RecognitionMode, String> + Clone + Send + Sync {
-    move |s| match s.trim().to_ascii_lowercase().as_str() {
-        "conversation" => Ok(RecognitionMode::Conversation),
-        "interactive" => Ok(RecognitionMode::Interactive),
-        "dictation" => Ok(RecognitionMode::Dictation),
-        _ => Err(expected(var, "conversation, interactive or dictation", s)),
-    }
-}
-
-fn stt_format(
-    var: &'static str,
-) -> impl Fn(&str) -> Result<RecognitionFormat, String> + Clone + Send + Sync {
-    move |s| match s.trim().to_ascii_lowercase().as_str() {
-        "simple" => Ok(RecognitionFormat::Simple),
-        "detailed" => Ok(RecognitionFormat::Detailed),
-        _ => Err(expected(var, "simple or detailed", s)),
-    }
-}
-
-fn audio_format(
-    var: &'static str,
-) -> impl Fn(&str) -> Result<AudioFormat, String> + Clone + Send + Sync {
-    move |s| {
-        s.parse().map_err(|_| {
-            expected(
-                var,
-                "an Azure output format such as riff-24khz-16bit-mono-pcm or \
-                 audio-24khz-48kbitrate-mono-mp3",
-                s,
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        (self.parse)(&text).map_err(|what| {
+            // The variable when the argument has one; a command built without the
+            // environment (tests, `Config::defaults`) falls back to the flag.
+            let setting = arg.map_or_else(
+                || "the value".to_owned(),
+                |a| match a.get_env() {
+                    Some(var) => var.to_string_lossy().into_owned(),
+                    None => a
+                        .get_long()
+                        .map_or_else(|| a.get_id().to_string(), |long| format!("--{long}")),
+                },
+            );
+            let flag = arg.map_or_else(|| "...".to_owned(), ToString::to_string);
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "invalid value '{text}' for '{flag}': {setting} expects {what}, got {text:?}\n"
+                ),
             )
+            .with_cmd(cmd)
         })
     }
 }
 
-fn voice(var: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync {
-    move |s| {
-        speech_core::validate_voice_name(s)
-            .map(|()| s.to_owned())
-            .map_err(|_| {
-                expected(
-                    var,
-                    "a voice short name such as en-US-AvaMultilingualNeural",
-                    s,
-                )
-            })
+impl<T> std::fmt::Debug for Expect<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Expect")
     }
 }
 
-fn language(var: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync {
-    move |s| {
+/// Matches `s` (trimmed, any case) against `choices`; on no match expects `what`.
+fn choose<T: Copy>(s: &str, choices: &[(&str, T)], what: &str) -> Result<T, String> {
+    let key = s.trim().to_ascii_lowercase();
+    choices
+        .iter()
+        .find(|(name, _)| *name == key)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| what.to_owned())
+}
+
+pub(crate) fn count() -> Expect<usize> {
+    Expect::new(|s| {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| "a whole number such as 3".into())
+    })
+}
+
+pub(crate) fn boolean() -> Expect<bool> {
+    Expect::new(|s| {
+        choose(
+            s,
+            &[
+                ("true", true),
+                ("1", true),
+                ("yes", true),
+                ("on", true),
+                ("false", false),
+                ("0", false),
+                ("no", false),
+                ("off", false),
+            ],
+            "true or false",
+        )
+    })
+}
+
+/// Seconds with a fraction. Zero only when `allow_zero` (it means "disabled" there); a
+/// positive value too small to be a whole nanosecond is refused rather than silently
+/// becoming zero.
+fn parse_seconds(s: &str, allow_zero: bool) -> Result<Duration, String> {
+    let what = if allow_zero {
+        "a number of seconds >= 0 such as 30.0 (at least 0.000000001 unless 0)"
+    } else {
+        "a number of seconds > 0 such as 30.0 (at least 0.000000001)"
+    };
+    let v: f64 = s.trim().parse().map_err(|_| what.to_owned())?;
+    // Also bounded above: Duration::from_secs_f64 panics on huge values, and a timeout of
+    // more than 100 years is a typo.
+    if !v.is_finite() || v < 0.0 || (v == 0.0 && !allow_zero) || v > 3.2e9 {
+        return Err(what.to_owned());
+    }
+    let d = Duration::from_secs_f64(v);
+    if v > 0.0 && d.is_zero() {
+        return Err(what.to_owned());
+    }
+    Ok(d)
+}
+
+pub(crate) fn seconds() -> Expect<Duration> {
+    Expect::new(|s| parse_seconds(s, true))
+}
+
+pub(crate) fn positive_seconds() -> Expect<Duration> {
+    Expect::new(|s| parse_seconds(s, false))
+}
+
+fn socket_addr() -> Expect<SocketAddr> {
+    Expect::new(|s| {
+        s.trim()
+            .parse()
+            .map_err(|_| "IP:PORT such as 127.0.0.1:8080 or 0.0.0.0:8080".into())
+    })
+}
+
+fn log_format() -> Expect<LogFormat> {
+    Expect::new(|s| {
+        choose(
+            s,
+            &[
+                ("pretty", LogFormat::Pretty),
+                ("text", LogFormat::Pretty),
+                ("json", LogFormat::Json),
+            ],
+            "pretty or json",
+        )
+    })
+}
+
+fn log_filter() -> Expect<String> {
+    Expect::new(|s| {
+        tracing_subscriber::EnvFilter::try_new(s)
+            .map(|_| s.to_owned())
+            .map_err(|e| format!("a log filter such as info ({e})"))
+    })
+}
+
+fn backend_choice() -> Expect<BackendChoice> {
+    Expect::new(|s| {
+        choose(
+            s,
+            &[
+                ("auto", BackendChoice::Auto),
+                ("", BackendChoice::Auto),
+                ("azure", BackendChoice::Azure),
+                ("mock", BackendChoice::Mock),
+            ],
+            "auto, azure or mock",
+        )
+    })
+}
+
+fn mock_profile() -> Expect<MockProfile> {
+    Expect::new(|s| {
+        choose(
+            s,
+            &[
+                ("realistic", MockProfile::Realistic),
+                ("instant", MockProfile::Instant),
+            ],
+            "realistic or instant",
+        )
+    })
+}
+
+fn azure_auth() -> Expect<AzureAuth> {
+    Expect::new(|s| {
+        choose(
+            s,
+            &[
+                ("key", AzureAuth::Key),
+                ("token", AzureAuth::Token),
+                ("sts", AzureAuth::Token),
+            ],
+            "key or token",
+        )
+    })
+}
+
+fn tts_transport() -> Expect<TtsTransport> {
+    Expect::new(|s| {
+        choose(
+            s,
+            &[
+                ("websocket", TtsTransport::Websocket),
+                ("ws", TtsTransport::Websocket),
+                ("rest", TtsTransport::Rest),
+                ("http", TtsTransport::Rest),
+            ],
+            "websocket or rest",
+        )
+    })
+}
+
+fn stt_mode() -> Expect<RecognitionMode> {
+    Expect::new(|s| {
+        choose(
+            s,
+            &[
+                ("conversation", RecognitionMode::Conversation),
+                ("interactive", RecognitionMode::Interactive),
+                ("dictation", RecognitionMode::Dictation),
+            ],
+            "conversation, interactive or dictation",
+        )
+    })
+}
+
+fn stt_format() -> Expect<RecognitionFormat> {
+    Expect::new(|s| {
+        choose(
+            s,
+            &[
+                ("simple", RecognitionFormat::Simple),
+                ("detailed", RecognitionFormat::Detailed),
+            ],
+            "simple or detailed",
+        )
+    })
+}
+
+fn audio_format() -> Expect<AudioFormat> {
+    Expect::new(|s| {
+        s.parse().map_err(|_| {
+            "an Azure output format such as riff-24khz-16bit-mono-pcm or \
+             audio-24khz-48kbitrate-mono-mp3"
+                .into()
+        })
+    })
+}
+
+fn voice() -> Expect<String> {
+    Expect::new(|s| {
+        speech_core::validate_voice_name(s)
+            .map(|()| s.to_owned())
+            .map_err(|_| "a voice short name such as en-US-AvaMultilingualNeural".into())
+    })
+}
+
+fn language() -> Expect<String> {
+    Expect::new(|s| {
         RecognitionRequest::new(s)
             .validate()
             .map(|()| s.to_owned())
-            .map_err(|_| expected(var, "a BCP 47 language tag such as en-US", s))
-    }
+            .map_err(|_| "a BCP 47 language tag such as en-US".into())
+    })
 }
 
-fn region(var: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync {
-    move |s| {
+fn region() -> Expect<String> {
+    Expect::new(|s| {
         let ok = !s.is_empty()
             && s.len() <= 64
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if ok {
             Ok(s.to_owned())
         } else {
-            Err(expected(var, "an Azure region name such as eastus", s))
+            Err("an Azure region name such as eastus".into())
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -651,6 +787,7 @@ mod tests {
 
     use super::*;
 
+    /// Parses flags with the environment ignored.
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         let cmd = Config::command().mut_args(|a| a.env(None::<&str>));
         let mut argv = vec!["speech-pool"];
@@ -659,8 +796,28 @@ mod tests {
         <Config as clap::FromArgMatches>::from_arg_matches(&m)
     }
 
+    /// Runs `parser` on `value` for the argument behind `flag` as declared on [`Config`]
+    /// (with its variable), as clap does for a value from the environment, without
+    /// touching the process's environment.
+    fn parse_as_declared<T: Clone + Send + Sync + 'static>(
+        parser: Expect<T>,
+        flag: &str,
+        value: &str,
+    ) -> Result<T, clap::Error> {
+        use clap::builder::TypedValueParser;
+        let mut cmd = Config::command();
+        // As before any parse: rendering an argument in a message needs the built form.
+        cmd.build();
+        let long = flag.trim_start_matches("--");
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .expect("a known flag");
+        parser.parse_ref(&cmd, Some(arg), std::ffi::OsStr::new(value))
+    }
+
     #[test]
-    fn defaults_are_the_seeds() {
+    fn defaults_are_the_documented_ones() {
         let c = Config::defaults();
         assert!(c.warm_pool_enabled);
         assert_eq!(c.warm_pool_tts_size, 3);
@@ -766,10 +923,96 @@ mod tests {
         ];
         for (args, var, value, what) in cases {
             let err = parse(&args).expect_err(var).to_string();
-            assert!(err.contains(var), "{err}");
+            assert!(err.contains(args[0]), "{err}");
             assert!(err.contains(value), "{err}");
             assert!(err.contains(what), "{err}");
         }
+    }
+
+    #[test]
+    fn a_malformed_value_names_the_declared_variable() {
+        let err = parse_as_declared(count(), "--warm-pool-tts-size", "three")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("WARM_POOL_TTS_SIZE expects a whole number"),
+            "{err}"
+        );
+        assert!(err.contains("\"three\""), "{err}");
+        let err = parse_as_declared(
+            positive_seconds(),
+            "--warm-pool-refresh-interval",
+            "0.0000000001",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("WARM_POOL_REFRESH_INTERVAL expects a number of seconds > 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_positive_duration_below_one_nanosecond_is_refused_not_zero() {
+        for flag in [
+            "--warm-pool-refresh-interval",
+            "--pool-acquire-timeout",
+            "--pool-max-age",
+        ] {
+            let err = parse(&[flag, "0.0000000001"]).expect_err(flag).to_string();
+            assert!(err.contains("0.000000001"), "{err}");
+        }
+        let c = parse(&["--pool-max-age", "0.000000001"]).unwrap();
+        assert_eq!(c.pool_max_age, Duration::from_nanos(1));
+    }
+
+    #[test]
+    fn validation_messages_use_the_declared_variables() {
+        assert_eq!(variable("warm_pool_tts_size"), "WARM_POOL_TTS_SIZE");
+        assert_eq!(variable("pool_stt_max_size"), "POOL_STT_MAX_SIZE");
+        let c = parse(&["--pool-stt-max-size", "0"]).unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "POOL_STT_MAX_SIZE is 0; expected at least 1 connection"
+        );
+        let c = parse(&["--max-body-bytes", "0"]).unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("MAX_BODY_BYTES is 0"),
+        );
+        let c = parse(&["--warm-pool-stt-size", "9", "--pool-stt-max-size", "4"]).unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "WARM_POOL_STT_SIZE is 9 but POOL_STT_MAX_SIZE is 4; \
+             expected WARM_POOL_STT_SIZE <= POOL_STT_MAX_SIZE"
+        );
+    }
+
+    #[test]
+    fn pool_kinds_choose_their_own_sizes() {
+        let c = parse(&[
+            "--warm-pool-tts-size",
+            "4",
+            "--warm-pool-stt-size",
+            "1",
+            "--pool-tts-max-size",
+            "9",
+            "--pool-stt-max-size",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.warm_size(PoolKind::Tts), c.max_size(PoolKind::Tts)),
+            (4, 9)
+        );
+        assert_eq!(
+            (c.warm_size(PoolKind::Stt), c.max_size(PoolKind::Stt)),
+            (1, 5)
+        );
+        assert_eq!(PoolKind::Tts.name(), "speech-tts");
+        assert_eq!(PoolKind::Stt.name(), "speech-stt");
     }
 
     #[test]

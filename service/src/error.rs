@@ -26,16 +26,20 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
 }
 
-/// The body of every error response.
-#[derive(Debug, serde::Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// The body of every error response (described as `ErrorBody` in the OpenAPI document).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
 }
 
-#[derive(Debug, serde::Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The details of an error response.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `bad_request`, `pool_exhausted`.
+    pub code: String,
+    /// A human-readable reason.
+    pub message: String,
 }
 
 /// How long a client should wait before retrying when the server gave no hint: long
@@ -148,8 +152,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code,
-                message: &self.message,
+                code: self.code.to_owned(),
+                message: self.message,
             },
         };
         let mut response = (self.status, Json(body)).into_response();

@@ -7,7 +7,8 @@
 //!
 //! Endpoints:
 //! - `GET /livez`, `GET /readyz` (no authentication);
-//! - `GET /api/v1/pools`: the seed's `PoolsHealthResponse`;
+//! - `GET /api/v1/pools`: pool health ([`routes::pools::PoolsHealthResponse`]);
+//! - `GET /api/v1/openapi.json`: the OpenAPI description of all of these ([`openapi`]);
 //! - `GET /metrics`: Prometheus text;
 //! - `POST /api/v1/tts`: JSON `{text | ssml, voice?, format?, session_id?}` → streamed audio;
 //! - `GET /api/v1/stt`: websocket, PCM in, recognition events out;
@@ -24,13 +25,14 @@ pub mod config;
 pub mod error;
 pub mod lifecycle;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod secret;
 pub mod state;
 pub mod telemetry;
 
-#[cfg(test)]
-mod test_support;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 use std::time::Instant;
 
@@ -46,6 +48,7 @@ pub use backend::{BackendKind, StartupError};
 pub use config::Config;
 pub use error::ApiError;
 pub use lifecycle::{serve, shutdown_signal};
+pub use routes::{REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER};
 pub use state::{AppState, Pools, STT_POOL, ServiceOptions, TTS_POOL};
 
 /// The service's router over `state`. Used by `main` and by the tests
@@ -54,6 +57,7 @@ pub fn app(state: AppState) -> Router {
     let protected = Router::new()
         .route("/", get(routes::dashboard::dashboard))
         .route("/api/v1/pools", get(routes::pools::pools))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/tts", post(routes::tts::tts))
         .route("/api/v1/stt", get(routes::stt::stt))
@@ -112,6 +116,16 @@ pub fn install_crypto_provider() {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "pools",
+    responses(
+        (status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong API key", body = error::ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 async fn metrics_handler(State(state): State<AppState>) -> Response {
     let body = state.metrics().render(&state.snapshots());
     (

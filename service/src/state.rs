@@ -13,14 +13,14 @@ use speech_core::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, PoolKind};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 
-/// Name of the text-to-speech pool (the seed's name; also the key in `/api/v1/pools`).
-pub const TTS_POOL: &str = "speech-tts";
+/// Name of the text-to-speech pool (also its key in `/api/v1/pools`).
+pub const TTS_POOL: &str = PoolKind::Tts.name();
 /// Name of the speech-to-text pool.
-pub const STT_POOL: &str = "speech-stt";
+pub const STT_POOL: &str = PoolKind::Stt.name();
 
 /// The service's two pools.
 #[derive(Debug, Clone)]
@@ -42,29 +42,28 @@ impl Pools {
     ) -> Result<Self, BuildError> {
         Ok(Self {
             tts: Pool::builder(tts)
-                .config(pool_config(config, TTS_POOL))
+                .config(pool_config(config, PoolKind::Tts))
                 .build()?,
             stt: Pool::builder(stt)
-                .config(pool_config(config, STT_POOL))
+                .config(pool_config(config, PoolKind::Stt))
                 .build()?,
         })
     }
 }
 
 /// The pool configuration for one of the service's pools.
-pub fn pool_config(config: &Config, name: &str) -> PoolConfig {
-    let (warm, max) = if name == TTS_POOL {
-        (config.warm_pool_tts_size, config.pool_tts_max_size)
-    } else {
-        (config.warm_pool_stt_size, config.pool_stt_max_size)
-    };
+pub fn pool_config(config: &Config, pool: PoolKind) -> PoolConfig {
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     PoolConfig {
-        name: name.to_owned(),
-        // Disabled warm pools behave like the seed's OnDemandResourcePool: no idle set, no
-        // background work, sessions still dedicated.
-        warm_target: if config.warm_pool_enabled { warm } else { 0 },
-        max_size: max,
+        name: pool.name().to_owned(),
+        // Disabled warm pools connect on demand: no idle set, no background work, but a
+        // session's turns still reuse its connection.
+        warm_target: if config.warm_pool_enabled {
+            config.warm_size(pool)
+        } else {
+            0
+        },
+        max_size: config.max_size(pool),
         // Always on: a call's turns must reuse its connection (the DEDICATED tier).
         session_awareness: true,
         session_max_age: config.warm_pool_session_max_age,
@@ -309,6 +308,20 @@ impl Drop for StreamGuard<'_> {
     }
 }
 
+/// A state over zero-latency mock pools without background work (so it builds outside a
+/// runtime), for the crate's unit tests.
+#[cfg(test)]
+pub(crate) fn unit_test_state() -> AppState {
+    use speech_mock::backend::{MockConfig, mock_stt_manager, mock_tts_manager};
+
+    let mut config = Config::defaults();
+    config.warm_pool_background_refresh = false;
+    let (tts, _) = mock_tts_manager(MockConfig::default());
+    let (stt, _) = mock_stt_manager(MockConfig::default());
+    let pools = Pools::build(&config, tts, stt).expect("pools");
+    AppState::new(pools, ServiceOptions::from_config(&config, "mock"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,12 +346,13 @@ mod tests {
     fn disabled_warm_pool_is_on_demand() {
         let mut c = Config::defaults();
         c.warm_pool_enabled = false;
-        let p = pool_config(&c, TTS_POOL);
+        let p = pool_config(&c, PoolKind::Tts);
         assert_eq!(p.warm_target, 0);
         assert!(!p.background_warmup);
         assert!(p.session_awareness);
         let c = Config::defaults();
-        assert_eq!(pool_config(&c, TTS_POOL).warm_target, 3);
-        assert_eq!(pool_config(&c, STT_POOL).warm_target, 2);
+        assert_eq!(pool_config(&c, PoolKind::Tts).warm_target, 3);
+        assert_eq!(pool_config(&c, PoolKind::Stt).warm_target, 2);
+        assert_eq!(pool_config(&c, PoolKind::Stt).name, STT_POOL);
     }
 }

@@ -16,7 +16,10 @@ pub fn init(format: LogFormat, filter: &str) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The innermost span's fields (request id, session, pool, tier of a turn) on
+            // every line, so a turn's lines can be grepped together.
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };

@@ -112,11 +112,11 @@ async fn disabled_warm_pool_serves_cold_and_hit_rate_is_rounded() {
     let t = build(&c, MockConfig::default());
     t.state.warm_up().await;
     let r = tts(&t.state, json!({"text": "a", "session_id": "s"})).await;
-    assert_eq!(r.header("x-pool-tier"), Some("cold"));
+    assert_eq!(r.tier(), Some("cold"));
     let r = tts(&t.state, json!({"text": "b", "session_id": "s"})).await;
-    assert_eq!(r.header("x-pool-tier"), Some("dedicated"));
+    assert_eq!(r.tier(), Some("dedicated"));
     let r = tts(&t.state, json!({"text": "c"})).await;
-    assert_eq!(r.header("x-pool-tier"), Some("cold"));
+    assert_eq!(r.tier(), Some("cold"));
     let v = get(&t.state, "/api/v1/pools").await.json();
     // 1 of 3 = 33.33… → 33.3
     assert_eq!(v["summary"]["hit_rate_percent"], 33.3);
@@ -134,7 +134,7 @@ async fn tts_streams_audio_with_content_type_and_tier() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("audio/wav"));
-    assert_eq!(r.header("x-pool-tier"), Some("warm"));
+    assert_eq!(r.tier(), Some("warm"));
     assert_eq!(r.header("x-session-id"), Some("c-7"));
     assert_eq!(r.header("x-request-id").map(str::len), Some(32));
     // The pool wait, in the standard Server-Timing form a browser's devtools understand.
@@ -151,7 +151,7 @@ async fn tts_streams_audio_with_content_type_and_tier() {
         json!({"text": "hello again", "session_id": "c-7"}),
     )
     .await;
-    assert_eq!(r.header("x-pool-tier"), Some("dedicated"));
+    assert_eq!(r.tier(), Some("dedicated"));
 
     let r = tts(
         &t.state,
@@ -375,17 +375,13 @@ async fn a_connection_lost_before_any_audio_is_retried_once_on_a_fresh_one() {
     for (text, tier) in [("first", "warm"), ("second", "dedicated")] {
         let r = tts(&t.state, json!({"text": text, "session_id": "c-r"})).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        assert_eq!(r.header("x-pool-tier"), Some(tier));
+        assert_eq!(r.tier(), Some(tier));
     }
     // Turn 3 drops on the session's connection; the retry is turn 4, on a warm one.
     let r = tts(&t.state, json!({"text": "third", "session_id": "c-r"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(&r.body[..4], b"RIFF");
-    assert_eq!(
-        r.header("x-pool-tier"),
-        Some("warm"),
-        "a new connection, not the dead one"
-    );
+    assert_eq!(r.tier(), Some("warm"), "a new connection, not the dead one");
     let counters = t.tts.snapshot();
     assert_eq!(counters.dropped_mid_stream, 1, "{counters:?}");
     assert_eq!(counters.turns_served, 3, "{counters:?}");
@@ -400,7 +396,7 @@ async fn a_connection_lost_before_any_audio_is_retried_once_on_a_fresh_one() {
     );
     // The session kept the connection that worked.
     let r = tts(&t.state, json!({"text": "fourth", "session_id": "c-r"})).await;
-    assert_eq!(r.header("x-pool-tier"), Some("dedicated"));
+    assert_eq!(r.tier(), Some("dedicated"));
     t.state.shutdown(Duration::from_secs(1)).await;
 
     // When every turn drops, the one retry fails too and the caller gets a clear 503.
@@ -528,7 +524,7 @@ async fn sessions_release_and_404_for_unknown() {
     );
     // The next turn of that id starts over from the warm set.
     let r = tts(&t.state, json!({"text": "hi", "session_id": "call-9"})).await;
-    assert_eq!(r.header("x-pool-tier"), Some("warm"));
+    assert_eq!(r.tier(), Some("warm"));
     t.state.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -46,6 +46,9 @@ fn malformed_values_stop_start_up_naming_variable_value_and_expectation() {
         ("WARM_POOL_TTS_SIZE", "three", "whole number"),
         ("WARM_POOL_ENABLED", "perhaps", "true or false"),
         ("WARM_POOL_REFRESH_INTERVAL", "soon", "seconds"),
+        // Positive, but zero once rounded to nanoseconds: refused by the parser rather
+        // than passed on as 0 to the pool, whose error would not name the variable.
+        ("WARM_POOL_REFRESH_INTERVAL", "0.0000000001", "seconds > 0"),
         ("LISTEN_ADDR", "localhost", "IP:PORT"),
         ("LOG_FORMAT", "yaml", "pretty or json"),
         ("SPEECH_BACKEND", "google", "auto, azure or mock"),

@@ -59,9 +59,7 @@ async fn in_flight_synthesis_finishes_during_shutdown() {
         received += chunk.len();
     }
     assert_eq!(received, reference.len());
-    tokio::time::timeout(HANG, server.stop())
-        .await
-        .expect("serve returns");
+    server.stop(HANG).await.expect("serve returns");
     let s = t.tts.snapshot();
     assert_eq!(s.turns_served, 2, "{s:?}");
     assert_eq!(s.open_now, 0, "{s:?}");
@@ -89,7 +87,8 @@ async fn shutdown_is_bounded_by_the_grace_period() {
         .unwrap();
     response.chunk().await.unwrap().expect("first chunk");
     server.signal();
-    tokio::time::timeout(HANG, server.stop())
+    server
+        .stop(HANG)
         .await
         .expect("serve returns despite the stuck stream");
     // Idle connections were closed; only the stuck one is still out.

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{build, config, pcm, start, warm_app};
+use common::{build, config, pcm, start, stop, warm_app};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use speech_mock::backend::MockConfig;
@@ -72,7 +72,7 @@ async fn stream_turns_sessions_and_pool_figures() {
     assert_eq!(
         response
             .headers()
-            .get("x-pool-tier")
+            .get(service::TIER_HEADER)
             .and_then(|v| v.to_str().ok()),
         Some("warm")
     );
@@ -114,7 +114,7 @@ async fn stream_turns_sessions_and_pool_figures() {
     assert_eq!(stt["allocations_warm"], 1, "{stt}");
     assert!(stt["allocations_dedicated"].as_u64().unwrap() >= 2, "{stt}");
     assert_eq!(stt["active_sessions"], 1);
-    server.stop().await;
+    stop(server).await;
     assert_eq!(t.stt.snapshot().open_now, 0, "{:?}", t.stt.snapshot());
     assert_eq!(t.state.pools().stt.background_tasks(), 0);
 }
@@ -137,7 +137,7 @@ async fn plain_stream_without_session_and_empty_end() {
     let events = turn(&mut ws, &pcm(0.5)).await;
     assert_eq!(phrase(&events), Some("hello world"), "{events:?}");
     drop(ws);
-    server.stop().await;
+    stop(server).await;
     assert_eq!(t.stt.snapshot().open_now, 0);
 }
 
@@ -162,7 +162,7 @@ async fn handshake_errors_are_http_statuses() {
             other => panic!("{query}: {other}"),
         }
     }
-    server.stop().await;
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -186,7 +186,7 @@ async fn deleting_the_session_ends_its_stream() {
     assert_eq!(v["released"]["speech-stt"], true);
     let closed = next(&mut ws).await;
     assert_eq!(closed, json!({"type": "close", "code": 1000}));
-    server.stop().await;
+    stop(server).await;
     assert_eq!(t.stt.snapshot().open_now, 0);
 }
 
@@ -202,7 +202,7 @@ async fn draining_closes_idle_streams_with_going_away() {
     let closed = next(&mut ws).await;
     assert_eq!(closed, json!({"type": "close", "code": 1001}));
     drop(ws);
-    server.stop().await;
+    stop(server).await;
     assert_eq!(t.stt.snapshot().open_now, 0);
     assert_eq!(t.tts.snapshot().open_now, 0);
 }
@@ -230,7 +230,7 @@ async fn exhausted_stt_pool_refuses_the_handshake_with_429() {
         other => panic!("{other}"),
     }
     drop(first);
-    server.stop().await;
+    stop(server).await;
 }
 
 #[tokio::test]
@@ -255,7 +255,7 @@ async fn a_connection_gone_stale_before_the_first_audio_is_replaced() {
     assert_eq!(events[0]["tier"], "cold");
     assert_eq!(events.last().unwrap()["type"], "turn_end", "{events:?}");
     drop(ws);
-    server.stop().await;
+    stop(server).await;
     assert_eq!(t.stt.snapshot().open_now, 0);
 }
 
@@ -274,5 +274,5 @@ async fn a_second_stream_of_a_busy_session_is_refused_not_hung() {
         other => panic!("{other}"),
     }
     drop(first);
-    server.stop().await;
+    stop(server).await;
 }

@@ -313,10 +313,10 @@ impl Authenticator {
         }
         {
             let st = self.state();
-            if let (Some(at), Some(err)) = (st.retry_at, &st.last_error) {
-                if Instant::now() < at {
-                    return Err(err.clone());
-                }
+            if let (Some(at), Some(err)) = (st.retry_at, &st.last_error)
+                && Instant::now() < at
+            {
+                return Err(err.clone());
             }
         }
         let cached = self.fetch_and_store().await?;
@@ -334,14 +334,17 @@ impl Authenticator {
             return None;
         }
         let in_backoff = st.retry_at.is_some_and(|at| now < at);
-        if may_spawn && left < p.refresh_ahead && !st.background && !in_backoff {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                st.background = true;
-                let me = self.clone();
-                rt.spawn(async move {
-                    me.background_refresh().await;
-                });
-            }
+        if may_spawn
+            && left < p.refresh_ahead
+            && !st.background
+            && !in_backoff
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            st.background = true;
+            let me = self.clone();
+            rt.spawn(async move {
+                me.background_refresh().await;
+            });
         }
         Some(bearer(&c))
     }
@@ -356,10 +359,8 @@ impl Authenticator {
             });
             left < self.inner.policy.refresh_ahead && st.retry_at.is_none_or(|at| now >= at)
         };
-        if needed {
-            if let Err(e) = self.fetch_and_store().await {
-                tracing::warn!(error = %e, "background token refresh failed; the current token is kept");
-            }
+        if needed && let Err(e) = self.fetch_and_store().await {
+            tracing::warn!(error = %e, "background token refresh failed; the current token is kept");
         }
         self.state().background = false;
     }

@@ -179,10 +179,10 @@ impl SttWebSocket {
                                 break;
                             }
                             if let Some(ev) = to_event(&path, &t.body) {
-                                if let RecognitionEvent::Phrase { status, .. } = &ev {
-                                    if let Some(e) = inband_error(status) {
-                                        inband.get_or_insert(e);
-                                    }
+                                if let RecognitionEvent::Phrase { status, .. } = &ev
+                                    && let Some(e) = inband_error(status)
+                                {
+                                    inband.get_or_insert(e);
                                 }
                                 events.send(ev).await?;
                             }

@@ -86,7 +86,7 @@ async fn pool_keeps_zero_cold_across_idle_and_age_limits() {
             r.unwrap_or_else(|e| panic!("call {calls} second turn: {e}"));
         }
         assert!(tts.release_for_session(&session).await);
-        if calls % 2 == 0 {
+        if calls.is_multiple_of(2) {
             let mut g = stt.acquire().await.expect("acquire stt");
             assert_ne!(g.tier(), Tier::Cold, "STT call {calls} paid a cold connect");
             let (r, _) = recognize(&mut **g, RecognitionRequest::new("en-US"), pcm(400)).await;

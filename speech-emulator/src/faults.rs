@@ -325,10 +325,10 @@ impl FaultPlan {
             if rule.fault.phase() != phase || !rule.target.matches(endpoint) {
                 return true;
             }
-            if let Some(k) = &rule.key {
-                if identity != Some(k.as_str()) {
-                    return true;
-                }
+            if let Some(k) = &rule.key
+                && identity != Some(k.as_str())
+            {
+                return true;
             }
             if rule.skip > 0 {
                 rule.skip -= 1;

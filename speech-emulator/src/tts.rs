@@ -279,14 +279,14 @@ fn metadata(doc: &Ssml, opts: &TtsOptions) -> Vec<(u64, String)> {
                 start = Some(i);
             }
             let last = i + 1 == chars.len();
-            if let Some(s) = start {
-                if matches!(c, '.' | '!' | '?') || last {
-                    items.push((
-                        Timeline::char_offset_ticks(s),
-                        boundary(s, i + 1 - s, "SentenceBoundary", "SentenceBoundary"),
-                    ));
-                    start = None;
-                }
+            if let Some(s) = start
+                && (matches!(c, '.' | '!' | '?') || last)
+            {
+                items.push((
+                    Timeline::char_offset_ticks(s),
+                    boundary(s, i + 1 - s, "SentenceBoundary", "SentenceBoundary"),
+                ));
+                start = None;
             }
         }
     }
@@ -450,13 +450,13 @@ impl Protocol for TtsSession {
                 self.config_seen = true;
                 // Edge-style clients put the output options here instead of sending
                 // synthesis.context; honour them as the connection's defaults.
-                if let Ok(v) = serde_json::from_str::<Value>(&msg.body) {
-                    if let Some(audio) = v.pointer("/context/synthesis/audio") {
-                        self.defaults = self
-                            .defaults
-                            .apply(audio)
-                            .map_err(|e| Stop::Close(1007, e))?;
-                    }
+                if let Ok(v) = serde_json::from_str::<Value>(&msg.body)
+                    && let Some(audio) = v.pointer("/context/synthesis/audio")
+                {
+                    self.defaults = self
+                        .defaults
+                        .apply(audio)
+                        .map_err(|e| Stop::Close(1007, e))?;
                 }
                 Ok(())
             }
@@ -480,10 +480,8 @@ impl Protocol for TtsSession {
                     .ok()
                     .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned))
                     .is_some_and(|a| a.eq_ignore_ascii_case("stop"));
-                if stop {
-                    if let Some(t) = &mut self.current {
-                        t.stopped = true;
-                    }
+                if stop && let Some(t) = &mut self.current {
+                    t.stopped = true;
                 }
                 Ok(())
             }

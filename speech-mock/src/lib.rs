@@ -4,4 +4,6 @@
 //! traits and pool-core's `Manager`. It has no network stack: the Azure protocol emulator,
 //! which tests `speech-azure` over real sockets, is the separate `speech-emulator` crate.
 
+#![warn(missing_docs)]
+
 pub mod backend;

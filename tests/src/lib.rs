@@ -3,7 +3,6 @@
 
 #![warn(missing_docs)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,74 +18,15 @@ pub const HANG: Duration = Duration::from_secs(30);
 /// A websocket client connection.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// The service running on a real socket.
-#[derive(Debug)]
-pub struct Running {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
+pub use service::test_support::{LoopbackServer as Running, client, install_crypto_provider, pcm};
 
-impl Running {
-    /// `http://ADDR{path}`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// `ws://ADDR{path}`.
-    pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-
-    /// Sends the shutdown signal and waits for `serve` to return.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let result = tokio::time::timeout(HANG, task)
-                .await
-                .expect("serve returns after the shutdown signal")
-                .expect("serve task");
-            result.expect("serve result");
-        }
-    }
-}
-
-/// Serves `state` on 127.0.0.1 (free port) exactly as `main` does, grace 5 s.
+/// Serves `state` on 127.0.0.1 (free port) exactly as `main` does, grace 5 s. Stop it with
+/// [`Running::stop`] and [`HANG`] as the limit.
 pub async fn spawn_service(state: &AppState) -> Running {
     install_crypto_provider();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    Running::start(state, Duration::from_secs(5))
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(service::serve(
-        listener,
-        state.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(5),
-    ));
-    Running {
-        addr,
-        stop: Some(stop),
-        task: Some(task),
-    }
-}
-
-/// Installs the process's rustls provider (ring) once; reqwest and the Azure backend need
-/// it even for plain http.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// An HTTP client for the service.
-pub fn client() -> reqwest::Client {
-    install_crypto_provider();
-    reqwest::Client::new()
+        .expect("bind 127.0.0.1")
 }
 
 /// `GET` a JSON document.
@@ -99,14 +39,6 @@ pub async fn get_json(url: &str) -> Value {
         .json()
         .await
         .expect("JSON")
-}
-
-/// `seconds` of 16 kHz 16-bit mono PCM: a quiet sawtooth.
-pub fn pcm(seconds: f32) -> Vec<u8> {
-    let samples = (16_000.0 * seconds) as usize;
-    (0..samples)
-        .flat_map(|i| (((i % 64) as i16 - 32) * 100).to_le_bytes())
-        .collect()
 }
 
 /// Opens the STT websocket and reads the `connected` message.
@@ -179,7 +111,7 @@ pub async fn tts(running: &Running, body: Value) -> (u16, Option<String>, usize)
     let status = r.status().as_u16();
     let tier = r
         .headers()
-        .get("x-pool-tier")
+        .get(service::TIER_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = r.bytes().await.expect("body");

@@ -13,7 +13,7 @@ use serde_json::json;
 use service::backend::{BackendKind, Managers};
 use service::{Config, state_from_managers};
 use speech_mock::backend::{MockConfig, mock_stt_manager, mock_tts_manager};
-use tests::{spawn_service, tts};
+use tests::{HANG, spawn_service, tts};
 
 fn find_chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM_BIN") {
@@ -166,5 +166,5 @@ async fn dashboard_renders_charts_with_data_in_chromium() {
             "{id} painted nothing: {canvas}"
         );
     }
-    running.stop().await;
+    running.stop(HANG).await.expect("clean shutdown");
 }

@@ -118,7 +118,7 @@ async fn a_call_over_tls_gets_dedicated_connections_and_nothing_stays_open() {
     assert!(!metrics.contains(KEY));
     assert!(emulator.counters().turns_served >= 4);
 
-    running.stop().await;
+    running.stop(HANG).await.expect("clean shutdown");
     no_connection_left(emulator, ca).await;
 }
 
@@ -143,7 +143,7 @@ async fn rest_synthesis_with_sts_tokens() {
     let counters = emulator.counters();
     assert!(counters.tokens_issued >= 1, "{counters:?}");
     assert!(counters.rest_requests >= 2, "{counters:?}");
-    running.stop().await;
+    running.stop(HANG).await.expect("clean shutdown");
     no_connection_left(emulator, ca).await;
 }
 
@@ -173,7 +173,7 @@ async fn upstream_rejections_map_to_clear_statuses() {
     let pools = get_json(&running.url("/api/v1/pools")).await;
     assert_eq!(pools["status"], "degraded");
     assert!(!pools.to_string().contains("not-the-key"));
-    running.stop().await;
+    running.stop(HANG).await.expect("clean shutdown");
 
     // Throttling: the upgrade answered 429 with Retry-After reaches the client as 429 with
     // the same Retry-After.
@@ -203,7 +203,7 @@ async fn upstream_rejections_map_to_clear_statuses() {
     // The fault fired once; the next request connects.
     let (status, tier, _) = tts(&running, json!({"text": "hi"})).await;
     assert_eq!((status, tier.as_deref()), (200, Some("cold")));
-    running.stop().await;
+    running.stop(HANG).await.expect("clean shutdown");
     no_connection_left(emulator, ca).await;
 }
 
@@ -256,7 +256,7 @@ async fn pools_replace_idle_connections_the_server_closed_without_traffic() {
     let (status, tier, _) = {
         let running = spawn_service(&state).await;
         let r = tts(&running, json!({"text": "after the restart"})).await;
-        running.stop().await;
+        running.stop(HANG).await.expect("clean shutdown");
         r
     };
     assert_eq!((status, tier.as_deref()), (200, Some("warm")));

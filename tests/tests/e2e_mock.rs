@@ -6,7 +6,7 @@ use serde_json::json;
 use service::backend::{BackendKind, Managers};
 use service::{Config, state_from_managers};
 use speech_mock::backend::{MockConfig, mock_stt_manager, mock_tts_manager};
-use tests::{final_phrase, get_json, pcm, spawn_service, stt_connect, stt_turn, tts};
+use tests::{HANG, final_phrase, get_json, pcm, spawn_service, stt_connect, stt_turn, tts};
 
 fn config() -> Config {
     let mut c = Config::defaults();
@@ -104,7 +104,7 @@ async fn a_call_gets_dedicated_connections_and_everything_is_closed_at_the_end()
     let pools = get_json(&running.url("/api/v1/pools")).await;
     assert_eq!(pools["summary"]["total_active_sessions"], 0);
 
-    running.stop().await;
+    running.stop(HANG).await.expect("clean shutdown");
     for (name, c) in [("tts", &tts_counters), ("stt", &stt_counters)] {
         let s = c.snapshot();
         assert_eq!(s.open_now, 0, "{name}: {s:?}");
@@ -156,6 +156,6 @@ async fn concurrent_calls_beyond_the_warm_set_all_succeed_without_leaks() {
     let t = &pools["pools"]["speech-tts"];
     assert_eq!(t["allocations_total"], 12);
     assert!(t["size"].as_u64().unwrap() <= 4, "{t}");
-    running.stop().await;
+    running.stop(HANG).await.expect("clean shutdown");
     assert_eq!(tts_counters.snapshot().open_now, 0);
 }

@@ -86,7 +86,7 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
                     let status = response.status().as_u16();
                     let tier = response
                         .headers()
-                        .get("x-pool-tier")
+                        .get(service::TIER_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
                     let body = response
@@ -163,7 +163,7 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
         .expect("tts pool");
     assert_eq!(tts_pool.allocations_total, turns, "{tts_pool:?}");
 
-    running.stop().await;
+    running.stop(HANG).await.expect("clean shutdown");
     // The HTTP client's idle keep-alive connections are tasks too.
     drop(client);
     let tasks_after = tokio::time::timeout(HANG, async {

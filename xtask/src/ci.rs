@@ -41,6 +41,17 @@ fn steps() -> Vec<Step> {
             },
         },
         Step {
+            // Broken intra-doc links (a renamed variant, a moved item) fail here rather
+            // than rotting silently in the rendered docs.
+            label: "RUSTDOCFLAGS=\"-D warnings\" cargo doc --workspace --no-deps",
+            command: || {
+                let mut c = cargo();
+                c.args(["doc", "--workspace", "--no-deps"])
+                    .env("RUSTDOCFLAGS", "-D warnings");
+                c
+            },
+        },
+        Step {
             label: "cargo test --workspace",
             command: || {
                 let mut c = cargo();

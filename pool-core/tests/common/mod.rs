@@ -233,7 +233,7 @@ impl FakeManager {
             return true;
         }
         let every = self.fail_every.load(SeqCst);
-        every > 0 && call % every == 0
+        every > 0 && call.is_multiple_of(every)
     }
 
     fn should_fail_warm(&self) -> bool {

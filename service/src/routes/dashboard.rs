@@ -9,6 +9,16 @@ use axum::response::{Html, IntoResponse};
 pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// `GET /`.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "pools",
+    responses(
+        (status = 200, description = "The live dashboard", content_type = "text/html"),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn dashboard() -> impl IntoResponse {
     (
         [

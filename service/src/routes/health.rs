@@ -5,24 +5,50 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::state::AppState;
 
-/// `GET /livez`: the process is up and serving HTTP. Never depends on the backend, so an
-/// orchestrator does not restart the service because Azure is slow.
-pub async fn livez() -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok" }))
+/// The body of `GET /livez`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    pub status: &'static str,
 }
 
-#[derive(Debug, Serialize)]
-struct Readiness {
-    status: &'static str,
-    pools: std::collections::BTreeMap<String, bool>,
+/// `GET /livez`: the process is up and serving HTTP. Never depends on the backend, so an
+/// orchestrator does not restart the service because Azure is slow.
+#[utoipa::path(
+    get,
+    path = "/livez",
+    tag = "health",
+    responses((status = 200, description = "The process serves HTTP", body = Liveness))
+)]
+pub async fn livez() -> impl IntoResponse {
+    Json(Liveness { status: "ok" })
+}
+
+/// The body of `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, `warming` or `draining`.
+    pub status: &'static str,
+    /// Per pool: whether it has reached its warm target.
+    pub pools: std::collections::BTreeMap<String, bool>,
 }
 
 /// `GET /readyz`: 200 once every pool first reached its warm target; 503 before that and
 /// while draining, so a load balancer sends traffic only to an instance that will serve
 /// it warm.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Every pool reached its warm target", body = Readiness),
+        (status = 503, description = "Warming up or draining", body = Readiness),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let snapshots = state.snapshots();
     let pools = snapshots

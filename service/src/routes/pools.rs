@@ -1,17 +1,22 @@
-//! `GET /api/v1/pools`: the seed's `PoolsHealthResponse`.
+//! `GET /api/v1/pools`: pool health in the service's own schema.
+//!
+//! The field names are an HTTP contract of this service (dashboards and alerts read them),
+//! so they are defined here and built from pool-core's [`PoolSnapshot`] rather than being
+//! whatever pool-core's structs are called.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::State;
-use pool_core::PoolSnapshot;
+use pool_core::{LatencySummary, PoolSnapshot};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::state::AppState;
 
-/// Overall health, as the seed defines it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Overall health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     /// Every pool is ready.
@@ -23,7 +28,7 @@ pub enum HealthStatus {
 }
 
 /// Allocations per tier, summed over the pools.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, ToSchema)]
 pub struct TierBreakdown {
     /// Served by the session's own connection.
     pub dedicated: u64,
@@ -34,7 +39,7 @@ pub struct TierBreakdown {
 }
 
 /// Figures over all pools.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct PoolsSummary {
     /// Idle, pre-warmed connections over all pools.
     pub total_warm: usize,
@@ -48,26 +53,149 @@ pub struct PoolsSummary {
     pub tier_breakdown: TierBreakdown,
 }
 
-/// The response of `GET /api/v1/pools`: the seed's schema, whose per-pool `PoolMetrics`
-/// fields are all in [`PoolSnapshot`] under their original names, followed by the fields
-/// the seed lacked (sizes, waiters, create failures, latency percentiles).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Percentiles of one tier's acquire latency, in microseconds. COLD acquires are all
+/// timed; WARM and DEDICATED acquires are sampled.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct LatencyPercentiles {
+    /// Timed acquires behind these figures.
+    pub samples: u64,
+    /// Median, or `null` before the first sample.
+    pub p50_us: Option<f64>,
+    /// 99th percentile, or `null` before the first sample.
+    pub p99_us: Option<f64>,
+}
+
+impl From<&LatencySummary> for LatencyPercentiles {
+    fn from(summary: &LatencySummary) -> Self {
+        Self {
+            samples: summary.samples,
+            p50_us: summary.p50_us,
+            p99_us: summary.p99_us,
+        }
+    }
+}
+
+/// Acquire latency per tier.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AcquireLatency {
+    /// DEDICATED acquires: the session's own connection.
+    pub dedicated: LatencyPercentiles,
+    /// WARM acquires: a pre-warmed connection.
+    pub warm: LatencyPercentiles,
+    /// COLD acquires: a connect on the request's path.
+    pub cold: LatencyPercentiles,
+}
+
+/// One pool's state.
+///
+/// Gauges (`warm_pool_size`, `in_use`, …) were read together and are mutually consistent;
+/// counters may be a few operations apart.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct PoolStatus {
+    /// The pool's name (`speech-tts` or `speech-stt`).
+    pub name: String,
+    /// True once the idle set first reached its target, until shutdown.
+    pub ready: bool,
+    /// Idle, pre-warmed connections now.
+    pub warm_pool_size: usize,
+    /// The idle target.
+    pub warm_pool_target: usize,
+    /// Whether a session's turns reuse its connection (always true in this service).
+    pub session_awareness: bool,
+    /// Sessions currently known to the pool.
+    pub active_sessions: usize,
+    /// Whether the background maintainer runs.
+    pub background_warmup: bool,
+    /// All acquires that returned a connection.
+    pub allocations_total: u64,
+    /// Acquires served by the session's own connection.
+    pub allocations_dedicated: u64,
+    /// Acquires served without a connect.
+    pub allocations_warm: u64,
+    /// Acquires that paid a connect.
+    pub allocations_cold: u64,
+    /// Passes of the background maintainer.
+    pub warmup_cycles: u64,
+    /// Warm-ups that failed (those connections were closed, never handed out).
+    pub warmup_failures: u64,
+    /// Bound on open connections.
+    pub max_size: usize,
+    /// Open connections: idle + in use + being created.
+    pub size: usize,
+    /// Connections handed out, including those bound to sessions.
+    pub in_use: usize,
+    /// Connections bound to sessions.
+    pub dedicated: usize,
+    /// Requests queued for a connection.
+    pub waiting: usize,
+    /// Connections being created.
+    pub creating: usize,
+    /// Connections ever created successfully.
+    pub created_total: u64,
+    /// Connections ever closed.
+    pub closed_total: u64,
+    /// Connects that failed or timed out.
+    pub create_failures: u64,
+    /// The most recent connect or warm-up failure, or `null`.
+    pub last_error: Option<String>,
+    /// Acquire latency per tier.
+    pub acquire_latency: AcquireLatency,
+}
+
+impl From<&PoolSnapshot> for PoolStatus {
+    fn from(s: &PoolSnapshot) -> Self {
+        Self {
+            name: s.name.clone(),
+            ready: s.ready,
+            warm_pool_size: s.warm_pool_size,
+            warm_pool_target: s.warm_pool_target,
+            session_awareness: s.session_awareness,
+            active_sessions: s.active_sessions,
+            background_warmup: s.background_warmup,
+            allocations_total: s.allocations_total,
+            allocations_dedicated: s.allocations_dedicated,
+            allocations_warm: s.allocations_warm,
+            allocations_cold: s.allocations_cold,
+            warmup_cycles: s.warmup_cycles,
+            warmup_failures: s.warmup_failures,
+            max_size: s.max_size,
+            size: s.size,
+            in_use: s.in_use,
+            dedicated: s.dedicated,
+            waiting: s.waiting,
+            creating: s.creating,
+            created_total: s.created_total,
+            closed_total: s.closed_total,
+            create_failures: s.create_failures,
+            last_error: s.last_error.clone(),
+            acquire_latency: AcquireLatency {
+                dedicated: (&s.acquire_latency.dedicated).into(),
+                warm: (&s.acquire_latency.warm).into(),
+                cold: (&s.acquire_latency.cold).into(),
+            },
+        }
+    }
+}
+
+/// The response of `GET /api/v1/pools`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct PoolsHealthResponse {
     /// `healthy`, `degraded` or `unhealthy`.
     pub status: HealthStatus,
-    /// When the figures were taken (RFC 3339, UTC).
+    /// When the figures were taken (RFC 3339, UTC, milliseconds).
     pub timestamp: String,
     /// Each pool by name (`speech-tts`, `speech-stt`).
-    pub pools: BTreeMap<String, PoolSnapshot>,
+    pub pools: BTreeMap<String, PoolStatus>,
     /// Totals.
     pub summary: PoolsSummary,
-    /// Which backend serves the pools (`mock` or `azure`). Not in the seed.
+    /// Which backend serves the pools (`mock` or `azure`).
     pub backend: String,
-    /// Whether the service is shutting down. Not in the seed.
+    /// Whether the service is shutting down.
     pub draining: bool,
 }
 
-/// Rounds to one decimal, as the seed's `round(x, 1)` does for the values it sees.
+/// Rounds to one decimal, as Python's `round(x, 1)` does for the values it sees (the
+/// dashboards built on the Python service expect that precision).
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
@@ -105,7 +233,10 @@ pub fn pools_health(
     PoolsHealthResponse {
         status,
         timestamp: speech_core::rfc3339_millis(now),
-        pools: snapshots.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        pools: snapshots
+            .iter()
+            .map(|s| (s.name.clone(), PoolStatus::from(s)))
+            .collect(),
         summary: PoolsSummary {
             total_warm,
             total_active_sessions: total_sessions,
@@ -119,6 +250,16 @@ pub fn pools_health(
 }
 
 /// `GET /api/v1/pools`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pools",
+    tag = "pools",
+    responses(
+        (status = 200, description = "Pool health", body = PoolsHealthResponse),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn pools(State(state): State<AppState>) -> Json<PoolsHealthResponse> {
     Json(pools_health(
         state.snapshots(),
@@ -130,7 +271,7 @@ pub async fn pools(State(state): State<AppState>) -> Json<PoolsHealthResponse> {
 
 #[cfg(test)]
 mod tests {
-    use pool_core::{LatencySummary, TierLatencies};
+    use pool_core::TierLatencies;
 
     use super::*;
 
@@ -218,25 +359,6 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["status"], "healthy");
         assert_eq!(json["timestamp"], "1970-01-01T00:00:00.000Z");
-        for field in [
-            "name",
-            "ready",
-            "warm_pool_size",
-            "warm_pool_target",
-            "session_awareness",
-            "active_sessions",
-            "background_warmup",
-            "allocations_total",
-            "allocations_dedicated",
-            "allocations_warm",
-            "allocations_cold",
-            "warmup_cycles",
-            "warmup_failures",
-        ] {
-            assert!(
-                json["pools"]["speech-tts"].get(field).is_some(),
-                "missing {field}"
-            );
-        }
+        assert_eq!(json["pools"]["speech-tts"]["warm_pool_target"], 3);
     }
 }

@@ -6,15 +6,16 @@ use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::validate_session_id;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, STT_POOL, TTS_POOL};
 
 /// What a release did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Released {
     /// The session.
     pub session_id: String,
     /// Per pool: whether the session held a connection there.
+    #[schema(value_type = std::collections::BTreeMap<String, bool>)]
     pub released: std::collections::BTreeMap<&'static str, bool>,
     /// Open STT streams of the session that were ended.
     pub streams_closed: usize,
@@ -23,6 +24,19 @@ pub struct Released {
 /// `DELETE /api/v1/sessions/{id}`: ends the session's open STT streams (after their
 /// current turn), then gives its TTS and STT connections back to the warm sets. 404 when
 /// no pool knows the session.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "The session's connections were released", body = Released),
+        (status = 400, description = "Malformed session id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No pool holds the session", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn delete_session(
     State(state): State<AppState>,
     Path(id): Path<String>,

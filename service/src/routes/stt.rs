@@ -38,25 +38,29 @@ use speech_core::{
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing, keep_after_error,
     validate_session_id,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, STT_POOL};
 
 /// Query parameters of `GET /api/v1/stt`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SttParams {
     /// The call this stream belongs to.
     pub session_id: Option<String>,
     /// BCP 47 tag; must match the STT pool's language.
     pub language: Option<String>,
     /// Phrase detail: simple or detailed.
+    #[param(value_type = Option<String>)]
     pub format: Option<RecognitionFormat>,
-    /// Recognition mode.
+    /// Recognition mode: conversation, interactive or dictation.
+    #[param(value_type = Option<String>)]
     pub mode: Option<RecognitionMode>,
 }
 
@@ -106,6 +110,22 @@ struct StreamContext {
 }
 
 /// `GET /api/v1/stt`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stt",
+    tag = "speech",
+    params(SttParams),
+    responses(
+        (status = 101, description = "Websocket: PCM audio in, recognition events out",
+         headers(("x-pool-tier" = String, description = "dedicated, warm or cold"))),
+        (status = 400, description = "Malformed parameters or not a websocket request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 429, description = "Pool exhausted or speech service throttling", body = ErrorBody),
+        (status = 502, description = "The speech service failed", body = ErrorBody),
+        (status = 503, description = "Draining or speech service unavailable", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn stt(
     State(state): State<AppState>,
     params: Result<Query<SttParams>, QueryRejection>,
@@ -264,8 +284,19 @@ async fn run_stream(
             return;
         }
         let started = Instant::now();
-        let (result, client_gone) =
-            run_turn(&mut socket, &mut **guard, request, audio, &stop).await;
+        // Everything the turn logs, here and in the backend, carries the request id,
+        // session, pool and tier, so one slow turn can be followed through the logs.
+        let span = tracing::info_span!(
+            "stt_turn",
+            request_id = %request_id,
+            session = context.session.as_deref(),
+            pool = STT_POOL,
+            tier = %guard.tier(),
+            turn
+        );
+        let (result, client_gone) = run_turn(&mut socket, &mut **guard, request, audio, &stop)
+            .instrument(span)
+            .await;
         match result {
             Ok(()) => {
                 tracing::debug!(%request_id, turn, elapsed = ?started.elapsed(), "recognition turn done");

@@ -14,16 +14,17 @@ use speech_core::{
     SynthesisSummary,
 };
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::{
     REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
     keep_after_error, validate_session_id,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, TTS_POOL};
 
 /// The JSON body of `POST /api/v1/tts`. Exactly one of `text` and `ssml`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TtsBody {
     /// Plain text to speak with `voice`.
@@ -99,6 +100,26 @@ fn build_request(
 /// caller has received nothing yet, so the retry is invisible but for the time it takes.
 /// Throttling is not retried (that would add load exactly when the service asks for less),
 /// nor is anything after the first audio byte.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tts",
+    tag = "speech",
+    request_body = TtsBody,
+    responses(
+        (status = 200, description = "The audio, streamed in the requested format",
+         content_type = "application/octet-stream",
+         headers(("x-pool-tier" = String, description = "dedicated, warm or cold"))),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 409, description = "The session is in use by another request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "Pool exhausted or speech service throttling", body = ErrorBody),
+        (status = 502, description = "The speech service failed", body = ErrorBody),
+        (status = 503, description = "Draining or speech service unavailable", body = ErrorBody),
+        (status = 504, description = "The speech service timed out", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
 pub async fn tts(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -240,21 +261,33 @@ async fn start_turn(
         .map_err(TurnFailure::Acquire)?;
     *waited += acquire_time;
     let tier = guard.tier();
-    tracing::debug!(%request_id, %tier, session, format = %request.format, "synthesis starts");
+    // Everything the turn logs, here and in the backend, carries the request id, session,
+    // pool and tier, so one slow turn can be followed through the logs.
+    let span = tracing::info_span!(
+        "tts_turn",
+        request_id = %request_id,
+        session,
+        pool = TTS_POOL,
+        tier = %tier
+    );
+    tracing::debug!(parent: &span, format = %request.format, "synthesis starts");
 
     let (events_tx, mut events) = mpsc::channel(EVENT_BUFFER);
     let (done_tx, done) = oneshot::channel();
     // The turn runs in its own task, tracked so shutdown waits for it: the response body
     // only forwards what the task produces, and a client hanging up drops the receiver,
     // which the backend sees as a cancelled turn.
-    state.tasks().spawn(async move {
-        let result = guard.synthesize(request, events_tx).await;
-        match &result {
-            Err(e) if !keep_after_error(e.class()) => guard.discard(),
-            _ => drop(guard),
+    state.tasks().spawn(
+        async move {
+            let result = guard.synthesize(request, events_tx).await;
+            match &result {
+                Err(e) if !keep_after_error(e.class()) => guard.discard(),
+                _ => drop(guard),
+            }
+            let _ = done_tx.send(result);
         }
-        let _ = done_tx.send(result);
-    });
+        .instrument(span),
+    );
 
     loop {
         match events.recv().await {
@@ -326,7 +359,7 @@ mod tests {
 
     #[test]
     fn input_kinds() {
-        let state = crate::test_support::state();
+        let state = crate::state::unit_test_state();
         let (r, s) = build_request(&state, br#"{"text":"hi","session_id":"c-1"}"#).unwrap();
         assert!(matches!(r.input, SynthesisInput::Text(_)));
         assert_eq!(r.voice, state.options().default_voice);

@@ -70,6 +70,10 @@ impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+    /// The tier the request's connection came from (`dedicated`, `warm`, `cold`).
+    pub fn tier(&self) -> Option<&str> {
+        self.header(service::TIER_HEADER)
+    }
 }
 
 pub async fn send(state: &AppState, request: Request<Body>) -> Reply {
@@ -111,34 +115,12 @@ pub async fn tts(state: &AppState, body: serde_json::Value) -> Reply {
     post_json(state, "/api/v1/tts", body.to_string()).await
 }
 
-/// A service running on a real socket.
-pub struct Running {
-    pub addr: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
+// Each test binary uses a different subset.
+#[allow(unused_imports)]
+pub use service::test_support::{LoopbackServer as Running, client, pcm};
 
-impl Running {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-    pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-    /// Triggers the shutdown signal without waiting.
-    pub fn signal(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-    /// Triggers shutdown and waits for `serve` to return.
-    pub async fn stop(mut self) {
-        self.signal();
-        if let Some(task) = self.task.take() {
-            task.await.expect("serve task").expect("serve result");
-        }
-    }
-}
+/// Bound on a test service's shutdown: guards against a hang only.
+const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves `state` on 127.0.0.1 with a 5 s grace period.
 pub async fn start(state: &AppState) -> Running {
@@ -147,36 +129,10 @@ pub async fn start(state: &AppState) -> Running {
 
 /// Serves `state` on 127.0.0.1 with the given grace period.
 pub async fn start_with_grace(state: &AppState, grace: std::time::Duration) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(service::serve(
-        listener,
-        state.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-        grace,
-    ));
-    Running {
-        addr,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    Running::start(state, grace).await.expect("bind 127.0.0.1")
 }
 
-/// An HTTP client (reqwest needs the process's rustls provider even for plain http).
-pub fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-/// `seconds` of 16 kHz 16-bit mono PCM: a quiet sawtooth, so it is not all zeros.
-pub fn pcm(seconds: f32) -> Vec<u8> {
-    let samples = (16_000.0 * seconds) as usize;
-    (0..samples)
-        .flat_map(|i| (((i % 64) as i16 - 32) * 100).to_le_bytes())
-        .collect()
+/// Triggers shutdown and waits for `serve` to return cleanly.
+pub async fn stop(server: Running) {
+    server.stop(STOP_LIMIT).await.expect("clean shutdown");
 }

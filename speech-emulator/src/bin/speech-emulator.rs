@@ -164,12 +164,12 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let (Some(path), Some(pem)) = (&args.cert_out, handle.ca_cert_pem()) {
-        if let Err(e) = std::fs::write(path, pem) {
-            eprintln!("speech-emulator: cannot write {}: {e}", path.display());
-            handle.shutdown().await;
-            return ExitCode::FAILURE;
-        }
+    if let (Some(path), Some(pem)) = (&args.cert_out, handle.ca_cert_pem())
+        && let Err(e) = std::fs::write(path, pem)
+    {
+        eprintln!("speech-emulator: cannot write {}: {e}", path.display());
+        handle.shutdown().await;
+        return ExitCode::FAILURE;
     }
     // The first line is the contract with scripts. Write errors are ignored (unlike
     // `println!`, which panics): a supervisor that read the address and closed the pipe must

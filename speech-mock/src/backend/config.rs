@@ -116,7 +116,7 @@ impl MockConfig {
 /// Does the 1-based `n`th event hit an "every Nth" fault?
 pub(crate) fn hits(every: Option<u32>, n: u64) -> bool {
     match every {
-        Some(every) if every > 0 => n % u64::from(every) == 0,
+        Some(every) if every > 0 => n.is_multiple_of(u64::from(every)),
         _ => false,
     }
 }

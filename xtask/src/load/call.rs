@@ -104,11 +104,11 @@ pub(crate) async fn call(client: &Client, id: &str, plan: CallPlan, stats: &Stat
         if turn > 0 {
             tokio::time::sleep(plan.think).await;
         }
-        if let Some(ws) = &mut stt {
-            if !stt_turn(ws, plan.utterance, first_turn_from.take(), stats).await {
-                // The stream is unusable after an error; later turns run TTS only.
-                stt = None;
-            }
+        if let Some(ws) = &mut stt
+            && !stt_turn(ws, plan.utterance, first_turn_from.take(), stats).await
+        {
+            // The stream is unusable after an error; later turns run TTS only.
+            stt = None;
         }
         tts_turn(client, id, REPLIES[turn as usize % REPLIES.len()], stats).await;
     }
@@ -198,10 +198,10 @@ async fn open_stt(client: &Client, id: &str, stats: &Stats) -> Option<Ws> {
                 return None;
             }
         };
-    if let Some(key) = &client.auth {
-        if let Ok(value) = format!("Bearer {key}").parse() {
-            request.headers_mut().insert("authorization", value);
-        }
+    if let Some(key) = &client.auth
+        && let Ok(value) = format!("Bearer {key}").parse()
+    {
+        request.headers_mut().insert("authorization", value);
     }
     let connect = tokio_tungstenite::connect_async(request);
     let mut ws = match tokio::time::timeout(REQUEST_TIMEOUT, connect).await {

@@ -321,7 +321,7 @@ pub(crate) async fn progress(
         );
         let elapsed = began.elapsed();
         if plain {
-            if elapsed.as_secs() % 5 == 0 {
+            if elapsed.as_secs().is_multiple_of(5) {
                 eprintln!("{label}: {:>4.0} s  {line}", elapsed.as_secs_f64());
             }
         } else {
