@@ -27,11 +27,13 @@
 //! - `GET /speech/recognition/{interactive,conversation,dictation}/cognitiveservices/v1`,
 //!   the same under `/stt`, and `/stt/speech/universal/v2`: STT websocket (a `POST` there is
 //!   STT REST for short audio);
-//! - `/_emulator/…`: the control API ([`control`] describes it);
+//! - `/_emulator/…`: the control API ([`control`] describes it), including the capture of
+//!   what clients sent ([`Capture`]) when [`EmulatorConfig::capture`] is on;
 //! - anything else: `404`.
 
 mod audio;
 mod auth;
+mod capture;
 mod config;
 pub mod control;
 mod counters;
@@ -48,6 +50,7 @@ mod tts;
 mod turn;
 mod ws;
 
+pub use capture::Capture;
 pub use config::EmulatorConfig;
 pub use counters::Counters;
 pub use faults::{

@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::capture::Capture;
 use super::config::EmulatorConfig;
 use super::counters::{Counters, GaugeGuard, LiveCounters};
 use super::faults::{Endpoint, Fault, FaultPlan, FaultRule, Phase, Target};
@@ -74,6 +75,7 @@ impl Emulator {
             }),
             transcript: Mutex::new(config.transcript.clone()),
             counters: LiveCounters::default(),
+            capture: Arc::new(Capture::new(config.capture)),
             config,
         });
         start_run(shared).await
@@ -87,6 +89,7 @@ pub(crate) struct Shared {
     pub(crate) counters: LiveCounters,
     pub(crate) faults: Mutex<FaultPlan>,
     pub(crate) transcript: Mutex<String>,
+    pub(crate) capture: Arc<Capture>,
 }
 
 /// Locks a mutex, recovering from poisoning: every critical section here leaves the data
@@ -305,6 +308,12 @@ async fn route(run: Arc<Run>, info: ConnInfo, req: Request<Incoming>) -> Respons
     if let Some(rest) = path.strip_prefix("/_emulator") {
         return control::handle(&run, rest, req).await;
     }
+    if !h::is_upgrade(&req) {
+        run.shared.capture.request("http", &req);
+    }
+    if method == Method::POST && h::lacks_body_length(&req) {
+        return h::error(StatusCode::LENGTH_REQUIRED, "Length Required", None);
+    }
     if let Some(kind) = ws::stt_path_mode(path) {
         return if method == Method::GET && h::is_upgrade(&req) {
             ws::upgrade(run, info, req, Endpoint::SttWs, Some(kind)).await
@@ -461,6 +470,12 @@ impl EmulatorHandle {
         c
     }
 
+    /// What clients sent, if the emulator was started with
+    /// [`capture`](EmulatorConfig::capture) on.
+    pub fn capture(&self) -> &Capture {
+        &self.run.shared.capture
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.run.shared.counters.snapshot()
@@ -562,6 +577,7 @@ impl EmulatorHandle {
             counters: LiveCounters::default(),
             faults: Mutex::new(lock(&self.run.shared.faults).clone()),
             transcript: Mutex::new(self.run.shared.transcript()),
+            capture: Arc::clone(&self.run.shared.capture),
         });
         // Counters carry over so totals span the restart; the gauges are zero by now.
         let old = self.run.shared.counters.snapshot();

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::auth;
+use super::capture::ConnNo;
 use super::counters::GaugeGuard;
 use super::faults::{Endpoint, Fault, Phase};
 use super::frame::{self, BinaryMessage, TextMessage};
@@ -193,6 +194,7 @@ pub(crate) async fn upgrade(
         .map_or(shared.config.max_connection_age, |s| {
             shared.config.max_connection_age.min(Duration::from_secs(s))
         });
+    let conn_no = shared.capture.request("upgrade", &req);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let id = run
         .next_id
@@ -248,6 +250,7 @@ pub(crate) async fn upgrade(
             cmds,
             rst,
             outbox: Outbox::default(),
+            conn_no,
         };
         match endpoint {
             Endpoint::SttWs => driver.run(stt::SttSession::new(run2, params)).await,
@@ -430,6 +433,8 @@ struct Driver {
     cmds: mpsc::Receiver<SessionCmd>,
     rst: Arc<AtomicBool>,
     outbox: Outbox,
+    /// This connection's number in the capture.
+    conn_no: ConnNo,
 }
 
 impl Driver {
@@ -483,6 +488,7 @@ impl Driver {
                     Some(Ok(Message::Text(t))) => {
                         last_message = Instant::now();
                         let msg = frame::parse_text(t.as_str());
+                        self.run.shared.capture.text(self.conn_no, &msg);
                         tracing::trace!(headers = ?msg.headers, body = %msg.body, "text message");
                         proto.on_text(&mut self.outbox, msg)
                     }
@@ -490,6 +496,7 @@ impl Driver {
                         last_message = Instant::now();
                         match frame::parse_binary(&b) {
                             Ok(m) => {
+                                self.run.shared.capture.binary(self.conn_no, &m);
                                 tracing::trace!(headers = ?m.headers, len = m.payload.len(), "binary message");
                                 proto.on_binary(&mut self.outbox, m)
                             }
@@ -498,6 +505,10 @@ impl Driver {
                     }
                     // A client close: tungstenite queues the reply and ends the stream on the
                     // next read. Pings are answered by tungstenite; they are not activity.
+                    Some(Ok(Message::Close(f))) => {
+                        self.run.shared.capture.close(self.conn_no, f.map(|f| u16::from(f.code)));
+                        Ok(())
+                    }
                     Some(Ok(_)) => Ok(()),
                 },
             };
