@@ -186,7 +186,8 @@ fn message_headers(headers: &Headers) -> Value {
 }
 
 /// A text body: JSON as a normalised tree, anything else (SSML) as text. Telemetry
-/// reports measured latencies, so its numbers are replaced by their type.
+/// reports measured latencies and whichever client events happened to finish first, so only
+/// its top-level keys are kept.
 fn text_body(headers: &Headers, body: &str) -> Value {
     let json_type = headers
         .get("Content-Type")
@@ -196,7 +197,20 @@ fn text_body(headers: &Headers, body: &str) -> Value {
         .is_some_and(|p| p.eq_ignore_ascii_case("telemetry"));
     if json_type || body.trim_start().starts_with('{') {
         if let Ok(v) = serde_json::from_str::<Value>(body) {
-            return object([("json", normalize_json(v, telemetry))]);
+            if telemetry {
+                let keys: Vec<Value> = match &v {
+                    Value::Object(m) => {
+                        let sorted: std::collections::BTreeSet<&String> = m.keys().collect();
+                        sorted
+                            .into_iter()
+                            .map(|k| Value::from(k.as_str()))
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                };
+                return object([("telemetry_keys", Value::Array(keys))]);
+            }
+            return object([("json", normalize_json(v))]);
         }
     }
     const MAX_TEXT: usize = 4096;
@@ -209,13 +223,12 @@ fn text_body(headers: &Headers, body: &str) -> Value {
 
 /// Masks volatile strings, sorts keys, and keeps one of each run of equal array elements
 /// (a telemetry list of N timestamps becomes one).
-fn normalize_json(v: Value, mask_numbers: bool) -> Value {
+fn normalize_json(v: Value) -> Value {
     match v {
         Value::String(s) => Value::String(mask("", &s)),
-        Value::Number(_) if mask_numbers => Value::from("<number>"),
         Value::Array(items) => {
             let mut out: Vec<Value> = Vec::new();
-            for item in items.into_iter().map(|i| normalize_json(i, mask_numbers)) {
+            for item in items.into_iter().map(normalize_json) {
                 if out.last() != Some(&item) {
                     out.push(item);
                 }
@@ -225,7 +238,7 @@ fn normalize_json(v: Value, mask_numbers: bool) -> Value {
         Value::Object(map) => {
             let sorted: BTreeMap<String, Value> = map
                 .into_iter()
-                .map(|(k, v)| (k, normalize_json(v, mask_numbers)))
+                .map(|(k, v)| (k, normalize_json(v)))
                 .collect();
             Value::Object(sorted.into_iter().collect())
         }
@@ -350,12 +363,8 @@ mod tests {
     fn json_is_sorted_and_runs_collapse() {
         let v = serde_json::json!({"b": ["2026-11-26T21:15:31.988Z", "2026-11-26T21:15:32.001Z"], "a": {"d": 1, "c": ["x", "y"]}});
         assert_eq!(
-            normalize_json(v.clone(), false).to_string(),
+            normalize_json(v).to_string(),
             r#"{"a":{"c":["x","y"],"d":1},"b":["<time:iso8601-ms-utc>"]}"#
-        );
-        assert_eq!(
-            normalize_json(v, true).to_string(),
-            r#"{"a":{"c":["x","y"],"d":"<number>"},"b":["<time:iso8601-ms-utc>"]}"#
         );
     }
 
