@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
 # Conformance: Microsoft's JavaScript Speech SDK against the speech-emulator crate.
 #
-# Builds and starts `speech-emulator --plain --port 0`, reads the address it prints, installs
-# the SDK (npm ci) if needed, runs `node --test` here, and stops the emulator. Exits non-zero
-# if anything fails. Usage: bash conformance/run.sh
+# Builds and starts `speech-emulator --plain --port 0 --capture`, reads the address it prints,
+# installs the SDK (npm ci) if needed, runs `node --test` here, then records what the SDK sends
+# for one synthesis and two recognitions (capture.mjs) and compares that with the committed
+# reference in conformance/captures/, and stops the emulator. Exits non-zero if anything fails,
+# including a capture that differs from the committed one (the SDK's wire traffic changed).
+#
+# Usage: bash conformance/run.sh [--update-captures]
+#   --update-captures   rewrite conformance/captures/ from this run instead of comparing
+#                       (then run `cargo test -p speech-azure --test wire` and commit both).
 set -euo pipefail
+
+update_captures=0
+for arg in "$@"; do
+  case "$arg" in
+    --update-captures) update_captures=1 ;;
+    *) echo "usage: bash conformance/run.sh [--update-captures]" >&2; exit 2 ;;
+  esac
+done
 
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -46,7 +60,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting speech-emulator"
-RUST_LOG="${RUST_LOG:-warn}" "$exe" --plain --port 0 --key "$key" --transcript "$transcript" \
+RUST_LOG="${RUST_LOG:-warn}" "$exe" --plain --port 0 --key "$key" --transcript "$transcript" --capture \
   >"$work/stdout" 2>"$work/stderr" &
 emu_pid=$!
 
@@ -73,5 +87,24 @@ status=0
 if [ "$status" -ne 0 ]; then
   echo "conformance: FAILED (emulator log follows)" >&2
   tail -n 50 "$work/stderr" >&2
+  exit "$status"
 fi
-exit "$status"
+
+echo "== capture: what the JS SDK sends (conformance/captures/)"
+(cd "$here" && EMULATOR_URL="$ws_url" EMULATOR_KEY="$key" node capture.mjs "$work/captures") || {
+  echo "conformance: the capture run FAILED (emulator log follows)" >&2
+  tail -n 50 "$work/stderr" >&2
+  exit 1
+}
+if [ "$update_captures" = 1 ]; then
+  mkdir -p "$here/captures"
+  cp "$work/captures/"*.jsonl "$here/captures/"
+  echo "conformance: captures/ rewritten; run cargo test -p speech-azure --test wire, then commit"
+elif ! diff -ru --exclude='native-sdk-*' "$here/captures" "$work/captures"; then
+  echo "conformance: FAILED: the JS SDK's wire traffic differs from conformance/captures/ (diff above)." >&2
+  echo "If the change is expected (e.g. a new SDK version), run: bash conformance/run.sh --update-captures" >&2
+  echo "and then cargo test -p speech-azure --test wire, which compares speech-azure with it." >&2
+  exit 1
+else
+  echo "captures match conformance/captures/"
+fi

@@ -419,6 +419,9 @@ impl Authenticator {
                     .post(url.clone())
                     .header(KEY_HEADER, key.expose())
                     .header("Content-Type", "application/x-www-form-urlencoded")
+                    // The HTTP client writes no length for an empty body, and Azure
+                    // answers a POST without one `411 Length Required`.
+                    .header(reqwest::header::CONTENT_LENGTH, "0")
                     .body("")
                     .send()
                     .await

@@ -4,20 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use speech_core::{
-    AudioFormat, RecognitionFormat, RecognitionMode, Recognizer, RecognizerFactory,
-    RecognizerManager, SpeechError, Synthesizer, SynthesizerFactory, SynthesizerManager,
-};
+use speech_core::{RecognizerManager, SpeechError, SynthesizerManager};
 
 use crate::auth::{Authenticator, Credentials, TokenPolicy};
 use crate::endpoint::Endpoint;
 use crate::error::ConfigError;
 use crate::policy::ConnectionPolicy;
-use crate::stt_ws::SttWebSocket;
+use crate::stt_ws::{SttWebSocket, SttWsFactory, SttWsOptions};
 use crate::tls::{TlsConfigs, TlsOptions};
-use crate::tts_rest::TtsRest;
-use crate::tts_ws::TtsWebSocket;
+use crate::tts_rest::{TtsRest, TtsRestFactory};
+use crate::tts_ws::{TtsWebSocket, TtsWsFactory, TtsWsOptions};
 
 /// The default `User-Agent`.
 const USER_AGENT: &str = concat!("speech-azure/", env!("CARGO_PKG_VERSION"));
@@ -220,126 +216,3 @@ impl AzureSpeech {
         }))
     }
 }
-
-/// Options of TTS websocket connections.
-#[derive(Debug, Clone, Default)]
-pub struct TtsWsOptions {
-    /// During warm-up, also synthesize a short phrase with this voice (and discard the
-    /// audio), so the service has the voice loaded before the first real turn. Costs one
-    /// small billed synthesis per connection, hence off by default.
-    pub prime_voice: Option<String>,
-}
-
-/// Options of STT websocket connections: Azure fixes these at the handshake, so each pool
-/// serves one combination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SttWsOptions {
-    /// Interactive, conversation or dictation.
-    pub mode: RecognitionMode,
-    /// BCP 47 language, e.g. `en-US`.
-    pub language: String,
-    /// Simple or detailed phrases.
-    pub format: RecognitionFormat,
-}
-
-impl SttWsOptions {
-    /// Conversation mode, simple format.
-    pub fn new(language: impl Into<String>) -> Self {
-        Self {
-            mode: RecognitionMode::Conversation,
-            language: language.into(),
-            format: RecognitionFormat::Simple,
-        }
-    }
-
-    /// Checks the language tag (it goes into the URL).
-    pub fn validate(&self) -> Result<(), SpeechError> {
-        let mut r = speech_core::RecognitionRequest::new(self.language.clone());
-        r.mode = self.mode;
-        r.format = self.format;
-        r.validate()
-    }
-}
-
-/// Opens TTS websockets for a pool.
-#[derive(Debug)]
-pub struct TtsWsFactory {
-    client: AzureSpeech,
-    options: TtsWsOptions,
-}
-
-#[async_trait]
-impl SynthesizerFactory for TtsWsFactory {
-    async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
-        Ok(Box::new(
-            self.client.connect_tts_ws(self.options.clone()).await?,
-        ))
-    }
-}
-
-/// Creates TTS REST connections for a pool.
-#[derive(Debug)]
-pub struct TtsRestFactory {
-    client: AzureSpeech,
-}
-
-#[async_trait]
-impl SynthesizerFactory for TtsRestFactory {
-    async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
-        Ok(Box::new(self.client.connect_tts_rest().await?))
-    }
-}
-
-/// Opens STT websockets for a pool.
-#[derive(Debug)]
-pub struct SttWsFactory {
-    client: AzureSpeech,
-    options: SttWsOptions,
-}
-
-#[async_trait]
-impl RecognizerFactory for SttWsFactory {
-    async fn create(&self) -> Result<Box<dyn Recognizer>, SpeechError> {
-        Ok(Box::new(
-            self.client.connect_stt_ws(self.options.clone()).await?,
-        ))
-    }
-}
-
-/// The `speech.config` body in the shape the SDKs send (docs/protocol.md#tts-over-websocket,
-/// #stt-over-websocket). STT adds the audio source description and the recognition mode.
-pub(crate) fn speech_config_body(stt: Option<RecognitionMode>) -> String {
-    let mut v = serde_json::json!({
-        "context": {
-            "system": {
-                "name": "SpeechSDK",
-                "version": "1.44.0",
-                "build": concat!("speech-azure/", env!("CARGO_PKG_VERSION")),
-                "lang": "Rust",
-            },
-            "os": {
-                "platform": std::env::consts::OS,
-                "name": "unknown",
-                "version": "unknown",
-            },
-        }
-    });
-    if let Some(mode) = stt {
-        v["context"]["audio"] = serde_json::json!({
-            "source": {
-                "bitspersample": 16,
-                "channelcount": 1,
-                "connectivity": "Unknown",
-                "manufacturer": "speech-azure",
-                "model": "PushStream",
-                "samplerate": 16000,
-                "type": "Stream",
-            }
-        });
-        v["recognition"] = serde_json::Value::from(mode.as_str());
-    }
-    v.to_string()
-}
-
-/// The default audio format used for voice priming.
-pub(crate) const PRIME_FORMAT: AudioFormat = AudioFormat::Raw16Khz16BitMonoPcm;

@@ -113,7 +113,8 @@ impl Endpoint {
     }
 
     /// The STT websocket URL for a recognition mode, language and output format, which
-    /// Azure fixes at the handshake.
+    /// Azure fixes at the handshake. Detailed output also asks for word timings and word
+    /// confidences, as the native Speech SDK does (its `speech.context` asks for them too).
     pub fn stt_ws_url(
         &self,
         mode: RecognitionMode,
@@ -125,6 +126,11 @@ impl Endpoint {
         u.query_pairs_mut()
             .append_pair("language", language)
             .append_pair("format", format.as_str());
+        if format == RecognitionFormat::Detailed {
+            u.query_pairs_mut()
+                .append_pair("wordLevelTimestamps", "true")
+                .append_pair("wordLevelConfidence", "true");
+        }
         u
     }
 
@@ -259,7 +265,7 @@ mod tests {
                 RecognitionFormat::Detailed
             )
             .as_str(),
-            "wss://westeurope.stt.speech.microsoft.com/speech/recognition/conversation/cognitiveservices/v1?language=en-US&format=detailed"
+            "wss://westeurope.stt.speech.microsoft.com/speech/recognition/conversation/cognitiveservices/v1?language=en-US&format=detailed&wordLevelTimestamps=true&wordLevelConfidence=true"
         );
         let c = Endpoint::region("chinaeast2").expect("region");
         assert_eq!(

@@ -55,15 +55,12 @@ pub use auth::{
     AUTH_HEADER, AccessToken, AuthHeader, Authenticator, Credentials, EntraTokenSource, KEY_HEADER,
     TokenPolicy,
 };
-pub use client::{
-    AzureSpeech, AzureSpeechBuilder, SttWsFactory, SttWsOptions, TtsRestFactory, TtsWsFactory,
-    TtsWsOptions,
-};
+pub use client::{AzureSpeech, AzureSpeechBuilder};
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
 pub use policy::ConnectionPolicy;
 pub use secret::Secret;
-pub use stt_ws::SttWebSocket;
+pub use stt_ws::{SttWebSocket, SttWsFactory, SttWsOptions};
 pub use tls::{TlsConfigs, TlsOptions, install_crypto_provider};
-pub use tts_rest::TtsRest;
-pub use tts_ws::TtsWebSocket;
+pub use tts_rest::{TtsRest, TtsRestFactory};
+pub use tts_ws::{TtsWebSocket, TtsWsFactory, TtsWsOptions};

@@ -6,18 +6,85 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use speech_core::{
-    Connection, RecognitionEvent, RecognitionFormat, RecognitionRequest, Recognizer, SpeechError,
-    phrase_status, wav_header,
+    Connection, RecognitionEvent, RecognitionFormat, RecognitionMode, RecognitionRequest,
+    Recognizer, RecognizerFactory, SpeechError, phrase_status, wav_header,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::client::{ClientInner, SttWsOptions, speech_config_body};
+use crate::client::{AzureSpeech, ClientInner};
 use crate::frame::Headers;
-use crate::ws::{Connect, Incoming, WsConn, now_timestamp};
+use crate::ws::{Connect, Incoming, WsConn, now_timestamp, speech_config_body};
 
 /// Largest audio payload per message: the legacy protocol's 8 KiB cap.
 const MAX_AUDIO_CHUNK: usize = 8192;
+
+/// The one audio stream of a turn, as the native SDK declares and labels it.
+const AUDIO_STREAM_ID: &str = "1";
+
+/// A turn's `speech.context` body, as the native Speech SDK writes it: the language, the
+/// declaration of audio stream 1, and in detailed mode the word timings and confidences
+/// that the handshake's query asks for too (see `Endpoint::stt_ws_url`).
+fn speech_context_body(options: &SttWsOptions) -> String {
+    let mut v = serde_json::json!({
+        "phraseDetection": {"language": options.language},
+        "audio": {"streams": {AUDIO_STREAM_ID: null}},
+    });
+    if options.format == RecognitionFormat::Detailed {
+        v["phraseOutput"] = serde_json::json!({
+            "format": "Detailed",
+            "detailed": {"options": ["WordTimings", "WordConfidence"]},
+        });
+    }
+    v.to_string()
+}
+
+/// Options of STT websocket connections: Azure fixes these at the handshake, so each pool
+/// serves one combination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SttWsOptions {
+    /// Interactive, conversation or dictation.
+    pub mode: RecognitionMode,
+    /// BCP 47 language, e.g. `en-US`.
+    pub language: String,
+    /// Simple or detailed phrases.
+    pub format: RecognitionFormat,
+}
+
+impl SttWsOptions {
+    /// Conversation mode, simple format.
+    pub fn new(language: impl Into<String>) -> Self {
+        Self {
+            mode: RecognitionMode::Conversation,
+            language: language.into(),
+            format: RecognitionFormat::Simple,
+        }
+    }
+
+    /// Checks the language tag (it goes into the URL).
+    pub fn validate(&self) -> Result<(), SpeechError> {
+        let mut r = speech_core::RecognitionRequest::new(self.language.clone());
+        r.mode = self.mode;
+        r.format = self.format;
+        r.validate()
+    }
+}
+
+/// Opens STT websockets for a pool.
+#[derive(Debug)]
+pub struct SttWsFactory {
+    pub(crate) client: AzureSpeech,
+    pub(crate) options: SttWsOptions,
+}
+
+#[async_trait]
+impl RecognizerFactory for SttWsFactory {
+    async fn create(&self) -> Result<Box<dyn Recognizer>, SpeechError> {
+        Ok(Box::new(
+            self.client.connect_stt_ws(self.options.clone()).await?,
+        ))
+    }
+}
 
 /// An STT websocket connection.
 ///
@@ -108,6 +175,8 @@ impl SttWebSocket {
         if first {
             h.push("Content-Type", "audio/x-wav");
         }
+        // The turn's `speech.context` declares audio stream 1; every frame names it.
+        h.push("X-StreamId", AUDIO_STREAM_ID);
         self.conn.send_binary(&h, payload).await
     }
 
@@ -132,20 +201,13 @@ impl SttWebSocket {
             self.send_config().await?;
         }
         let rid = request.request_id.as_str().to_owned();
-        let format = match self.options.format {
-            RecognitionFormat::Simple => "Simple",
-            RecognitionFormat::Detailed => "Detailed",
-        };
-        let context = serde_json::json!({
-            "phraseDetection": {"language": self.options.language},
-            "phraseOutput": {"format": format},
-        });
         let h = Headers::new()
             .with("Path", "speech.context")
             .with("X-RequestId", rid.as_str())
-            .with("X-Timestamp", now_timestamp())
-            .with("Content-Type", "application/json");
-        self.conn.send_text(&h, &context.to_string()).await?;
+            .with("X-Timestamp", now_timestamp());
+        self.conn
+            .send_text(&h, &speech_context_body(&self.options))
+            .await?;
         let header = wav_header(16_000, 1, 16, None);
         self.send_audio(&rid, &header, true).await?;
 

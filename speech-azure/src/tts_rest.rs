@@ -6,11 +6,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use speech_core::{
     Connection, SpeechError, SynthesisEvent, SynthesisRequest, SynthesisSummary, Synthesizer,
+    SynthesizerFactory,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::client::{ClientInner, http_client};
+use crate::client::{AzureSpeech, ClientInner, http_client};
 use crate::secret::Secret;
 use crate::util::{excerpt, reqwest_error, retry_after};
 
@@ -230,5 +231,18 @@ impl Synthesizer for TtsRest {
             }
         }
         result
+    }
+}
+
+/// Creates TTS REST connections for a pool.
+#[derive(Debug)]
+pub struct TtsRestFactory {
+    pub(crate) client: AzureSpeech,
+}
+
+#[async_trait]
+impl SynthesizerFactory for TtsRestFactory {
+    async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
+        Ok(Box::new(self.client.connect_tts_rest().await?))
     }
 }

@@ -7,14 +7,43 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use speech_core::{
     AudioFormat, Connection, MAX_SSML_BYTES, SpeechError, SynthesisEvent, SynthesisInput,
-    SynthesisRequest, SynthesisSummary, Synthesizer, ticks_to_duration, wav_header_with_tag,
+    SynthesisRequest, SynthesisSummary, Synthesizer, SynthesizerFactory, ticks_to_duration,
+    wav_header_with_tag,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::client::{ClientInner, PRIME_FORMAT, TtsWsOptions, speech_config_body};
+use crate::client::{AzureSpeech, ClientInner};
 use crate::frame::Headers;
-use crate::ws::{Connect, Incoming, WsConn, now_timestamp};
+use crate::ws::{Connect, Incoming, WsConn, now_timestamp, speech_config_body};
+
+/// Options of TTS websocket connections.
+#[derive(Debug, Clone, Default)]
+pub struct TtsWsOptions {
+    /// During warm-up, also synthesize a short phrase with this voice (and discard the
+    /// audio), so the service has the voice loaded before the first real turn. Costs one
+    /// small billed synthesis per connection, hence off by default.
+    pub prime_voice: Option<String>,
+}
+
+/// The audio format of the voice-priming turn (its audio is discarded, so the smallest).
+pub(crate) const PRIME_FORMAT: AudioFormat = AudioFormat::Raw16Khz16BitMonoPcm;
+
+/// Opens TTS websockets for a pool.
+#[derive(Debug)]
+pub struct TtsWsFactory {
+    pub(crate) client: AzureSpeech,
+    pub(crate) options: TtsWsOptions,
+}
+
+#[async_trait]
+impl SynthesizerFactory for TtsWsFactory {
+    async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
+        Ok(Box::new(
+            self.client.connect_tts_ws(self.options.clone()).await?,
+        ))
+    }
+}
 
 /// A TTS websocket connection.
 ///
@@ -131,7 +160,9 @@ impl TtsWebSocket {
                         "bookmarkEnabled": false,
                         "punctuationBoundaryEnabled": false,
                         "sentenceBoundaryEnabled": false,
-                        "sessionEndEnabled": false,
+                        // Both SDKs ask for the SessionEnd metadata (one small message per
+                        // turn), so the service runs its most travelled path for us too.
+                        "sessionEndEnabled": true,
                         "visemeEnabled": false,
                         "wordBoundaryEnabled": request.word_boundaries,
                     },
@@ -206,10 +237,10 @@ impl TtsWebSocket {
                     }
                     // The SDK drops frames of another stream, and so do we: `response`
                     // names the turn's stream (docs/protocol.md#tts-over-websocket).
-                    if let (Some(want), Some(got)) = (&stream_id, b.headers.stream_id()) {
-                        if !want.eq_ignore_ascii_case(got) {
-                            continue;
-                        }
+                    if let (Some(want), Some(got)) = (&stream_id, b.headers.stream_id())
+                        && !want.eq_ignore_ascii_case(got)
+                    {
+                        continue;
                     }
                     if !b.payload.is_empty() {
                         out.audio(b.payload, events).await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rustls::ClientConfig;
-use speech_core::SpeechError;
+use speech_core::{RecognitionMode, SpeechError};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -469,6 +469,46 @@ fn connect_error(e: WsError) -> SpeechError {
 /// `X-Timestamp` for now.
 pub(crate) fn now_timestamp() -> String {
     frame::timestamp(SystemTime::now())
+}
+
+/// The `speech.config` body, once per connection, in the shape the Speech SDKs send: the
+/// client's identity (`context.system`, `context.os`) and, for STT, the audio source and the
+/// recognition mode. The identity is ours, not the SDK's: the service has no reason to
+/// treat this client as a version of the SDK it is not, and telling the truth lets Microsoft
+/// support see which client produced a session. The OS name and version are `unknown`, as
+/// the JavaScript SDK reports them under Node: reading them would need platform-specific
+/// calls for information the service does not use.
+pub(crate) fn speech_config_body(stt: Option<RecognitionMode>) -> String {
+    let mut v = serde_json::json!({
+        "context": {
+            "system": {
+                "name": "speech-azure",
+                "version": env!("CARGO_PKG_VERSION"),
+                "build": "Rust",
+                "lang": "Rust",
+            },
+            "os": {
+                "platform": std::env::consts::OS,
+                "name": "unknown",
+                "version": "unknown",
+            },
+        }
+    });
+    if let Some(mode) = stt {
+        v["context"]["audio"] = serde_json::json!({
+            "source": {
+                "bitspersample": 16,
+                "channelcount": 1,
+                "connectivity": "Unknown",
+                "manufacturer": "speech-azure",
+                "model": "PushStream",
+                "samplerate": 16000,
+                "type": "Stream",
+            }
+        });
+        v["recognition"] = serde_json::Value::from(mode.as_str());
+    }
+    v.to_string()
 }
 
 #[cfg(test)]

@@ -210,12 +210,12 @@ impl SynthesisRequest {
     }
 }
 
-const SSML_PREFIX: &str = "<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' xml:lang='en-US'><voice name='";
+const SSML_PREFIX: &str = "<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' xmlns:mstts='http://www.w3.org/2001/mstts' xmlns:emo='http://www.w3.org/2009/10/emotionml' xml:lang='en-US'><voice name='";
 const SSML_MIDDLE: &str = "'>";
 const SSML_SUFFIX: &str = "</voice></speak>";
 
 /// Wraps plain text in the minimal SSML document the Speech SDK builds:
-/// `<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' xml:lang='en-US'><voice name='VOICE'>TEXT</voice></speak>`,
+/// `<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' xmlns:mstts='http://www.w3.org/2001/mstts' xmlns:emo='http://www.w3.org/2009/10/emotionml' xml:lang='en-US'><voice name='VOICE'>TEXT</voice></speak>`,
 /// with both text and voice XML-escaped (so `<`, `&` and quotes in user text can never
 /// inject markup). `xml:lang` is fixed to `en-US` like the SDK's default: the voice decides
 /// the spoken language.
@@ -452,7 +452,9 @@ mod tests {
         );
         assert_eq!(
             r.to_ssml(),
-            "<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' xml:lang='en-US'>\
+            "<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' \
+             xmlns:mstts='http://www.w3.org/2001/mstts' \
+             xmlns:emo='http://www.w3.org/2009/10/emotionml' xml:lang='en-US'>\
              <voice name='en-US-JennyNeural'>Hello</voice></speak>"
         );
         let ssml = "<speak version='1.0'>x</speak>";

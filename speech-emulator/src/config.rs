@@ -50,6 +50,8 @@ pub struct EmulatorConfig {
     pub hypothesis_interval: Duration,
     /// Fault rules active from the start.
     pub faults: Vec<FaultRule>,
+    /// Record what clients send ([`Capture`](super::Capture)), for wire tests.
+    pub capture: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -69,6 +71,7 @@ impl Default for EmulatorConfig {
             max_phrase: Duration::from_secs(15),
             hypothesis_interval: Duration::from_millis(300),
             faults: Vec::new(),
+            capture: false,
         }
     }
 }
@@ -127,6 +130,12 @@ impl EmulatorConfig {
     /// Listens on this port of 127.0.0.1.
     pub fn with_port(mut self, port: u16) -> Self {
         self.bind.set_port(port);
+        self
+    }
+
+    /// Records what clients send (see [`Capture`](super::Capture)).
+    pub fn with_capture(mut self, capture: bool) -> Self {
+        self.capture = capture;
         self
     }
 

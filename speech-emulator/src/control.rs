@@ -12,6 +12,8 @@
 //! | `POST /_emulator/close` | `{"target":"any","code":1000,"reason":"…"}` (all optional) | closes matching open websockets |
 //! | `PUT /_emulator/transcript` | plain text | sets what STT recognises |
 //! | `GET /_emulator/ca.pem` | | the CA certificate to trust (404 in plain mode) |
+//! | `GET /_emulator/capture` | | what clients sent, as JSON lines (404 unless capture is on) |
+//! | `DELETE /_emulator/capture` | | forgets the capture |
 //!
 //! A rule is a [`FaultRule`] in JSON, e.g.
 //! `{"kind":"handshake","status":429,"retry_after":2,"target":"tts_ws","times":1}` or
@@ -103,6 +105,7 @@ pub(crate) async fn handle(
                 "close": "POST /_emulator/close {\"target\":\"any\",\"code\":1000,\"reason\":\"...\"}",
                 "transcript": "PUT /_emulator/transcript <text>",
                 "ca": "GET /_emulator/ca.pem",
+                "capture": "GET|DELETE /_emulator/capture",
             }),
         ),
         (Method::GET, "/counters") => h::json(
@@ -174,6 +177,21 @@ pub(crate) async fn handle(
             ),
             _ => h::text(StatusCode::NOT_FOUND, "plain mode: no certificate"),
         },
+        (Method::GET | Method::DELETE, "/capture") if !server.emulator.capture.is_enabled() => {
+            h::text(
+                StatusCode::NOT_FOUND,
+                "capture is off (start with --capture)",
+            )
+        }
+        (Method::GET, "/capture") => h::with_type(
+            StatusCode::OK,
+            "application/x-ndjson",
+            server.emulator.capture.json_lines().into_bytes(),
+        ),
+        (Method::DELETE, "/capture") => {
+            server.emulator.capture.clear();
+            h::text(StatusCode::OK, "ok")
+        }
         _ => h::text(StatusCode::NOT_FOUND, "unknown control route"),
     }
 }

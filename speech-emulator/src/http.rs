@@ -133,6 +133,19 @@ pub fn header<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Whether an HTTP/1 request announces neither `Content-Length` nor `Transfer-Encoding`.
+/// Azure answers such a `POST` with `411 Length Required`, even when it means to send no
+/// body; HTTP/2 frames carry the end of the body, so the rule does not apply there.
+pub fn lacks_body_length<B>(req: &Request<B>) -> bool {
+    let http1 = matches!(
+        req.version(),
+        http::Version::HTTP_10 | http::Version::HTTP_11
+    );
+    http1
+        && !req.headers().contains_key(http::header::CONTENT_LENGTH)
+        && !req.headers().contains_key(http::header::TRANSFER_ENCODING)
+}
+
 /// Whether the request asks for a websocket upgrade.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     header(req, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))

@@ -35,13 +35,15 @@
 //! - `GET /speech/recognition/{interactive,conversation,dictation}/cognitiveservices/v1`,
 //!   the same under `/stt`, and `/stt/speech/universal/v2`: STT websocket (a `POST` there is
 //!   STT REST for short audio);
-//! - `/_emulator/…`: the control API ([`control`] describes it);
+//! - `/_emulator/…`: the control API ([`control`] describes it), including the capture of
+//!   what clients sent ([`Capture`]) when [`EmulatorConfig::capture`] is on;
 //! - anything else: `404`.
 
 #![warn(missing_docs)]
 
 mod audio;
 mod auth;
+mod capture;
 mod config;
 pub mod control;
 mod counters;
@@ -62,6 +64,7 @@ mod tts;
 mod turn;
 mod ws;
 
+pub use capture::Capture;
 pub use config::EmulatorConfig;
 pub use counters::Counters;
 pub use faults::{

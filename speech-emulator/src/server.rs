@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::capture::Capture;
 use crate::config::EmulatorConfig;
 use crate::counters::{Counters, GaugeGuard, LiveCounters};
 use crate::faults::{Endpoint, Fault, FaultPlan, FaultRule, Phase, Target};
@@ -76,6 +77,7 @@ impl Emulator {
             }),
             transcript: Mutex::new(config.transcript.clone()),
             counters: Arc::new(LiveCounters::default()),
+            capture: Arc::new(Capture::new(config.capture)),
             config,
         });
         start_server(emulator).await
@@ -240,6 +242,12 @@ async fn route(
     if let Some(rest) = path.strip_prefix("/_emulator") {
         return control::handle(&server, rest, req).await;
     }
+    if !h::is_upgrade(&req) {
+        server.emulator.capture.request("http", &req);
+    }
+    if method == Method::POST && h::lacks_body_length(&req) {
+        return h::error(StatusCode::LENGTH_REQUIRED, "Length Required", None);
+    }
     if let Some(kind) = SttMode::from_path(path) {
         return if method == Method::GET && h::is_upgrade(&req) {
             ws::upgrade(server, info, req, Endpoint::SttWs, Some(kind)).await
@@ -396,6 +404,12 @@ impl EmulatorHandle {
         c
     }
 
+    /// What clients sent, if the emulator was started with
+    /// [`capture`](EmulatorConfig::capture) on.
+    pub fn capture(&self) -> &Capture {
+        &self.server.emulator.capture
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.server.emulator.counters.snapshot()
@@ -498,6 +512,7 @@ impl EmulatorHandle {
             counters: Arc::new(LiveCounters::default()),
             faults: Mutex::new(lock(&self.server.emulator.faults).clone()),
             transcript: Mutex::new(self.server.emulator.transcript()),
+            capture: Arc::clone(&self.server.emulator.capture),
         });
         // Counters carry over so totals span the restart; the gauges are zero by now.
         let old = self.server.emulator.counters.snapshot();

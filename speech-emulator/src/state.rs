@@ -30,6 +30,8 @@ pub(crate) struct EmulatorState {
     pub(crate) counters: Arc<LiveCounters>,
     pub(crate) faults: Mutex<FaultPlan>,
     pub(crate) transcript: Mutex<String>,
+    /// What clients sent, when capture is on; shared across restarts so one capture spans them.
+    pub(crate) capture: Arc<crate::capture::Capture>,
 }
 
 impl EmulatorState {

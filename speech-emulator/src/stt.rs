@@ -399,20 +399,20 @@ impl Protocol for SttSession {
                 }
             }
         };
-        if let Some(t) = &mut self.turn {
-            if t.request_id.eq_ignore_ascii_case(&request_id) {
-                if msg.payload.is_empty() {
-                    t.end_of_audio(out);
-                } else {
-                    t.audio(out, msg.payload.len() as u64);
-                }
-                if t.done {
-                    let request_id = t.request_id.clone();
-                    self.turn = None;
-                    self.remember(request_id);
-                }
-                return Ok(());
+        if let Some(t) = &mut self.turn
+            && t.request_id.eq_ignore_ascii_case(&request_id)
+        {
+            if msg.payload.is_empty() {
+                t.end_of_audio(out);
+            } else {
+                t.audio(out, msg.payload.len() as u64);
             }
+            if t.done {
+                let request_id = t.request_id.clone();
+                self.turn = None;
+                self.remember(request_id);
+            }
+            return Ok(());
         }
         if self
             .finished
@@ -430,12 +430,12 @@ impl Protocol for SttSession {
             return self.violation("empty audio message without a turn");
         }
         self.start_turn(out, &msg, request_id)?;
-        if let Some(t) = &self.turn {
-            if t.done {
-                let request_id = t.request_id.clone();
-                self.turn = None;
-                self.remember(request_id);
-            }
+        if let Some(t) = &self.turn
+            && t.done
+        {
+            let request_id = t.request_id.clone();
+            self.turn = None;
+            self.remember(request_id);
         }
         Ok(())
     }

@@ -61,10 +61,10 @@ impl TurnFaults {
 
     /// The action due at `point`, if any.
     pub(crate) fn action_at(&self, point: TurnPoint) -> Option<Outgoing> {
-        if let Some((code, reason, at)) = &self.close {
-            if *at == point {
-                return Some(Outgoing::Close(*code, reason.clone()));
-            }
+        if let Some((code, reason, at)) = &self.close
+            && *at == point
+        {
+            return Some(Outgoing::Close(*code, reason.clone()));
         }
         match self.disconnect {
             Some((at, rst)) if at == point => Some(Outgoing::Disconnect { rst }),

@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth;
+use crate::capture::ConnNo;
 use crate::counters::GaugeGuard;
 use crate::faults::{Endpoint, Fault, Phase};
 use crate::frame;
@@ -165,6 +166,7 @@ pub(crate) async fn upgrade(
                 .max_connection_age
                 .min(Duration::from_secs(s))
         });
+    let conn_no = emulator.capture.request("upgrade", &req);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let id = server
         .next_session_id
@@ -220,6 +222,7 @@ pub(crate) async fn upgrade(
             cmds,
             rst,
             outbox: Outbox::default(),
+            conn_no,
         };
         match endpoint {
             Endpoint::SttWs => driver.run(stt::SttSession::new(server2, params)).await,
@@ -299,6 +302,8 @@ struct SessionDriver {
     cmds: mpsc::Receiver<SessionCommand>,
     rst: Arc<AtomicBool>,
     outbox: Outbox,
+    /// This connection's number in the capture.
+    conn_no: ConnNo,
 }
 
 impl SessionDriver {
@@ -353,6 +358,7 @@ impl SessionDriver {
                     Some(Ok(Message::Text(t))) => {
                         last_message = Instant::now();
                         let msg = frame::parse_text(t.as_str());
+                        self.server.emulator.capture.text(self.conn_no, &msg);
                         tracing::trace!(headers = ?msg.headers, body = %msg.body, "text message");
                         proto.on_text(&mut self.outbox, msg)
                     }
@@ -360,6 +366,7 @@ impl SessionDriver {
                         last_message = Instant::now();
                         match frame::parse_binary(&b) {
                             Ok(m) => {
+                                self.server.emulator.capture.binary(self.conn_no, &m);
                                 tracing::trace!(headers = ?m.headers, len = m.payload.len(), "binary message");
                                 proto.on_binary(&mut self.outbox, m)
                             }
@@ -368,6 +375,10 @@ impl SessionDriver {
                     }
                     // A client close: tungstenite queues the reply and ends the stream on the
                     // next read. Pings are answered by tungstenite; they are not activity.
+                    Some(Ok(Message::Close(f))) => {
+                        self.server.emulator.capture.close(self.conn_no, f.map(|f| u16::from(f.code)));
+                        Ok(())
+                    }
                     Some(Ok(_)) => Ok(()),
                 },
             };

@@ -193,6 +193,7 @@ async fn rest_status_faults() {
     assert_eq!(send().await.expect("r").status(), 200);
     let token = http
         .post(format!("{}/sts/v1.0/issueToken", emu.base_url_http()))
+        .header("Content-Length", "0")
         .header("Ocp-Apim-Subscription-Key", KEY)
         .send()
         .await
@@ -413,6 +414,7 @@ async fn slowness_faults_are_at_least_as_slow_as_asked() {
     let t = Instant::now();
     let r = http
         .post(format!("{}/sts/v1.0/issueToken", emu.base_url_http()))
+        .header("Content-Length", "0")
         .header("Ocp-Apim-Subscription-Key", KEY)
         .send()
         .await

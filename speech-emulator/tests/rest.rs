@@ -15,6 +15,7 @@ async fn token_endpoint_issues_jwt_shaped_tokens_accepted_everywhere() {
     let base = emu.base_url_http();
     let r = http
         .post(format!("{base}/sts/v1.0/issueToken"))
+        .header("Content-Length", "0")
         .header("Ocp-Apim-Subscription-Key", KEY)
         .header("Content-Type", "application/x-www-form-urlencoded")
         .send()
@@ -34,6 +35,7 @@ async fn token_endpoint_issues_jwt_shaped_tokens_accepted_everywhere() {
     // A wrong key gets no token.
     let r = http
         .post(format!("{base}/sts/v1.0/issueToken"))
+        .header("Content-Length", "0")
         .header("Ocp-Apim-Subscription-Key", "wrong")
         .send()
         .await
@@ -107,6 +109,7 @@ async fn expired_tokens_are_refused_at_handshake_and_on_rest() {
     let http = http(&emu);
     let jwt = http
         .post(format!("{}/sts/v1.0/issueToken", emu.base_url_http()))
+        .header("Content-Length", "0")
         .header("Ocp-Apim-Subscription-Key", KEY)
         .send()
         .await

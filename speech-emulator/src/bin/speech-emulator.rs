@@ -50,6 +50,8 @@ Control API (no authentication; JSON unless noted):
   POST   /_emulator/close         {\"target\":\"any\",\"code\":1000,\"reason\":\"...\"}: close open websockets
   PUT    /_emulator/transcript    plain text: what STT recognises from now on
   GET    /_emulator/ca.pem        the CA certificate (TLS mode)
+  GET    /_emulator/capture       what clients sent, as JSON lines (with --capture)
+  DELETE /_emulator/capture       forget the capture
 Rule JSON fields: kind (handshake, handshake_delay, tls_delay, rest, rest_delay, close, disconnect, stall,
 turn_start_delay, first_audio_delay, phrase_error, quirks) with its fields (status, retry_after, ms, code,
 reason, at, rst, after_frames), plus target, times, skip, key. `at` is \"before_turn_start\",
@@ -118,6 +120,9 @@ struct Args {
     /// STT: a phrase ends after this much audio even if the client keeps streaming.
     #[arg(long, default_value_t = 15_000)]
     max_phrase_ms: u64,
+    /// Record what clients send (GET /_emulator/capture returns it as JSON lines).
+    #[arg(long)]
+    capture: bool,
 }
 
 #[tokio::main]
@@ -147,6 +152,7 @@ async fn main() -> ExitCode {
     config.max_connections_per_key = args.max_connections_per_key;
     config.max_phrase = Duration::from_millis(args.max_phrase_ms.max(1));
     config.faults = args.faults;
+    config.capture = args.capture;
     if config.tls {
         match TlsIdentity::generate(&args.tls_name) {
             Ok(id) => config.tls_identity = Some(id),
