@@ -139,6 +139,7 @@ pub struct PoolBuilder<M: Manager> {
 macro_rules! setter {
     ($(#[$doc:meta])* $name:ident: $ty:ty) => {
         $(#[$doc])*
+        #[must_use = "the builder is consumed; use the returned one"]
         pub fn $name(mut self, value: $ty) -> Self {
             self.config.$name = value;
             self
@@ -155,12 +156,14 @@ impl<M: Manager> PoolBuilder<M> {
     }
 
     /// Replaces the whole configuration.
+    #[must_use = "the builder is consumed; use the returned one"]
     pub fn config(mut self, config: PoolConfig) -> Self {
         self.config = config;
         self
     }
 
     /// See [`PoolConfig::name`].
+    #[must_use = "the builder is consumed; use the returned one"]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
         self
