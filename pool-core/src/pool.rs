@@ -62,6 +62,15 @@ pub(crate) struct Entry<R> {
 #[must_use = "a counted resource must be passed to Inner::close"]
 pub(crate) struct Closing<R>(R);
 
+/// Who a new resource is created for, which decides how it is warmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CreateFor {
+    /// A caller waiting for it (COLD): warmed with `Manager::warm_for_caller`.
+    Caller,
+    /// The idle set (refill or refresh): warmed with `Manager::warm`.
+    IdleSet,
+}
+
 /// Which count a resource leaves when its holder gives it up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Holder {
@@ -177,14 +186,16 @@ pub(crate) struct Inner<M: Manager> {
     /// so pools that never wait (and builds outside a runtime) have no such task.
     reaper_started: AtomicBool,
     /// Wakes the reaper when a waiter's deadline is earlier than its planned wake-up.
-    reaper_wake: Notify,
+    /// Shared with the reaper task, which waits on it holding only a `Weak` to the pool.
+    reaper_wake: Arc<Notify>,
     pub stats: Stats,
     /// Every close, create and the maintainer run here, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Cancelled by shutdown or by dropping the last [`Pool`] handle.
     pub stop: CancellationToken,
     /// Wakes the maintainer early: the idle set fell below target, or a backoff changed.
-    pub maintainer_wake: Notify,
+    /// Shared with the maintainer task, which waits on it holding only a `Weak` to the pool.
+    pub maintainer_wake: Arc<Notify>,
 }
 
 /// A cheap-to-clone handle to a pool of `M::Resource`.
@@ -255,12 +266,12 @@ impl<M: Manager> Pool<M> {
             closed: AtomicBool::new(false),
             use_counter: AtomicU64::new(1),
             reaper_started: AtomicBool::new(false),
-            reaper_wake: Notify::new(),
+            reaper_wake: Arc::new(Notify::new()),
             sessions: Mutex::new(HashMap::default()),
             stats: Stats::default(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-            maintainer_wake: Notify::new(),
+            maintainer_wake: Arc::new(Notify::new()),
             config,
         });
         if inner.config.background_warmup {
@@ -611,14 +622,19 @@ impl<M: Manager> Inner<M> {
         if self.reaper_started.swap(true, Relaxed) {
             return;
         }
+        // The task holds a strong reference only while it expires waiters, never while it
+        // sleeps, so it never keeps a dropped pool alive.
         let weak = Arc::downgrade(self);
         let stop = self.stop.clone();
+        let wake = self.reaper_wake.clone();
         self.tasks.spawn(async move {
             loop {
-                let Some(inner) = weak.upgrade() else {
-                    return;
+                let next = {
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
+                    inner.expire_waiters(Instant::now())
                 };
-                let next = inner.expire_waiters(Instant::now());
                 let sleep = async {
                     match next {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -627,7 +643,7 @@ impl<M: Manager> Inner<M> {
                 };
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = inner.reaper_wake.notified() => {}
+                    () = wake.notified() => {}
                     () = sleep => {}
                 }
             }
@@ -775,7 +791,7 @@ impl<M: Manager> Inner<M> {
     fn spawn_refill(self: &Arc<Self>, done: oneshot::Sender<Result<(), PoolError<M::Error>>>) {
         let inner = self.clone();
         self.tasks.spawn(async move {
-            let outcome = inner.create_and_warm().await;
+            let outcome = inner.create_and_warm(CreateFor::IdleSet).await;
             let reported = match outcome {
                 Ok(entry) => {
                     let mut st = inner.lock();
@@ -835,7 +851,7 @@ impl<M: Manager> Inner<M> {
         let (tx, rx) = oneshot::channel();
         let inner = self.clone();
         self.tasks.spawn(async move {
-            match inner.create_and_warm().await {
+            match inner.create_and_warm(CreateFor::Caller).await {
                 Ok(entry) => {
                     {
                         let mut st = inner.lock();
@@ -863,7 +879,10 @@ impl<M: Manager> Inner<M> {
 
     /// `create` then `warm`, together bounded by `create_timeout`, with the counters and the
     /// last error recorded. A resource whose warm-up fails is closed here, never handed out.
-    async fn create_and_warm(self: &Arc<Self>) -> Result<Entry<M::Resource>, PoolError<M::Error>> {
+    async fn create_and_warm(
+        self: &Arc<Self>,
+        purpose: CreateFor,
+    ) -> Result<Entry<M::Resource>, PoolError<M::Error>> {
         let timeout = self.config.create_timeout;
         let deadline = Instant::now() + timeout;
         let mut resource = match tokio::time::timeout_at(deadline, self.manager.create()).await {
@@ -872,7 +891,13 @@ impl<M: Manager> Inner<M> {
             Err(_) => return Err(self.record_create_failure(PoolError::CreateTimeout(timeout))),
         };
         self.stats.created_total.fetch_add(1, Relaxed);
-        let warmed = tokio::time::timeout_at(deadline, self.manager.warm(&mut resource)).await;
+        let warming = async {
+            match purpose {
+                CreateFor::Caller => self.manager.warm_for_caller(&mut resource).await,
+                CreateFor::IdleSet => self.manager.warm(&mut resource).await,
+            }
+        };
+        let warmed = tokio::time::timeout_at(deadline, warming).await;
         let error = match warmed {
             Ok(Ok(())) => {
                 let jitter = self.config.refresh_jitter.mul_f64(fastrand::f64());
