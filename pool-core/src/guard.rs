@@ -139,6 +139,16 @@ impl<M: Manager> Drop for Pooled<M> {
                     && inner.manager.is_ready(&entry.resource);
                 if keep {
                     state.entry = Some(entry);
+                    // Release the session before looking: a reclaim pass that ran while
+                    // this turn was in progress skipped it, and one that starts after the
+                    // flag is read can take it.
+                    drop(state);
+                    if inner
+                        .reclaim_wanted
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        inner.reclaim_for_waiters();
+                    }
                 } else {
                     // The session keeps no resource, so it stops existing: its next acquire
                     // binds afresh, and until then it is not counted as active.

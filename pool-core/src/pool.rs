@@ -1,7 +1,7 @@
 //! The pool: idle set, waiters, sessions, and the create / return / discard paths.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -125,6 +125,9 @@ pub(crate) struct State<R> {
     pub(crate) refilling: usize,
     /// Idle entries marked `replacing`.
     pub(crate) replacing: usize,
+    /// Session resources taken back for waiting callers whose reset is under way (still
+    /// counted in `dedicated` until it finishes).
+    pub(crate) reclaiming: usize,
     /// Resources handed out by plain acquires.
     pub(crate) checked_out: usize,
     /// Resources bound to sessions, in use or parked.
@@ -166,6 +169,11 @@ impl<R> State<R> {
         Closing(resource)
     }
 
+    /// Callers waiting for room (not those racing their own create).
+    pub(crate) fn slot_waiters(&self) -> usize {
+        self.waiters.iter().filter(|w| w.accepts_slot).count()
+    }
+
     fn has_slot_waiter(&self) -> bool {
         self.waiters.iter().any(|w| w.accepts_slot)
     }
@@ -182,6 +190,10 @@ pub(crate) struct Inner<M: Manager> {
     pub closed: AtomicBool,
     /// Orders session uses, for reclaiming the least recently used parked session.
     pub use_counter: AtomicU64,
+    /// Set when a caller queued on a full pool that may reclaim session resources; a
+    /// session turn that ends then looks for a resource to reclaim. Cleared by a reclaim
+    /// pass that finds no caller left to serve.
+    pub reclaim_wanted: AtomicBool,
     /// The acquire-timeout reaper is spawned on the first timed wait, not at build time,
     /// so pools that never wait (and builds outside a runtime) have no such task.
     reaper_started: AtomicBool,
@@ -250,6 +262,7 @@ impl<M: Manager> Pool<M> {
                 creating: 0,
                 refilling: 0,
                 replacing: 0,
+                reclaiming: 0,
                 checked_out: 0,
                 dedicated: 0,
                 closing: 0,
@@ -265,6 +278,7 @@ impl<M: Manager> Pool<M> {
             }),
             closed: AtomicBool::new(false),
             use_counter: AtomicU64::new(1),
+            reclaim_wanted: AtomicBool::new(false),
             reaper_started: AtomicBool::new(false),
             reaper_wake: Arc::new(Notify::new()),
             sessions: Mutex::new(HashMap::default()),
@@ -554,6 +568,9 @@ impl<M: Manager> Inner<M> {
                         let can_create = st.live() < self.config.max_size;
                         if can_create {
                             st.creating += 1;
+                        } else if self.config.reclaim_idle_sessions {
+                            // Checked (outside the lock) once this caller is queued.
+                            self.reclaim_wanted.store(true, SeqCst);
                         }
                         TakeStep::Slow(
                             self.register_waiter(&mut st, !can_create, deadline),
@@ -571,6 +588,9 @@ impl<M: Manager> Inner<M> {
                 }
                 TakeStep::Slow(waiter, can_create) => (waiter, can_create),
             };
+            if !can_create && self.config.reclaim_idle_sessions {
+                self.reclaim_for_waiters();
+            }
             let started = slow_started.unwrap_or_else(Instant::now);
             let deadline = timeout.map(|t| started + t);
             let waited = timeout.unwrap_or_default();
@@ -1232,6 +1252,7 @@ impl<M: Manager> Inner<M> {
             allocations_warm: warm_n,
             allocations_cold: cold_n,
             warmup_cycles: self.stats.warmup_cycles.load(Relaxed),
+            reclaims_total: self.stats.reclaims_total.load(Relaxed),
             warmup_failures: self.stats.warmup_failures.load(Relaxed),
             max_size: self.config.max_size,
             size,

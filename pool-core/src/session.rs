@@ -284,6 +284,82 @@ impl<M: Manager> Inner<M> {
         }
     }
 
+    /// Takes back parked session resources, least recently used first, one for each caller
+    /// waiting for room that no reclaim is already serving. Each is reset in a tracked task
+    /// and then handed to the first waiter (or, if its reset fails, closed, which frees a
+    /// slot for a waiter to create in).
+    pub(crate) fn reclaim_for_waiters(self: &Arc<Self>) {
+        let needed = {
+            let st = self.lock();
+            let needed = st.slot_waiters().saturating_sub(st.reclaiming);
+            if needed == 0 || st.closed {
+                self.reclaim_wanted
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            needed
+        };
+        // Candidates: sessions not in a turn with a resource parked. The map is held only
+        // while the slots are tried (never awaited), per the lock order.
+        let mut candidates: Vec<(u64, Arc<SessionSlot<M::Resource>>)> = {
+            let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions
+                .values()
+                .filter_map(|slot| {
+                    let state = slot.try_lock().ok()?;
+                    (state.entry.is_some() && !state.evicted)
+                        .then(|| (state.last_use, slot.clone()))
+                })
+                .collect()
+        };
+        candidates.sort_unstable_by_key(|(last_use, _)| *last_use);
+        let mut taken = 0;
+        for (_, slot) in candidates {
+            if taken == needed {
+                break;
+            }
+            // Re-checked: the session may have started a turn since the scan.
+            let Ok(mut state) = slot.try_lock_owned() else {
+                continue;
+            };
+            if state.evicted {
+                continue;
+            }
+            let Some(entry) = state.entry.take() else {
+                continue;
+            };
+            self.forget_session(&mut state);
+            drop(state);
+            self.lock().reclaiming += 1;
+            taken += 1;
+            self.spawn_reclaim(entry);
+        }
+    }
+
+    fn spawn_reclaim(self: &Arc<Self>, mut entry: Entry<M::Resource>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            let mut st = self.lock();
+            st.reclaiming -= 1;
+            st.dedicated -= 1;
+            let closing = st.begin_close(entry.resource);
+            drop(st);
+            self.close(closing);
+            return;
+        }
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            // The next session must not see this one's state.
+            let reset_ok = inner.manager.reset(&mut entry.resource).await.is_ok();
+            let ready = reset_ok && inner.usable(&entry);
+            inner.stats.reclaims_total.fetch_add(1, Relaxed);
+            tracing::debug!(pool = %inner.config.name, ready, "reclaimed a parked session resource for a waiting caller");
+            let mut st = inner.lock();
+            st.reclaiming -= 1;
+            st.dedicated -= 1;
+            inner.give_back(st, entry, ready);
+        });
+    }
+
     /// The next position in the use order (see `SessionState::last_use`).
     pub(crate) fn next_use(&self) -> u64 {
         self.use_counter.fetch_add(1, Relaxed)

@@ -41,6 +41,9 @@ pub struct PoolSnapshot {
     pub allocations_cold: u64,
     /// Passes of the background maintainer.
     pub warmup_cycles: u64,
+    /// Parked session resources taken back (reset and handed over) for callers waiting on
+    /// a full pool. Zero unless `reclaim_idle_sessions` is on.
+    pub reclaims_total: u64,
     /// Warm-ups that failed (those resources were closed, never handed out).
     pub warmup_failures: u64,
     /// Bound on live resources.
