@@ -33,6 +33,7 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
             if !woken_early && now >= next_housekeeping {
                 inner.stats.warmup_cycles.fetch_add(1, Relaxed);
                 inner.evict_stale_sessions(now);
+                inner.trim_surplus();
                 next_housekeeping = now + interval;
             }
             // Dead idle resources first, so this pass's refill replaces them.

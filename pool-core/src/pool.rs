@@ -125,6 +125,9 @@ pub(crate) struct State<R> {
     pub(crate) refilling: usize,
     /// Idle entries marked `replacing`.
     pub(crate) replacing: usize,
+    /// The fewest idle resources seen since the maintainer's last housekeeping pass: what
+    /// stayed above the target that whole time is surplus nobody needed.
+    pub(crate) idle_low_water: usize,
     /// Session resources taken back for waiting callers whose reset is under way (still
     /// counted in `dedicated` until it finishes).
     pub(crate) reclaiming: usize,
@@ -262,6 +265,7 @@ impl<M: Manager> Pool<M> {
                 creating: 0,
                 refilling: 0,
                 replacing: 0,
+                idle_low_water: 0,
                 reclaiming: 0,
                 checked_out: 0,
                 dedicated: 0,
@@ -523,7 +527,49 @@ impl<M: Manager> Inner<M> {
             st.replacing -= 1;
         }
         st.checked_out += 1;
+        st.idle_low_water = st.idle_low_water.min(st.idle.len());
         Some((idle.entry, st.idle.len() < self.config.warm_target))
+    }
+
+    /// How many idle resources the pool keeps before closing a returned or refilled one.
+    /// With a maintainer, up to twice the target: a resource that comes back while a refill
+    /// is in flight is worth more than closing it and paying a connect moments later, and
+    /// the maintainer trims surplus nobody dips into (see `trim_surplus`). Without one,
+    /// nothing would trim it, so the target is the cap.
+    fn keep_cap(&self) -> usize {
+        let target = self.config.warm_target;
+        if self.config.background_warmup {
+            target.saturating_mul(2)
+        } else {
+            target
+        }
+    }
+
+    /// Closes idle resources that stayed above the target for a whole housekeeping period
+    /// (the idle set never dipped below `target + surplus` since the last pass), oldest
+    /// first, and starts a new period.
+    pub(crate) fn trim_surplus(self: &Arc<Self>) {
+        let mut surplus = Vec::new();
+        {
+            let mut st = self.lock();
+            let unused = st.idle_low_water.saturating_sub(self.config.warm_target);
+            let mut index = 0;
+            while surplus.len() < unused && index < st.idle.len() {
+                if st.idle[index].replacing {
+                    index += 1;
+                } else if let Some(removed) = st.idle.remove(index) {
+                    let closing = st.begin_close(removed.entry.resource);
+                    surplus.push(closing);
+                }
+            }
+            st.idle_low_water = st.idle.len();
+        }
+        if !surplus.is_empty() {
+            tracing::debug!(pool = %self.config.name, count = surplus.len(), "closed idle surplus unused for a housekeeping period");
+        }
+        for closing in surplus {
+            self.close(closing);
+        }
     }
 
     /// Finishes taking an idle entry (already counted as checked out): wakes the maintainer
@@ -988,7 +1034,7 @@ impl<M: Manager> Inner<M> {
             retired = st.idle.remove(position).map(|i| i.entry);
             st.replacing -= 1;
         }
-        if retired.is_some() || st.idle.len() < self.config.warm_target {
+        if retired.is_some() || st.idle.len() < self.keep_cap() {
             let refresh_at = self.refresh_at(&entry);
             if let (Some(at), Some(planned)) = (refresh_at, st.next_maintenance)
                 && at < planned
