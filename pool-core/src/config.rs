@@ -19,6 +19,19 @@ pub struct PoolConfig {
     /// Upper bound on all live resources: idle + handed out + bound to sessions + being
     /// created. Acquirers beyond it wait in FIFO order. Default 64.
     pub max_size: usize,
+    /// Whether the idle target follows demand: the maintainer measures, each second, the
+    /// hand-outs that need a new warm resource (WARM and COLD acquires) and the create+warm
+    /// latency, and keeps enough idle resources for the demand expected during one create
+    /// (Little's law) plus headroom for Poisson bursts. It rises within seconds of a burst
+    /// (a 6 s window that takes over at twice the current target) and falls over a minute
+    /// (a 60 s window), never below `warm_target` (the floor) nor above `max_size`. Needs
+    /// `background_warmup`; without the maintainer it has no effect. Default false.
+    pub adaptive_warm_target: bool,
+    /// Most background creates (refill and refresh) started per second, on average, with
+    /// bursts of one second's worth: backends throttle bursts of new connections. `None`
+    /// means no limit beyond `create_concurrency`. [`Pool::prepare`] ignores it. Default
+    /// `None`.
+    pub create_rate_limit: Option<f64>,
     /// Whether `acquire_for_session` binds a resource to a session id (the seed's
     /// `session_awareness`). When off, every session acquire is a plain acquire. Default false.
     pub session_awareness: bool,
@@ -83,6 +96,8 @@ impl Default for PoolConfig {
             name: "pool".to_owned(),
             warm_target: 0,
             max_size: 64,
+            adaptive_warm_target: false,
+            create_rate_limit: None,
             session_awareness: false,
             session_max_age: Duration::from_secs(1800),
             reclaim_idle_sessions: false,
@@ -112,6 +127,13 @@ impl PoolConfig {
             return Err(BuildError::Invalid(format!(
                 "warm_target ({}) must not exceed max_size ({})",
                 self.warm_target, self.max_size
+            )));
+        }
+        if let Some(rate) = self.create_rate_limit
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(BuildError::Invalid(format!(
+                "create_rate_limit must be a positive number of creates per second, got {rate}"
             )));
         }
         if self.create_concurrency == 0 {
@@ -182,6 +204,10 @@ impl<M: Manager> PoolBuilder<M> {
         warm_target: usize);
     setter!(/// See [`PoolConfig::max_size`].
         max_size: usize);
+    setter!(/// See [`PoolConfig::adaptive_warm_target`].
+        adaptive_warm_target: bool);
+    setter!(/// See [`PoolConfig::create_rate_limit`].
+        create_rate_limit: Option<f64>);
     setter!(/// See [`PoolConfig::session_awareness`].
         session_awareness: bool);
     setter!(/// See [`PoolConfig::session_max_age`].

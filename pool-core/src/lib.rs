@@ -45,6 +45,7 @@
 //!   never meets an expired resource;
 //! - all time goes through `tokio::time`, so tests run with paused time.
 
+mod adaptive;
 mod config;
 mod error;
 mod guard;
@@ -56,6 +57,7 @@ mod session;
 mod snapshot;
 mod tier;
 
+pub use adaptive::TargetReason;
 pub use config::{PoolBuilder, PoolConfig};
 pub use error::{BuildError, PoolError, SessionBusyDetails, TimeoutDetails};
 pub use guard::Pooled;

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::manager::Manager;
@@ -17,9 +19,12 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
     let stop = inner.stop.clone();
     let interval = inner.config.refresh_interval;
     let wake = inner.maintainer_wake.clone();
+    let adaptive = inner.config.adaptive_warm_target;
     inner.tasks.spawn(async move {
         let mut next_housekeeping = Instant::now() + interval;
         let mut wake_at = Instant::now();
+        // The adaptive target is re-estimated once a second.
+        let mut last_estimate = Instant::now();
         loop {
             let woken_early = tokio::select! {
                 () = stop.cancelled() => return,
@@ -36,16 +41,28 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
                 inner.trim_surplus();
                 next_housekeeping = now + interval;
             }
+            let seconds_since_estimate = now.saturating_duration_since(last_estimate).as_secs();
+            if adaptive && seconds_since_estimate >= 1 {
+                inner.update_warm_target(seconds_since_estimate as usize);
+                last_estimate += Duration::from_secs(seconds_since_estimate);
+            }
+            let next_estimate = adaptive.then(|| last_estimate + Duration::from_secs(1));
             // Dead idle resources first, so this pass's refill replaces them.
             inner.prune_unusable_idle();
             let next_refresh = inner.mark_expiring(now);
-            let _ = inner.start_refill(false);
-            wake_at = [Some(next_housekeeping), next_refresh, inner.backoff_until()]
-                .into_iter()
-                .flatten()
-                .filter(|at| *at > now)
-                .min()
-                .unwrap_or(next_housekeeping);
+            let _ = inner.start_refill(crate::pool::RefillLimits::All);
+            wake_at = [
+                Some(next_housekeeping),
+                next_refresh,
+                inner.backoff_until(),
+                inner.ramp_next(),
+                next_estimate,
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > now)
+            .min()
+            .unwrap_or(next_housekeeping);
             inner.plan_maintenance(wake_at);
         }
     });

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::adaptive::{Estimator, Ramp, TargetReason};
 use crate::config::{PoolBuilder, PoolConfig};
 use crate::error::{PoolError, TimeoutDetails};
 use crate::guard::Pooled;
@@ -61,6 +62,24 @@ pub(crate) struct Entry<R> {
 /// close has finished.
 #[must_use = "a counted resource must be passed to Inner::close"]
 pub(crate) struct Closing<R>(R);
+
+/// Which limits a refill honours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefillLimits {
+    /// The failure backoff and the create ramp (background refills).
+    All,
+    /// Only `create_concurrency` and `max_size`: [`Pool::prepare`], which a caller awaits.
+    ConcurrencyOnly,
+}
+
+/// Where a resource being placed comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Just created by a refill.
+    Fresh,
+    /// Given back by a caller (or a reclaim, or a lost create race).
+    Returned,
+}
 
 /// Who a new resource is created for, which decides how it is warmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +144,15 @@ pub(crate) struct State<R> {
     pub(crate) refilling: usize,
     /// Idle entries marked `replacing`.
     pub(crate) replacing: usize,
+    /// The idle target in force: the configured `warm_target`, or above it when the
+    /// adaptive target asks for more.
+    pub(crate) warm_target: usize,
+    /// Why `warm_target` has its value.
+    pub(crate) target_reason: TargetReason,
+    /// The create ramp limit, when one is configured.
+    pub(crate) ramp: Option<Ramp>,
+    /// When the ramp next allows a create, after it held one back.
+    pub(crate) ramp_next: Option<Instant>,
     /// The fewest idle resources seen since the maintainer's last housekeeping pass: what
     /// stayed above the target that whole time is surplus nobody needed.
     pub(crate) idle_low_water: usize,
@@ -197,6 +225,9 @@ pub(crate) struct Inner<M: Manager> {
     /// session turn that ends then looks for a resource to reclaim. Cleared by a reclaim
     /// pass that finds no caller left to serve.
     pub reclaim_wanted: AtomicBool,
+    /// The adaptive target's demand and latency estimates (updated by the maintainer and
+    /// by finished creates, never on the acquire path).
+    pub estimator: Mutex<Estimator>,
     /// The acquire-timeout reaper is spawned on the first timed wait, not at build time,
     /// so pools that never wait (and builds outside a runtime) have no such task.
     reaper_started: AtomicBool,
@@ -266,6 +297,10 @@ impl<M: Manager> Pool<M> {
                 refilling: 0,
                 replacing: 0,
                 idle_low_water: 0,
+                warm_target: config.warm_target,
+                target_reason: TargetReason::Floor,
+                ramp: config.create_rate_limit.map(Ramp::new),
+                ramp_next: None,
                 reclaiming: 0,
                 checked_out: 0,
                 dedicated: 0,
@@ -283,6 +318,7 @@ impl<M: Manager> Pool<M> {
             closed: AtomicBool::new(false),
             use_counter: AtomicU64::new(1),
             reclaim_wanted: AtomicBool::new(false),
+            estimator: Mutex::new(Estimator::new()),
             reaper_started: AtomicBool::new(false),
             reaper_wake: Arc::new(Notify::new()),
             sessions: Mutex::new(HashMap::default()),
@@ -325,7 +361,7 @@ impl<M: Manager> Pool<M> {
     pub async fn prepare(&self) -> Result<(), PoolError<M::Error>> {
         let inner = self.inner();
         loop {
-            let batch = inner.start_refill(true);
+            let batch = inner.start_refill(RefillLimits::ConcurrencyOnly);
             if batch.is_empty() {
                 let (closed, reached, refilling) = {
                     let st = inner.lock();
@@ -528,7 +564,7 @@ impl<M: Manager> Inner<M> {
         }
         st.checked_out += 1;
         st.idle_low_water = st.idle_low_water.min(st.idle.len());
-        Some((idle.entry, st.idle.len() < self.config.warm_target))
+        Some((idle.entry, st.idle.len() < st.warm_target))
     }
 
     /// How many idle resources the pool keeps before closing a returned or refilled one.
@@ -536,8 +572,8 @@ impl<M: Manager> Inner<M> {
     /// is in flight is worth more than closing it and paying a connect moments later, and
     /// the maintainer trims surplus nobody dips into (see `trim_surplus`). Without one,
     /// nothing would trim it, so the target is the cap.
-    fn keep_cap(&self) -> usize {
-        let target = self.config.warm_target;
+    fn keep_cap(&self, st: &State<M::Resource>) -> usize {
+        let target = st.warm_target;
         if self.config.background_warmup {
             target.saturating_mul(2)
         } else {
@@ -552,7 +588,7 @@ impl<M: Manager> Inner<M> {
         let mut surplus = Vec::new();
         {
             let mut st = self.lock();
-            let unused = st.idle_low_water.saturating_sub(self.config.warm_target);
+            let unused = st.idle_low_water.saturating_sub(st.warm_target);
             let mut index = 0;
             while surplus.len() < unused && index < st.idle.len() {
                 if st.idle[index].replacing {
@@ -647,6 +683,12 @@ impl<M: Manager> Inner<M> {
             };
             if let Ok((_, tier)) = &result {
                 self.record_hand_out(*tier, Some(started));
+                if *tier == Tier::Warm {
+                    // On the slow path a WARM resource is one another caller gave back
+                    // while this one waited: counted apart, so a full pool shows as such.
+                    self.stats.waited_total.fetch_add(1, Relaxed);
+                    self.stats.wait_latency.record(started.elapsed());
+                }
             }
             return result;
         }
@@ -819,22 +861,25 @@ impl<M: Manager> Inner<M> {
     /// create so [`Pool::prepare`] can wait for them.
     pub(crate) fn start_refill(
         self: &Arc<Self>,
-        ignore_backoff: bool,
+        limits: RefillLimits,
     ) -> Vec<oneshot::Receiver<Result<(), PoolError<M::Error>>>> {
         let mut started = Vec::new();
         let mut st = self.lock();
         if st.closed {
             return started;
         }
-        if !ignore_backoff
+        if limits == RefillLimits::All
             && let Some(until) = st.backoff_until
             && Instant::now() < until
         {
             return started;
         }
+        if st.target_reason == TargetReason::RampLimited {
+            st.target_reason = TargetReason::Demand;
+        }
         loop {
             let effective_idle = st.idle.len() - st.replacing;
-            let wanted = self.config.warm_target.saturating_sub(effective_idle);
+            let wanted = st.warm_target.saturating_sub(effective_idle);
             let deficit = wanted.saturating_sub(st.refilling);
             // Entries being replaced do not count toward the target, so their replacements
             // are part of the deficit.
@@ -845,6 +890,18 @@ impl<M: Manager> Inner<M> {
             {
                 break;
             }
+            if limits == RefillLimits::All
+                && let Some(ramp) = st.ramp.as_mut()
+                && !ramp.try_take(Instant::now())
+            {
+                // The maintainer wakes at `ramp_next` to try again.
+                st.ramp_next = Some(ramp.next_token_at());
+                if st.warm_target > self.config.warm_target {
+                    st.target_reason = TargetReason::RampLimited;
+                }
+                break;
+            }
+            st.ramp_next = None;
             st.creating += 1;
             st.refilling += 1;
             let (tx, rx) = oneshot::channel();
@@ -865,7 +922,7 @@ impl<M: Manager> Inner<M> {
                     st.refilling -= 1;
                     st.failure_streak = 0;
                     st.backoff_until = None;
-                    let surplus = inner.place(&mut st, entry, true);
+                    let surplus = inner.place(&mut st, entry, Origin::Fresh);
                     drop(st);
                     if let Some(surplus) = surplus {
                         inner.close(surplus);
@@ -873,7 +930,11 @@ impl<M: Manager> Inner<M> {
                     if inner.config.background_warmup {
                         // Keep the pipeline full: the next refill starts as soon as this one
                         // lands, still bounded by `create_concurrency`.
-                        let _ = inner.start_refill(false);
+                        let _ = inner.start_refill(RefillLimits::All);
+                        if inner.ramp_next().is_some() {
+                            // Held back by the ramp: the maintainer must plan to retry.
+                            inner.maintainer_wake.notify_one();
+                        }
                     }
                     Ok(())
                 }
@@ -950,7 +1011,8 @@ impl<M: Manager> Inner<M> {
         purpose: CreateFor,
     ) -> Result<Entry<M::Resource>, PoolError<M::Error>> {
         let timeout = self.config.create_timeout;
-        let deadline = Instant::now() + timeout;
+        let began = Instant::now();
+        let deadline = began + timeout;
         let mut resource = match tokio::time::timeout_at(deadline, self.manager.create()).await {
             Ok(Ok(resource)) => resource,
             Ok(Err(error)) => return Err(self.record_create_failure(PoolError::Create(error))),
@@ -966,6 +1028,12 @@ impl<M: Manager> Inner<M> {
         let warmed = tokio::time::timeout_at(deadline, warming).await;
         let error = match warmed {
             Ok(Ok(())) => {
+                if self.config.adaptive_warm_target {
+                    self.estimator
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record_create(began.elapsed());
+                }
                 let jitter = self.config.refresh_jitter.mul_f64(fastrand::f64());
                 return Ok(Entry {
                     resource,
@@ -999,8 +1067,9 @@ impl<M: Manager> Inner<M> {
         &self,
         st: &mut State<M::Resource>,
         mut entry: Entry<M::Resource>,
-        fresh: bool,
+        origin: Origin,
     ) -> Option<Closing<M::Resource>> {
+        let fresh = origin == Origin::Fresh;
         if st.closed {
             return Some(st.begin_close(entry.resource));
         }
@@ -1034,7 +1103,7 @@ impl<M: Manager> Inner<M> {
             retired = st.idle.remove(position).map(|i| i.entry);
             st.replacing -= 1;
         }
-        if retired.is_some() || st.idle.len() < self.keep_cap() {
+        if retired.is_some() || st.idle.len() < self.keep_cap(st) {
             let refresh_at = self.refresh_at(&entry);
             if let (Some(at), Some(planned)) = (refresh_at, st.next_maintenance)
                 && at < planned
@@ -1113,7 +1182,7 @@ impl<M: Manager> Inner<M> {
         ready: bool,
     ) {
         let to_close = if ready {
-            self.place(&mut st, entry, false)
+            self.place(&mut st, entry, Origin::Returned)
         } else {
             Some(st.begin_close(entry.resource))
         };
@@ -1176,7 +1245,7 @@ impl<M: Manager> Inner<M> {
         let mut st = self.lock();
         st.closing -= 1;
         self.slot_freed(&mut st);
-        let refill_wanted = !st.closed && st.idle.len() < self.config.warm_target;
+        let refill_wanted = !st.closed && st.idle.len() < st.warm_target;
         drop(st);
         if refill_wanted && self.config.background_warmup {
             self.maintainer_wake.notify_one();
@@ -1246,7 +1315,7 @@ impl<M: Manager> Inner<M> {
     }
 
     pub(crate) fn snapshot(&self) -> PoolSnapshot {
-        let (gauges, last_error) = {
+        let (gauges, last_error, targets) = {
             let st = self.lock();
             (
                 (
@@ -1262,8 +1331,10 @@ impl<M: Manager> Inner<M> {
                     st.closing,
                 ),
                 st.last_error.clone(),
+                (st.warm_target, st.target_reason),
             )
         };
+        let (warm_target, target_reason) = targets;
         let (ready, idle, size, in_use, dedicated, waiting, creating, closing) = gauges;
         let active_sessions = self
             .sessions
@@ -1289,7 +1360,25 @@ impl<M: Manager> Inner<M> {
             name: self.config.name.clone(),
             ready,
             warm_pool_size: idle,
-            warm_pool_target: self.config.warm_target,
+            warm_pool_target: warm_target,
+            warm_target_floor: self.config.warm_target,
+            warm_target_reason: target_reason,
+            create_latency_ms: self
+                .estimator
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .create_latency()
+                .map(|d| d.as_secs_f64() * 1000.0),
+            waited_total: self.stats.waited_total.load(Relaxed),
+            wait_latency: {
+                let histogram = &self.stats.wait_latency;
+                let micros = |q| histogram.quantile(q).map(|d| d.as_nanos() as f64 / 1000.0);
+                LatencySummary {
+                    samples: histogram.count(),
+                    p50_us: micros(0.5),
+                    p99_us: micros(0.99),
+                }
+            },
             session_awareness: self.config.session_awareness,
             active_sessions,
             background_warmup: self.config.background_warmup,
@@ -1388,6 +1477,35 @@ impl<M: Manager> Inner<M> {
         for closing in dead {
             self.close(closing);
         }
+    }
+
+    /// Feeds the adaptive estimator the hand-outs of the last `seconds` seconds and sets
+    /// the idle target it asks for.
+    pub(crate) fn update_warm_target(self: &Arc<Self>, seconds: usize) {
+        let handed_out = self.stats.allocations[Tier::Warm.index()].load(Relaxed)
+            + self.stats.allocations[Tier::Cold.index()].load(Relaxed);
+        let floor = self.config.warm_target;
+        let current = self.lock().warm_target;
+        let wanted = self
+            .estimator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tick(handed_out, seconds, current, floor, self.config.max_size);
+        let mut st = self.lock();
+        st.warm_target = wanted;
+        st.target_reason = match st.target_reason {
+            _ if wanted <= floor => TargetReason::Floor,
+            TargetReason::RampLimited => TargetReason::RampLimited,
+            _ => TargetReason::Demand,
+        };
+        if wanted != current {
+            tracing::debug!(pool = %self.config.name, from = current, to = wanted, "adaptive warm target changed");
+        }
+    }
+
+    /// When the create ramp next allows a refill, if it held one back.
+    pub(crate) fn ramp_next(&self) -> Option<Instant> {
+        self.lock().ramp_next
     }
 
     /// The moment the failure backoff ends, if one is running.

@@ -3,6 +3,7 @@
 #[cfg(feature = "serde")]
 use serde::Serialize;
 
+use crate::adaptive::TargetReason;
 use crate::tier::Tier;
 
 /// Everything a dashboard or health endpoint needs about one pool. Holds the seed's
@@ -23,8 +24,16 @@ pub struct PoolSnapshot {
     pub ready: bool,
     /// Idle, ready resources now.
     pub warm_pool_size: usize,
-    /// The idle target.
+    /// The idle target in force: the configured `warm_target`, or more when the adaptive
+    /// target measured more demand.
     pub warm_pool_target: usize,
+    /// The configured `warm_target`, the adaptive target's floor.
+    pub warm_target_floor: usize,
+    /// Why `warm_pool_target` has its value.
+    pub warm_target_reason: TargetReason,
+    /// Moving average of create+warm latency, milliseconds (measured only with the
+    /// adaptive target on; `None` before the first create).
+    pub create_latency_ms: Option<f64>,
     /// Whether session binding is on.
     pub session_awareness: bool,
     /// Sessions currently known to the pool.
@@ -73,6 +82,12 @@ pub struct PoolSnapshot {
     pub last_error: Option<String>,
     /// Acquire latency per tier.
     pub acquire_latency: TierLatencies,
+    /// Acquires that found nothing idle, waited, and were handed a resource another caller
+    /// gave back. They are also counted in `allocations_warm` (no connect was paid), but a
+    /// growing share here means the pool is too small for its load.
+    pub waited_total: u64,
+    /// How long those acquires waited (every one is timed).
+    pub wait_latency: LatencySummary,
 }
 
 /// Acquire latency percentiles per tier.
