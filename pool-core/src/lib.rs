@@ -47,6 +47,7 @@
 
 mod adaptive;
 mod config;
+mod create;
 mod error;
 mod guard;
 mod maintainer;
@@ -56,6 +57,7 @@ mod pool;
 mod session;
 mod snapshot;
 mod tier;
+mod waiters;
 
 pub use adaptive::TargetReason;
 pub use config::{PoolBuilder, PoolConfig};

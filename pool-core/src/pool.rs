@@ -1,4 +1,5 @@
-//! The pool: idle set, waiters, sessions, and the create / return / discard paths.
+//! The pool handle and its shared state: the public API, the idle set, and the return /
+//! place / discard / close paths that every hand-out and give-back goes through.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
@@ -6,14 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::adaptive::{Estimator, Ramp, TargetReason};
 use crate::config::{PoolBuilder, PoolConfig};
-use crate::error::{PoolError, TimeoutDetails};
+use crate::error::PoolError;
 use crate::guard::Pooled;
 use crate::manager::Manager;
 use crate::metrics::Stats;
@@ -21,21 +22,19 @@ use crate::session::SessionHandle;
 use crate::session::SessionSlot;
 use crate::snapshot::{LatencySummary, PoolCounts, PoolSnapshot, TierLatencies};
 use crate::tier::Tier;
+use crate::waiters::{Handoff, Waiter, WaiterGuard};
 
 /// WARM and DEDICATED acquires are timed one in this many: reading the clock twice would
 /// cost more than the acquire itself. COLD acquires are always timed.
 pub const LATENCY_SAMPLE_EVERY: u32 = 16;
 
 /// What an acquire's locked step decided, acted on after the lock is released.
-enum TakeStep<M: Manager> {
+pub(crate) enum TakeStep<M: Manager> {
     /// Took an idle entry; the flag says whether the idle set fell below target.
     Idle(Entry<M::Resource>, bool),
     /// Nothing idle: queued; the flag says whether this caller may create.
     Slow(WaiterGuard<M>, bool),
 }
-
-/// What a caller's own create delivers.
-type Delivery<M> = Result<Entry<<M as Manager>::Resource>, PoolError<<M as Manager>::Error>>;
 
 /// Sessions by id. foldhash is seeded per map, so ids chosen by clients cannot force
 /// collisions, and it is far cheaper than SipHash on the DEDICATED hot path.
@@ -101,43 +100,19 @@ pub(crate) enum Holder {
 
 /// An idle resource and the moment the maintainer should replace it.
 #[derive(Debug)]
-struct IdleEntry<R> {
-    entry: Entry<R>,
+pub(crate) struct IdleEntry<R> {
+    pub(crate) entry: Entry<R>,
     /// `None` when neither `max_age` nor `max_idle` is set.
-    refresh_at: Option<Instant>,
+    pub(crate) refresh_at: Option<Instant>,
     /// A replacement is being created; the first fresh resource that arrives retires this one.
-    replacing: bool,
-}
-
-/// What a returning resource, a finished create or a freed slot gives a waiting caller.
-#[derive(Debug)]
-enum Handoff<R> {
-    /// A ready resource, already counted as checked out for the receiver.
-    Resource(Entry<R>),
-    /// Room to create one: already counted in `creating` for the receiver.
-    Slot,
-    /// The pool shut down.
-    Closed,
-    /// The caller's acquire timeout passed (sent by the reaper).
-    TimedOut,
-}
-
-#[derive(Debug)]
-struct Waiter<R> {
-    id: u64,
-    tx: oneshot::Sender<Handoff<R>>,
-    /// False for a caller already creating its own resource: it races for a returned
-    /// resource but must not be handed a second slot.
-    accepts_slot: bool,
-    /// When the reaper answers this waiter with `TimedOut`; `None` waits forever.
-    deadline: Option<Instant>,
+    pub(crate) replacing: bool,
 }
 
 /// Everything guarded by the pool's one state lock. Held only for a few pointer moves,
 /// never across an await.
 #[derive(Debug)]
 pub(crate) struct State<R> {
-    idle: VecDeque<IdleEntry<R>>,
+    pub(crate) idle: VecDeque<IdleEntry<R>>,
     /// Resources being created, for a caller or for the idle set.
     pub(crate) creating: usize,
     /// The part of `creating` that will go to the idle set (refill and refresh).
@@ -167,7 +142,7 @@ pub(crate) struct State<R> {
     /// sees them, so they still count against `max_size`.
     pub(crate) closing: usize,
     /// Callers waiting, oldest first: FIFO fairness.
-    waiters: VecDeque<Waiter<R>>,
+    pub(crate) waiters: VecDeque<Waiter<R>>,
     pub(crate) next_waiter_id: u64,
     /// Set by shutdown; nothing is handed out or kept after it.
     pub(crate) closed: bool,
@@ -189,7 +164,7 @@ pub(crate) struct State<R> {
 impl<R> State<R> {
     /// Live resources, the quantity `max_size` bounds. Derived rather than stored so it can
     /// never drift from its parts.
-    fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.idle.len() + self.creating + self.checked_out + self.dedicated + self.closing
     }
 
@@ -205,7 +180,7 @@ impl<R> State<R> {
         self.waiters.iter().filter(|w| w.accepts_slot).count()
     }
 
-    fn has_slot_waiter(&self) -> bool {
+    pub(crate) fn has_slot_waiter(&self) -> bool {
         self.waiters.iter().any(|w| w.accepts_slot)
     }
 }
@@ -215,7 +190,7 @@ impl<R> State<R> {
 pub(crate) struct Inner<M: Manager> {
     pub manager: M,
     pub config: PoolConfig,
-    state: Mutex<State<M::Resource>>,
+    pub(crate) state: Mutex<State<M::Resource>>,
     pub sessions: Mutex<SessionMap<M::Resource>>,
     /// Mirrors `State::closed` so a session guard's drop can check it without the lock.
     pub closed: AtomicBool,
@@ -230,10 +205,10 @@ pub(crate) struct Inner<M: Manager> {
     pub estimator: Mutex<Estimator>,
     /// The acquire-timeout reaper is spawned on the first timed wait, not at build time,
     /// so pools that never wait (and builds outside a runtime) have no such task.
-    reaper_started: AtomicBool,
+    pub(crate) reaper_started: AtomicBool,
     /// Wakes the reaper when a waiter's deadline is earlier than its planned wake-up.
     /// Shared with the reaper task, which waits on it holding only a `Weak` to the pool.
-    reaper_wake: Arc<Notify>,
+    pub(crate) reaper_wake: Arc<Notify>,
     pub stats: Stats,
     /// Every close, create and the maintainer run here, so shutdown can wait for them.
     pub tasks: TaskTracker,
@@ -557,7 +532,10 @@ impl<M: Manager> Inner<M> {
 
     /// Takes the oldest idle entry and counts it as checked out; the flag says whether the
     /// idle set fell below target.
-    fn pop_idle(&self, st: &mut State<M::Resource>) -> Option<(Entry<M::Resource>, bool)> {
+    pub(crate) fn pop_idle(
+        &self,
+        st: &mut State<M::Resource>,
+    ) -> Option<(Entry<M::Resource>, bool)> {
         let idle = st.idle.pop_front()?;
         if idle.replacing {
             st.replacing -= 1;
@@ -572,7 +550,7 @@ impl<M: Manager> Inner<M> {
     /// is in flight is worth more than closing it and paying a connect moments later, and
     /// the maintainer trims surplus nobody dips into (see `trim_surplus`). Without one,
     /// nothing would trim it, so the target is the cap.
-    fn keep_cap(&self, st: &State<M::Resource>) -> usize {
+    pub(crate) fn keep_cap(&self, st: &State<M::Resource>) -> usize {
         let target = st.warm_target;
         if self.config.background_warmup {
             target.saturating_mul(2)
@@ -581,37 +559,10 @@ impl<M: Manager> Inner<M> {
         }
     }
 
-    /// Closes idle resources that stayed above the target for a whole housekeeping period
-    /// (the idle set never dipped below `target + surplus` since the last pass), oldest
-    /// first, and starts a new period.
-    pub(crate) fn trim_surplus(self: &Arc<Self>) {
-        let mut surplus = Vec::new();
-        {
-            let mut st = self.lock();
-            let unused = st.idle_low_water.saturating_sub(st.warm_target);
-            let mut index = 0;
-            while surplus.len() < unused && index < st.idle.len() {
-                if st.idle[index].replacing {
-                    index += 1;
-                } else if let Some(removed) = st.idle.remove(index) {
-                    let closing = st.begin_close(removed.entry.resource);
-                    surplus.push(closing);
-                }
-            }
-            st.idle_low_water = st.idle.len();
-        }
-        if !surplus.is_empty() {
-            tracing::debug!(pool = %self.config.name, count = surplus.len(), "closed idle surplus unused for a housekeeping period");
-        }
-        for closing in surplus {
-            self.close(closing);
-        }
-    }
-
     /// Finishes taking an idle entry (already counted as checked out): wakes the maintainer
     /// if the idle set fell below target, then hands the entry out if it is still ready, or
     /// closes it and returns `None` so the caller tries again.
-    fn hand_out_idle(
+    pub(crate) fn hand_out_idle(
         self: &Arc<Self>,
         entry: Entry<M::Resource>,
         below_target: bool,
@@ -694,372 +645,6 @@ impl<M: Manager> Inner<M> {
         }
     }
 
-    fn register_waiter(
-        self: &Arc<Self>,
-        st: &mut State<M::Resource>,
-        accepts_slot: bool,
-        deadline: Option<Instant>,
-    ) -> WaiterGuard<M> {
-        let (tx, rx) = oneshot::channel();
-        let id = st.next_waiter_id;
-        st.next_waiter_id += 1;
-        st.waiters.push_back(Waiter {
-            id,
-            tx,
-            accepts_slot,
-            deadline,
-        });
-        if let Some(deadline) = deadline
-            && st.reaper_next.is_none_or(|planned| deadline < planned)
-        {
-            // One reaper per pool enforces every waiter's timeout: FIFO waiters share one
-            // timeout length, so their deadlines arrive in order and a single timer serves
-            // them all, instead of a timer registration per wait.
-            st.reaper_next = Some(deadline);
-            self.start_reaper();
-            self.reaper_wake.notify_one();
-        }
-        WaiterGuard {
-            inner: self.clone(),
-            id,
-            rx: Some(rx),
-        }
-    }
-
-    fn start_reaper(self: &Arc<Self>) {
-        if self.reaper_started.swap(true, Relaxed) {
-            return;
-        }
-        // The task holds a strong reference only while it expires waiters, never while it
-        // sleeps, so it never keeps a dropped pool alive.
-        let weak = Arc::downgrade(self);
-        let stop = self.stop.clone();
-        let wake = self.reaper_wake.clone();
-        self.tasks.spawn(async move {
-            loop {
-                let next = {
-                    let Some(inner) = weak.upgrade() else {
-                        return;
-                    };
-                    inner.expire_waiters(Instant::now())
-                };
-                let sleep = async {
-                    match next {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = wake.notified() => {}
-                    () = sleep => {}
-                }
-            }
-        });
-    }
-
-    /// Answers every waiter whose deadline has passed with `TimedOut` and returns the
-    /// earliest remaining deadline (recorded as the reaper's next wake-up).
-    fn expire_waiters(&self, now: Instant) -> Option<Instant> {
-        let mut st = self.lock();
-        let mut next = None::<Instant>;
-        let mut index = 0;
-        while index < st.waiters.len() {
-            match st.waiters[index].deadline {
-                Some(deadline) if deadline <= now => {
-                    if let Some(waiter) = st.waiters.remove(index) {
-                        let _ = waiter.tx.send(Handoff::TimedOut);
-                    }
-                }
-                Some(deadline) => {
-                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
-                    index += 1;
-                }
-                None => index += 1,
-            }
-        }
-        st.reaper_next = next;
-        next
-    }
-
-    /// Waits for a returned resource or a freed slot, in FIFO order.
-    async fn wait(
-        self: &Arc<Self>,
-        mut waiter: WaiterGuard<M>,
-        deadline: Option<Instant>,
-        waited: Duration,
-    ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
-        let received = waiter.recv().await;
-        match received {
-            Handoff::Resource(entry) => Ok((entry, Tier::Warm)),
-            Handoff::Slot => {
-                // We now own a slot, already counted in `creating`: create, still racing
-                // resources that come back meanwhile.
-                let racer = {
-                    let mut st = self.lock();
-                    self.register_waiter(&mut st, false, deadline)
-                };
-                Box::pin(self.create_racing(racer, waited)).await
-            }
-            Handoff::Closed => Err(PoolError::Closed),
-            Handoff::TimedOut => Err(self.timeout_error(waited)),
-        }
-    }
-
-    /// Creates a resource for this caller (already counted in `creating`) in a tracked task,
-    /// and takes whichever comes first: the new resource (COLD) or one returned by another
-    /// caller (WARM). The loser goes to the idle set. Dropping this future loses nothing: the
-    /// task finishes and places its resource.
-    async fn create_racing(
-        self: &Arc<Self>,
-        mut waiter: WaiterGuard<M>,
-        waited: Duration,
-    ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
-        let created = self.spawn_create();
-        let mut created = DeliveryGuard {
-            inner: self.clone(),
-            rx: Some(created),
-        };
-        tokio::select! {
-            biased;
-            outcome = created.recv() => {
-                drop(waiter);
-                match outcome {
-                    Some(Ok(entry)) => Ok((entry, Tier::Cold)),
-                    Some(Err(error)) => Err(error),
-                    None => Err(PoolError::Closed),
-                }
-            }
-            received = waiter.recv() => match received {
-                Handoff::Resource(entry) => Ok((entry, Tier::Warm)),
-                Handoff::TimedOut => Err(self.timeout_error(waited)),
-                // A racer never accepts slots; a stray one cannot happen, treat it as closed.
-                Handoff::Slot | Handoff::Closed => Err(PoolError::Closed),
-            },
-        }
-    }
-
-    fn timeout_error(&self, waited: Duration) -> PoolError<M::Error> {
-        let st = self.lock();
-        PoolError::Timeout(Box::new(TimeoutDetails {
-            pool: self.config.name.clone(),
-            waited,
-            closing: st.closing,
-            size: st.live(),
-            max_size: self.config.max_size,
-            idle: st.idle.len(),
-            in_use: st.checked_out + st.dedicated,
-            creating: st.creating,
-            // The reaper already took the timed-out caller off the queue; count it.
-            waiting: st.waiters.len() + 1,
-            last_error: st.last_error.clone(),
-        }))
-    }
-
-    /// Starts background creates toward the idle target, honouring `create_concurrency`,
-    /// `max_size` and the failure backoff (unless `ignore_backoff`). Returns a receiver per
-    /// create so [`Pool::prepare`] can wait for them.
-    pub(crate) fn start_refill(
-        self: &Arc<Self>,
-        limits: RefillLimits,
-    ) -> Vec<oneshot::Receiver<Result<(), PoolError<M::Error>>>> {
-        let mut started = Vec::new();
-        let mut st = self.lock();
-        if st.closed {
-            return started;
-        }
-        if limits == RefillLimits::All
-            && let Some(until) = st.backoff_until
-            && Instant::now() < until
-        {
-            return started;
-        }
-        if st.target_reason == TargetReason::RampLimited {
-            st.target_reason = TargetReason::Demand;
-        }
-        loop {
-            let effective_idle = st.idle.len() - st.replacing;
-            let wanted = st.warm_target.saturating_sub(effective_idle);
-            let deficit = wanted.saturating_sub(st.refilling);
-            // Entries being replaced do not count toward the target, so their replacements
-            // are part of the deficit.
-            if deficit == 0
-                || st.refilling >= self.config.create_concurrency
-                || st.live() >= self.config.max_size
-                || st.has_slot_waiter()
-            {
-                break;
-            }
-            if limits == RefillLimits::All
-                && let Some(ramp) = st.ramp.as_mut()
-                && !ramp.try_take(Instant::now())
-            {
-                // The maintainer wakes at `ramp_next` to try again.
-                st.ramp_next = Some(ramp.next_token_at());
-                if st.warm_target > self.config.warm_target {
-                    st.target_reason = TargetReason::RampLimited;
-                }
-                break;
-            }
-            st.ramp_next = None;
-            st.creating += 1;
-            st.refilling += 1;
-            let (tx, rx) = oneshot::channel();
-            started.push(rx);
-            self.spawn_refill(tx);
-        }
-        started
-    }
-
-    fn spawn_refill(self: &Arc<Self>, done: oneshot::Sender<Result<(), PoolError<M::Error>>>) {
-        let inner = self.clone();
-        self.tasks.spawn(async move {
-            let outcome = inner.create_and_warm(CreateFor::IdleSet).await;
-            let reported = match outcome {
-                Ok(entry) => {
-                    let mut st = inner.lock();
-                    st.creating -= 1;
-                    st.refilling -= 1;
-                    st.failure_streak = 0;
-                    st.backoff_until = None;
-                    let surplus = inner.place(&mut st, entry, Origin::Fresh);
-                    drop(st);
-                    if let Some(surplus) = surplus {
-                        inner.close(surplus);
-                    }
-                    if inner.config.background_warmup {
-                        // Keep the pipeline full: the next refill starts as soon as this one
-                        // lands, still bounded by `create_concurrency`.
-                        let _ = inner.start_refill(RefillLimits::All);
-                        if inner.ramp_next().is_some() {
-                            // Held back by the ramp: the maintainer must plan to retry.
-                            inner.maintainer_wake.notify_one();
-                        }
-                    }
-                    Ok(())
-                }
-                Err(error) => {
-                    let mut st = inner.lock();
-                    st.creating -= 1;
-                    st.refilling -= 1;
-                    st.failure_streak = st.failure_streak.saturating_add(1);
-                    let delay = inner.backoff_delay(st.failure_streak);
-                    st.backoff_until = Some(Instant::now() + delay);
-                    inner.slot_freed(&mut st);
-                    drop(st);
-                    tracing::warn!(
-                        pool = %inner.config.name,
-                        error = %error,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "background create failed"
-                    );
-                    inner.maintainer_wake.notify_one();
-                    Err(error)
-                }
-            };
-            let _ = done.send(reported);
-        });
-    }
-
-    /// Exponential backoff with "equal jitter": half fixed, half random, so retries from
-    /// many pools never synchronise yet never retry immediately.
-    fn backoff_delay(&self, streak: u32) -> Duration {
-        let exponent = streak.saturating_sub(1).min(20);
-        let full = self
-            .config
-            .backoff_base
-            .saturating_mul(1u32 << exponent)
-            .min(self.config.backoff_max);
-        let half = full / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-
-    fn spawn_create(self: &Arc<Self>) -> oneshot::Receiver<Delivery<M>> {
-        let (tx, rx) = oneshot::channel();
-        let inner = self.clone();
-        self.tasks.spawn(async move {
-            match inner.create_and_warm(CreateFor::Caller).await {
-                Ok(entry) => {
-                    {
-                        let mut st = inner.lock();
-                        st.creating -= 1;
-                        st.checked_out += 1;
-                    }
-                    if let Err(Ok(entry)) = tx.send(Ok(entry)) {
-                        // The caller gave up (timed out, was cancelled, or took a returned
-                        // resource): the new resource is the race's loser and is placed.
-                        inner.return_entry(entry);
-                    }
-                }
-                Err(error) => {
-                    {
-                        let mut st = inner.lock();
-                        st.creating -= 1;
-                        inner.slot_freed(&mut st);
-                    }
-                    let _ = tx.send(Err(error));
-                }
-            }
-        });
-        rx
-    }
-
-    /// `create` then `warm`, together bounded by `create_timeout`, with the counters and the
-    /// last error recorded. A resource whose warm-up fails is closed here, never handed out.
-    async fn create_and_warm(
-        self: &Arc<Self>,
-        purpose: CreateFor,
-    ) -> Result<Entry<M::Resource>, PoolError<M::Error>> {
-        let timeout = self.config.create_timeout;
-        let began = Instant::now();
-        let deadline = began + timeout;
-        let mut resource = match tokio::time::timeout_at(deadline, self.manager.create()).await {
-            Ok(Ok(resource)) => resource,
-            Ok(Err(error)) => return Err(self.record_create_failure(PoolError::Create(error))),
-            Err(_) => return Err(self.record_create_failure(PoolError::CreateTimeout(timeout))),
-        };
-        self.stats.created_total.fetch_add(1, Relaxed);
-        let warming = async {
-            match purpose {
-                CreateFor::Caller => self.manager.warm_for_caller(&mut resource).await,
-                CreateFor::IdleSet => self.manager.warm(&mut resource).await,
-            }
-        };
-        let warmed = tokio::time::timeout_at(deadline, warming).await;
-        let error = match warmed {
-            Ok(Ok(())) => {
-                if self.config.adaptive_warm_target {
-                    self.estimator
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .record_create(began.elapsed());
-                }
-                let jitter = self.config.refresh_jitter.mul_f64(fastrand::f64());
-                return Ok(Entry {
-                    resource,
-                    created_at: Instant::now(),
-                    jitter,
-                });
-            }
-            Ok(Err(error)) => PoolError::Warm(error),
-            Err(_) => PoolError::CreateTimeout(timeout),
-        };
-        self.stats.warmup_failures.fetch_add(1, Relaxed);
-        let closing = {
-            let mut st = self.lock();
-            st.last_error = Some(error.to_string());
-            st.begin_close(resource)
-        };
-        self.close(closing);
-        Err(error)
-    }
-
-    fn record_create_failure(&self, error: PoolError<M::Error>) -> PoolError<M::Error> {
-        self.stats.create_failures.fetch_add(1, Relaxed);
-        self.lock().last_error = Some(error.to_string());
-        error
-    }
-
     /// Hands a ready resource that no one holds to the first waiter, else keeps it idle if
     /// the idle set is below target (or it replaces an expiring idle resource), else returns
     /// it for the caller to close outside the lock.
@@ -1128,7 +713,7 @@ impl<M: Manager> Inner<M> {
     /// When the maintainer should start replacing this idle resource: `lead` + its jitter
     /// before the earlier of its age and idle limits. Reads the clock only when a limit is
     /// configured, so pools without limits keep the return path clock-free.
-    fn refresh_at(&self, entry: &Entry<M::Resource>) -> Option<Instant> {
+    pub(crate) fn refresh_at(&self, entry: &Entry<M::Resource>) -> Option<Instant> {
         if self.config.max_age.is_none() && self.config.max_idle.is_none() {
             return None;
         }
@@ -1240,7 +825,7 @@ impl<M: Manager> Inner<M> {
     }
 
     /// A close finished: its slot is free for a waiting caller or a refill.
-    fn close_finished(&self) {
+    pub(crate) fn close_finished(&self) {
         self.stats.closed_total.fetch_add(1, Relaxed);
         let mut st = self.lock();
         st.closing -= 1;
@@ -1408,194 +993,10 @@ impl<M: Manager> Inner<M> {
         }
     }
 
-    /// Idle entries due for refresh are marked `replacing` (a replacement create starts in
-    /// `start_refill`); when there is no room for a replacement, they are closed at once.
-    /// Returns the earliest future refresh moment, for the maintainer's next wake-up.
-    pub(crate) fn mark_expiring(self: &Arc<Self>, now: Instant) -> Option<Instant> {
-        let mut to_close = Vec::new();
-        let mut next = None::<Instant>;
-        {
-            let mut st = self.lock();
-            let mut headroom = self.config.max_size.saturating_sub(st.live());
-            let mut index = 0;
-            while index < st.idle.len() {
-                let idle = &mut st.idle[index];
-                match idle.refresh_at {
-                    Some(at) if at <= now && !idle.replacing => {
-                        if headroom > 0 {
-                            idle.replacing = true;
-                            headroom -= 1;
-                            st.replacing += 1;
-                            index += 1;
-                        } else if let Some(removed) = st.idle.remove(index) {
-                            let closing = st.begin_close(removed.entry.resource);
-                            to_close.push(closing);
-                        }
-                    }
-                    Some(at) if at > now => {
-                        next = Some(next.map_or(at, |n| n.min(at)));
-                        index += 1;
-                    }
-                    _ => index += 1,
-                }
-            }
-        }
-        for closing in to_close {
-            self.close(closing);
-        }
-        next
-    }
-
-    /// Closes idle entries that are no longer usable (the server closed the connection, or
-    /// it outlived `max_age`), freeing their slots so the refill that follows replaces
-    /// them. Without this a dead idle resource is noticed only when an acquire pops it:
-    /// until then the pool counts it as warm, and with no traffic it is never replaced.
-    pub(crate) fn prune_unusable_idle(self: &Arc<Self>) {
-        let mut dead = Vec::new();
-        {
-            let mut st = self.lock();
-            if st.closed {
-                return;
-            }
-            let mut index = 0;
-            while index < st.idle.len() {
-                if self.usable(&st.idle[index].entry) {
-                    index += 1;
-                } else if let Some(removed) = st.idle.remove(index) {
-                    if removed.replacing {
-                        // Its replacement, already under way, just lands in the idle set.
-                        st.replacing -= 1;
-                    }
-                    let closing = st.begin_close(removed.entry.resource);
-                    dead.push(closing);
-                }
-            }
-        }
-        if !dead.is_empty() {
-            tracing::debug!(pool = %self.config.name, count = dead.len(), "closed idle resources that are no longer ready");
-        }
-        for closing in dead {
-            self.close(closing);
-        }
-    }
-
-    /// Feeds the adaptive estimator the hand-outs of the last `seconds` seconds and sets
-    /// the idle target it asks for.
-    pub(crate) fn update_warm_target(self: &Arc<Self>, seconds: usize) {
-        let handed_out = self.stats.allocations[Tier::Warm.index()].load(Relaxed)
-            + self.stats.allocations[Tier::Cold.index()].load(Relaxed);
-        let floor = self.config.warm_target;
-        let current = self.lock().warm_target;
-        let wanted = self
-            .estimator
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .tick(handed_out, seconds, current, floor, self.config.max_size);
-        let mut st = self.lock();
-        st.warm_target = wanted;
-        st.target_reason = match st.target_reason {
-            _ if wanted <= floor => TargetReason::Floor,
-            TargetReason::RampLimited => TargetReason::RampLimited,
-            _ => TargetReason::Demand,
-        };
-        if wanted != current {
-            tracing::debug!(pool = %self.config.name, from = current, to = wanted, "adaptive warm target changed");
-        }
-    }
-
-    /// When the create ramp next allows a refill, if it held one back.
-    pub(crate) fn ramp_next(&self) -> Option<Instant> {
-        self.lock().ramp_next
-    }
-
-    /// The moment the failure backoff ends, if one is running.
-    pub(crate) fn backoff_until(&self) -> Option<Instant> {
-        self.lock().backoff_until
-    }
-
     /// Whether a resource outlived `max_age` (reads the clock only when `max_age` is set).
     pub(crate) fn past_max_age(&self, entry: &Entry<M::Resource>) -> bool {
         self.config
             .max_age
             .is_some_and(|age| entry.created_at.elapsed() >= age)
-    }
-
-    /// Records when the maintainer will wake next (see `State::next_maintenance`).
-    pub(crate) fn plan_maintenance(&self, at: Instant) {
-        self.lock().next_maintenance = Some(at);
-    }
-}
-
-/// A caller's place in the waiter queue. Dropping it (the acquire future was cancelled or
-/// timed out) leaves the queue, and anything handed over in the meantime goes back to the
-/// pool: this is what makes waiting cancellation-safe.
-struct WaiterGuard<M: Manager> {
-    inner: Arc<Inner<M>>,
-    id: u64,
-    rx: Option<oneshot::Receiver<Handoff<M::Resource>>>,
-}
-
-impl<M: Manager> WaiterGuard<M> {
-    async fn recv(&mut self) -> Handoff<M::Resource> {
-        let Some(rx) = self.rx.as_mut() else {
-            return std::future::pending().await;
-        };
-        let received = rx.await.unwrap_or(Handoff::Closed);
-        self.rx = None;
-        received
-    }
-}
-
-impl<M: Manager> Drop for WaiterGuard<M> {
-    fn drop(&mut self) {
-        let Some(mut rx) = self.rx.take() else {
-            return;
-        };
-        {
-            let mut st = self.inner.lock();
-            if let Some(position) = st.waiters.iter().position(|w| w.id == self.id) {
-                st.waiters.remove(position);
-            }
-        }
-        // Senders act under the state lock, which we just held: after it, nothing new
-        // arrives, and whatever arrived before is still in the channel.
-        rx.close();
-        match rx.try_recv() {
-            Ok(Handoff::Resource(entry)) => self.inner.return_entry(entry),
-            Ok(Handoff::Slot) => {
-                let mut st = self.inner.lock();
-                st.creating -= 1;
-                self.inner.slot_freed(&mut st);
-            }
-            Ok(Handoff::Closed | Handoff::TimedOut) | Err(_) => {}
-        }
-    }
-}
-
-/// The receiving end of a caller's own create. Dropping it before the create finished is
-/// fine (the task places the resource); dropping it after a resource arrived but before it
-/// was taken gives that resource back.
-struct DeliveryGuard<M: Manager> {
-    inner: Arc<Inner<M>>,
-    rx: Option<oneshot::Receiver<Delivery<M>>>,
-}
-
-impl<M: Manager> DeliveryGuard<M> {
-    async fn recv(&mut self) -> Option<Delivery<M>> {
-        let rx = self.rx.as_mut()?;
-        let received = rx.await.ok();
-        self.rx = None;
-        received
-    }
-}
-
-impl<M: Manager> Drop for DeliveryGuard<M> {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            rx.close();
-            if let Ok(Ok(entry)) = rx.try_recv() {
-                self.inner.return_entry(entry);
-            }
-        }
     }
 }
