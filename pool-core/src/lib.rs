@@ -47,20 +47,26 @@
 
 #![warn(missing_docs)]
 
+mod adaptive;
 mod config;
+mod create;
 mod error;
 mod guard;
 mod maintainer;
 mod manager;
 mod metrics;
 mod pool;
+mod session;
 mod snapshot;
 mod tier;
+mod waiters;
 
+pub use adaptive::TargetReason;
 pub use config::{PoolBuilder, PoolConfig};
-pub use error::{BuildError, PoolError, TimeoutDetails};
+pub use error::{BuildError, PoolError, SessionBusyDetails, TimeoutDetails};
 pub use guard::Pooled;
 pub use manager::Manager;
 pub use pool::{LATENCY_SAMPLE_EVERY, Pool};
-pub use snapshot::{LatencySummary, PoolSnapshot, TierLatencies};
+pub use session::SessionHandle;
+pub use snapshot::{LatencySummary, PoolCounts, PoolSnapshot, TierLatencies};
 pub use tier::Tier;
