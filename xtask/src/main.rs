@@ -15,6 +15,7 @@
 mod bench_pool;
 mod bench_speech;
 mod ci;
+mod client;
 mod faults;
 mod load;
 mod soak;
