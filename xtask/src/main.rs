@@ -41,7 +41,8 @@ struct Cli {
 enum Command {
     /// Run what `.ci/run` runs (fmt, clippy, tests), stopping at the first failure.
     ///
-    /// The steps, in order: `cargo fmt --all --check`,
+    /// The steps, in order: install Debian's chromium if it is missing (failing if it
+    /// cannot), `cargo fmt --all --check`,
     /// `cargo clippy --workspace --all-targets -- -D warnings`, `cargo test --workspace`,
     /// then `conformance/run.sh` if it exists. Stops at the first failing step.
     Ci,
