@@ -74,7 +74,8 @@ enum Command {
     /// Prints one row per scenario (requests, failed, failures by class, time to recover
     /// to the warm targets, leaked connections) and `faults.<scenario>.<name>: <value>`
     /// lines. Exits non-zero if a request hangs, a connection leaks, a pool never recovers,
-    /// or a fault that must be transparent reaches a caller. Runs from an optimised build,
+    /// or the caller-visible failures exceed the scenario's budget (zero where the fault
+    /// must be transparent). Runs from an optimised build,
     /// so recovery times are those of the real service.
     Faults(faults::Args),
 }
