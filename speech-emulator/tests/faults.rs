@@ -222,9 +222,10 @@ async fn close_faults_at_each_point_of_a_turn() {
         ["turn.start"]
     );
     assert_eq!(end.close_code(), Some(4429));
-    if let Got::Close(Some((_, reason))) = &end {
-        assert!(reason.contains("throttled"), "{reason}");
-    }
+    let Got::Close(Some((_, reason))) = &end else {
+        panic!("the turn did not end with a close frame carrying a reason: {end:?}");
+    };
+    assert!(reason.contains("throttled"), "{reason}");
     // 1007 / 1011 / 1013 after k audio frames.
     for (code, k) in [(1007u16, 1u32), (1011, 2), (1013, 3)] {
         emu.add_fault(
@@ -469,9 +470,10 @@ async fn stt_in_band_phrase_errors_and_quirks() {
     emu.add_fault(FaultRule::new(Fault::Quirks).target(Target::TtsWs).once());
     let mut t = ready_tts(&emu).await;
     let (msgs, _) = tts_turn(&mut t, "quirky").await;
-    if let Got::Text { raw, .. } = &msgs[0] {
-        assert!(raw.starts_with("x-requestid: "), "{raw}");
-    }
+    let Got::Text { raw, .. } = &msgs[0] else {
+        panic!("the first message is not a text frame: {:?}", msgs[0]);
+    };
+    assert!(raw.starts_with("x-requestid: "), "{raw}");
     assert!(msgs.iter().any(|m| m.path() == Some("emulator.unknown")));
     let empties = msgs
         .iter()

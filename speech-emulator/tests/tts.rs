@@ -60,9 +60,10 @@ async fn happy_path_pcm_with_word_boundaries_and_sequential_turns() {
     assert!(audio_frames[0].header("Content-Type").is_some());
     assert_eq!(msgs.last().and_then(Got::path), Some("turn.end"));
     // Service style on the wire: `Name:value`, no space.
-    if let Got::Text { raw, .. } = &msgs[0] {
-        assert!(raw.contains("Path:turn.start\r\n"), "{raw}");
-    }
+    let Got::Text { raw, .. } = &msgs[0] else {
+        panic!("the first message is not a text frame: {:?}", msgs[0]);
+    };
+    assert!(raw.contains("Path:turn.start\r\n"), "{raw}");
 
     // Audio length: 24 kHz * 2 bytes * duration.
     let ms = synthesized_ms(text);

@@ -1,11 +1,14 @@
 //! A shortened soak: 200 concurrent callers against the service with the mock backend
 //! (instant profile) for a few seconds of real time. Each caller runs calls back to back:
-//! 2-3 TTS turns on its session, then `DELETE /api/v1/sessions/{id}`.
+//! it opens the STT websocket of its session, runs 2-3 turns (the caller's utterance
+//! recognised over the websocket, then a TTS reply on the same session), closes the
+//! stream and sends `DELETE /api/v1/sessions/{id}`.
 //!
-//! Asserts: no request fails, later turns of a call reuse its connection (DEDICATED), the
-//! pools settle back to their warm target with nothing in use and no session left (the
-//! pools' memory is back where it started), the service shuts down cleanly, no task
-//! outlives it, and every connection the backend created was closed (no leak). The
+//! Asserts: no request fails, every STT turn yields a recognition result, later turns of
+//! a call reuse its connections (DEDICATED, for TTS and STT), the pools settle back to
+//! their warm target with nothing in use and no session left (the pools' memory is back
+//! where it started), the service shuts down cleanly, no task outlives it, and every
+//! connection either backend created was closed (no leak). The
 //! 1000-session, 60-second version with resident-memory tracking is `cargo xtask soak`. No assertion
 //! on timing; the wall-clock window only sizes the workload.
 
@@ -13,11 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::json;
 use service::backend::{BackendKind, Managers};
 use service::{Config, state_from_managers};
 use speech_mock::backend::{MockConfig, mock_stt_manager, mock_tts_manager};
-use tests::{HANG, spawn_service};
+use tests::{HANG, next_message, pcm, spawn_service, stt_turn};
 
 const CALLERS: usize = 200;
 /// How long callers keep starting new calls.
@@ -26,10 +30,10 @@ const WINDOW: Duration = Duration::from_secs(3);
 fn config() -> Config {
     let mut c = Config::defaults();
     c.warm_pool_tts_size = 8;
-    c.warm_pool_stt_size = 2;
-    // Every caller holds its own connection across turns.
+    c.warm_pool_stt_size = 4;
+    // Every caller holds its own connection of each kind across turns.
     c.pool_tts_max_size = 256;
-    c.pool_stt_max_size = 8;
+    c.pool_stt_max_size = 256;
     c.pool_acquire_timeout = Duration::from_secs(10);
     c
 }
@@ -37,7 +41,9 @@ fn config() -> Config {
 #[derive(Debug, Default)]
 struct Tally {
     calls: AtomicU64,
+    /// TTS turns.
     turns: AtomicU64,
+    stt_turns: AtomicU64,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,14 +74,40 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
         let client = client.clone();
         let tts_url = running.url("/api/v1/tts");
         let sessions_url = running.url("/api/v1/sessions");
+        let stt_target = running.addr();
         let tally = tally.clone();
+        let utterance = pcm(0.2);
         callers.spawn(async move {
             let mut call = 0usize;
             // At least one call per caller, then more until the window closes.
             loop {
                 let id = format!("soak-{caller}-{call}");
                 let turns = 2 + (caller + call) % 2;
+                let (mut stt, hello) =
+                    stt_connect_to(stt_target, &format!("?session_id={id}")).await;
+                assert!(
+                    matches!(hello["tier"].as_str(), Some("warm" | "cold")),
+                    "{id}: {hello}"
+                );
                 for turn in 0..turns {
+                    let events = stt_turn(&mut stt, &utterance).await;
+                    let last = events.last().cloned().unwrap_or_default();
+                    assert_eq!(last["type"], "turn_end", "{id} stt turn {turn}: {events:?}");
+                    assert!(
+                        events
+                            .iter()
+                            .any(|e| matches!(e["type"].as_str(), Some("hypothesis" | "phrase"))),
+                        "{id} stt turn {turn} ended without a recognition result: {events:?}"
+                    );
+                    if turn > 0 {
+                        let start = events.iter().find(|e| e["type"] == "turn_start");
+                        assert_eq!(
+                            start.map(|e| e["tier"].clone()),
+                            Some(json!("dedicated")),
+                            "{id} stt turn {turn}: {events:?}"
+                        );
+                    }
+                    tally.stt_turns.fetch_add(1, Ordering::Relaxed);
                     let response = client
                         .post(&tts_url)
                         .header("content-type", "application/json")
@@ -107,6 +139,10 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
                     // Think time: yields to other callers.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                stt.close(None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{id} stt close: {e}"));
+                while let Some(Ok(_)) = stt.next().await {}
                 let response = client
                     .delete(format!("{sessions_url}/{id}"))
                     .send()
@@ -131,7 +167,9 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
     .expect("the callers finish (no deadlock)");
     let calls = tally.calls.load(Ordering::Relaxed);
     let turns = tally.turns.load(Ordering::Relaxed);
-    eprintln!("soak: {CALLERS} callers, {calls} calls, {turns} turns");
+    let stt_turns = tally.stt_turns.load(Ordering::Relaxed);
+    eprintln!("soak: {CALLERS} callers, {calls} calls, {turns} TTS turns, {stt_turns} STT turns");
+    assert_eq!(stt_turns, turns, "every turn recognises, then replies");
     assert!(calls >= CALLERS as u64, "{calls} calls");
 
     // Every session was released: the pools return to their warm target, nothing in use.
@@ -181,6 +219,9 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
     let tts = tts_counters.snapshot();
     assert_eq!(tts.turns_served, turns, "{tts:?}");
     assert_eq!((tts.turns_failed, tts.turns_cancelled), (0, 0), "{tts:?}");
+    let stt = stt_counters.snapshot();
+    assert_eq!(stt.turns_served, stt_turns, "{stt:?}");
+    assert_eq!((stt.turns_failed, stt.turns_cancelled), (0, 0), "{stt:?}");
     for (name, counters) in [("tts", &tts_counters), ("stt", &stt_counters)] {
         let s = counters.snapshot();
         assert_eq!(s.created, s.closed, "{name} leaked: {s:?}");
@@ -191,4 +232,17 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
         assert_eq!(pool.size, 0, "{}: {pool:?}", pool.name);
         assert_eq!(pool.created_total, pool.closed_total, "{pool:?}");
     }
+}
+
+/// Opens the session's STT websocket at `addr` and reads the `connected` message (the
+/// callers know the service by its address: they do not share the `Running` handle).
+async fn stt_connect_to(addr: std::net::SocketAddr, query: &str) -> (tests::Ws, serde_json::Value) {
+    let url = format!("ws://{addr}/api/v1/stt{query}");
+    let (mut ws, _) = tokio::time::timeout(HANG, tokio_tungstenite::connect_async(url.as_str()))
+        .await
+        .expect("connect in time")
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let hello = next_message(&mut ws).await;
+    assert_eq!(hello["type"], "connected", "{hello}");
+    (ws, hello)
 }

@@ -15,8 +15,24 @@ struct Step {
     command: fn() -> Command,
 }
 
+/// What `.ci/run` does for Chromium: the dashboard test drives it headless and fails
+/// without it, so install it from Debian when it is missing, and fail when that fails.
+const INSTALL_CHROMIUM: &str = "command -v chromium >/dev/null 2>&1 || { \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    && command -v chromium >/dev/null 2>&1 \
+    || { echo 'chromium is required by the dashboard test and could not be installed' >&2; exit 1; }";
+
 fn steps() -> Vec<Step> {
     let mut steps = vec![
+        Step {
+            label: "Debian chromium (the dashboard test drives it headless)",
+            command: || {
+                let mut c = Command::new("bash");
+                c.args(["-c", INSTALL_CHROMIUM])
+                    .current_dir(workspace_root());
+                c
+            },
+        },
         Step {
             label: "cargo fmt --all --check",
             command: || {

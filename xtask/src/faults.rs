@@ -14,12 +14,19 @@
 //! - `requests` and `failed` (TTS and STT turns and DELETEs), failures `by class`: the
 //!   HTTP status and the service's error code (`429-throttled`, `429-pool-exhausted`,
 //!   `502-auth`, `503-unavailable`, `504-timeout`, ...), `transport` (no HTTP answer),
-//!   `stream-cut` (a response or websocket that ended without its end marker) and `hang`;
+//!   `stream-cut` (a response or websocket that ended without its end marker), `no-result`
+//!   (an STT turn that ended without any recognition result) and `hang`;
+//! - `before` and `cut`: the failures before the caller's first audio byte or recognition
+//!   result, and the cuts after it; `budget`: how many of each (and in all) the scenario
+//!   may cause (see [`Scenario::budget`]: zero where the service promises transparency,
+//!   one per injected fault where a fault may fail the request it hits);
 //! - `recover_ms`: from the end of the fault to the first moment both pools hold at least
 //!   their warm target of idle connections *that are really open* (the pool's idle count,
 //!   cross-checked against the websockets the emulator has open, so dead sockets still
 //!   sitting in an idle set do not count), polled every 50 ms for at most
-//!   [`RECOVER_LIMIT`]; `never` otherwise;
+//!   [`RECOVER_LIMIT`]; `never` otherwise. It is not the length of a dip: when the pools
+//!   are already at target as the fault ends (the fault never emptied them, or they
+//!   refilled while it lasted) it is 0;
 //! - `leaked`: after the service has shut down, websockets the emulator still has open
 //!   (waited for, bounded) plus `created_total - closed_total` over both pools.
 //!
@@ -29,36 +36,40 @@
 //!   so tokens roll over every few seconds and connections are replaced for it, all run
 //!   long. During the fault the emulator also refuses single upgrades with 401 (a token the
 //!   server considers expired while the client does not); the client must fetch a fresh
-//!   token and retry. **Transparent: any failure fails the command.**
+//!   token and retry. **Transparent: budget 0.**
 //! - `429-storm`: every websocket upgrade is refused with 429 + `Retry-After: 1` for the
 //!   fault window. Open connections keep working; new ones cannot be made, so callers that
 //!   need one get a clear 429 (never a hang), and the pools refill once the storm ends.
+//!   Budget: one failure per refused upgrade, all before the first output, no cut.
 //! - `4429-closes`: during the fault, turns are closed by the emulator with 4429 (Azure's
 //!   "too many requests" close), alternately right after `turn.start` (the client gets a
 //!   429) and right after `turn.end` (the connection dies between turns; the next turn of
-//!   that session must get a fresh connection without an error).
+//!   that session must get a fresh connection without an error). Budget: one failure
+//!   per fired close, before the first output; no cut.
 //! - `idle-closes-racing-acquires`: the emulator closes websockets after 2 s without a
 //!   client message, for the whole run, and callers (three TTS turns, then two STT turns
 //!   per call) think 1.7–2.3 s between turns, so a session's parked connection is closed by
 //!   the server right around its next turn. The pool refreshes idle connections early
 //!   (`POOL_MAX_IDLE` 7 s: replaced 0–2 s after they go idle) and replaces a closed one at
 //!   hand-out. Failures are reported (a close still in flight when a turn starts is a
-//!   genuine race) and expected to be rare; the tiers are printed alongside.
+//!   genuine race) and must be rare: budget 1 % of requests, no cut. The tiers are
+//!   printed alongside.
 //! - `mid-stream-drops`: during the fault the emulator drops TCP connections without a
 //!   close frame in the middle of turns (TTS after 3 audio frames, STT after 2 audio
 //!   frames, some with RST). The affected client sees a cut stream or an error message;
-//!   the next turns of its session get a fresh connection.
+//!   the next turns of its session get a fresh connection. Budget: one failed turn per
+//!   drop (TTS cut after its first audio, STT before its first result).
 //! - `emulator-restart`: the emulator is restarted (same port, same certificate) under
 //!   load. In-flight turns fail and every pooled connection dies; then the pools must
-//!   refill.
+//!   refill. Budget: one failure per caller (the request it had in flight).
 //!
 //! Whatever the scenario, the command fails (non-zero exit) when a request hangs, a
 //! connection leaks, a pool never recovers to its warm target, a failure has an
-//! unexpected class (say a 500 or a 400), or a failure happens in the baseline phase of a
-//! scenario whose fault starts later. Expected failures are reported, not fatal.
+//! unexpected class (say a 500 or a 400, or a caller task that panicked), the failures
+//! exceed the scenario's budget, or a failure happens in the baseline phase of a
+//! scenario whose fault starts later.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,8 +77,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::client::{Client, ErrorClass, Failure, Pace, Request, Stage};
 use crate::load::target::{CaFile, Served};
-use futures_util::{SinkExt, StreamExt};
 use service::config::{AzureAuth, BackendChoice};
 use service::secret::Secret;
 use service::{AppState, Config};
@@ -75,7 +86,6 @@ use speech_emulator::{
     Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target, TurnPoint,
 };
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::{self, Message};
 
 /// The key the emulator accepts.
 const KEY: &str = "faults-key";
@@ -97,8 +107,10 @@ const LEAK_WAIT: Duration = Duration::from_secs(10);
 const WARM_UP_LIMIT: Duration = Duration::from_secs(20);
 /// How often a scenario's fault loop runs while the fault is on.
 const FAULT_TICK: Duration = Duration::from_millis(100);
-/// About 0.4 s of 16 kHz 16-bit mono PCM per STT turn.
-const STT_AUDIO_SECS: f32 = 0.4;
+/// The caller's utterance in each STT turn (16 kHz 16-bit mono PCM, sent at once).
+const STT_AUDIO: Duration = Duration::from_millis(400);
+/// The share of requests the idle race may fail, in percent (see [`Scenario::budget`]).
+const IDLE_RACE_BUDGET_PERCENT: u64 = 1;
 
 /// `cargo xtask faults` options.
 #[derive(Debug, clap::Args)]
@@ -149,9 +161,34 @@ impl Scenario {
         }
     }
 
-    /// Whether the scenario promises that callers never see its fault.
-    fn transparent(self) -> bool {
-        self == Self::TokenExpiry
+    /// How many caller-visible failures the scenario may cause, before the first audio
+    /// byte or recognition result and after it (a cut), and in all.
+    fn budget(self) -> Budget {
+        use Limit::{PerCaller, PerFault, Share, Zero};
+        match self {
+            // The client refreshes tokens and retries a refused upgrade: transparent.
+            Self::TokenExpiry => Budget::new(Zero, Zero, Zero),
+            // A refused upgrade fails only a request that needed a new connection, before
+            // it got anything; open connections keep serving, so nothing is cut.
+            Self::Storm429 => Budget::new(PerFault, Zero, PerFault),
+            // A close right after `turn.start` fails that turn before its first output; a
+            // close after `turn.end` must be invisible.
+            Self::Closes4429 => Budget::new(PerFault, Zero, PerFault),
+            // The pool replaces idle connections before the server's idle close and checks
+            // a connection at hand-out; only a close still in flight at hand-out can reach
+            // a caller, so rarely. The server closes only idle sockets: never a cut.
+            Self::IdleCloses => Budget::new(
+                Share(IDLE_RACE_BUDGET_PERCENT),
+                Zero,
+                Share(IDLE_RACE_BUDGET_PERCENT),
+            ),
+            // Each drop kills the one turn it hits: a TTS stream after its first audio,
+            // an STT turn before its first result.
+            Self::MidStreamDrops => Budget::new(PerFault, PerFault, PerFault),
+            // One event: at most the request each caller had in flight (a TTS turn before
+            // its first audio is retried on a fresh connection).
+            Self::EmulatorRestart => Budget::new(PerCaller, PerCaller, PerCaller),
+        }
     }
 
     /// Whether the fault is part of the emulator's configuration and so on from the start
@@ -243,6 +280,61 @@ impl Scenario {
             _ => {}
         }
         p
+    }
+}
+
+/// A ceiling on caller-visible failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// None at all: the service promises the fault is invisible.
+    Zero,
+    /// At most one per fault the emulator fired: a fault may fail the request it hit,
+    /// never another.
+    PerFault,
+    /// At most one per caller: a one-off event fails at most the request in flight.
+    PerCaller,
+    /// At most this percentage of all requests (rounded down).
+    Share(u64),
+}
+
+impl Limit {
+    fn allowed(self, requests: u64, faults_fired: u64) -> u64 {
+        match self {
+            Self::Zero => 0,
+            Self::PerFault => faults_fired,
+            Self::PerCaller => CALLERS as u64,
+            Self::Share(percent) => requests * percent / 100,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Zero => "0".to_owned(),
+            Self::PerFault => "1/fault".to_owned(),
+            Self::PerCaller => "1/caller".to_owned(),
+            Self::Share(percent) => format!("{percent}%"),
+        }
+    }
+}
+
+/// A scenario's budget of caller-visible failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Budget {
+    /// Failures before the caller got its first audio byte or recognition result.
+    before_output: Limit,
+    /// Cuts after the first audio byte or recognition result.
+    after_output: Limit,
+    /// Both together.
+    total: Limit,
+}
+
+impl Budget {
+    fn new(before_output: Limit, after_output: Limit, total: Limit) -> Self {
+        Self {
+            before_output,
+            after_output,
+            total,
+        }
     }
 }
 
@@ -341,12 +433,18 @@ struct Row {
     scenario: &'static str,
     requests: u64,
     failed: u64,
-    by_class: BTreeMap<String, u64>,
+    by_class: BTreeMap<ErrorClass, u64>,
+    /// Failures before the first audio byte or recognition result.
+    before_output: u64,
+    /// Cuts after the first audio byte or recognition result.
+    after_output: u64,
+    budget: Budget,
+    /// Fault rules the emulator fired (each refused upgrade, close or drop).
+    faults_fired: u64,
     baseline_failures: u64,
     /// `None`: never recovered within [`RECOVER_LIMIT`].
     recover: Option<Duration>,
     leaked: u64,
-    transparent: bool,
     fault_from_start: bool,
     /// Extra facts for the log: tiers, pools, emulator counters.
     notes: Vec<String>,
@@ -354,15 +452,29 @@ struct Row {
 
 impl Row {
     fn hangs(&self) -> u64 {
-        self.by_class.get("hang").copied().unwrap_or(0)
+        self.by_class.get(&ErrorClass::Hang).copied().unwrap_or(0)
     }
 
     fn unexpected(&self) -> u64 {
         self.by_class
             .iter()
-            .filter(|(class, _)| class.starts_with("unexpected"))
+            .filter(|(class, _)| !class.is_expected())
             .map(|(_, n)| n)
             .sum()
+    }
+
+    fn allowed(&self, limit: Limit) -> u64 {
+        limit.allowed(self.requests, self.faults_fired)
+    }
+
+    /// `before/after/total` allowed, e.g. `17/0/17`.
+    fn budget_cell(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.allowed(self.budget.before_output),
+            self.allowed(self.budget.after_output),
+            self.allowed(self.budget.total)
+        )
     }
 
     /// Why this row fails the command; empty when it does not.
@@ -383,12 +495,28 @@ impl Row {
                 self.unexpected()
             ));
         }
-        if self.transparent && self.failed > 0 {
-            p.push(format!(
-                "{} failures where the fault must be transparent",
-                self.failed
-            ));
-        } else if !self.fault_from_start && self.baseline_failures > 0 {
+        for (what, count, limit) in [
+            (
+                "before the first output",
+                self.before_output,
+                self.budget.before_output,
+            ),
+            (
+                "cut after the first output",
+                self.after_output,
+                self.budget.after_output,
+            ),
+            ("in all", self.failed, self.budget.total),
+        ] {
+            let allowed = self.allowed(limit);
+            if count > allowed {
+                p.push(format!(
+                    "{count} failures {what}, budget {allowed} ({})",
+                    limit.describe()
+                ));
+            }
+        }
+        if !self.fault_from_start && self.baseline_failures > 0 {
             p.push(format!(
                 "{} failures before the fault",
                 self.baseline_failures
@@ -411,6 +539,12 @@ impl Row {
         vec![
             format!("faults.{s}.requests: {}", self.requests),
             format!("faults.{s}.failed: {}", self.failed),
+            format!("faults.{s}.failed_before_output: {}", self.before_output),
+            format!("faults.{s}.cut_after_output: {}", self.after_output),
+            format!(
+                "faults.{s}.budget_total: {}",
+                self.allowed(self.budget.total)
+            ),
             format!("faults.{s}.recover_ms: {}", fmt_recover(self.recover)),
             format!("faults.{s}.leaked: {}", self.leaked),
             format!("faults.{s}.hangs: {}", self.hangs()),
@@ -422,7 +556,7 @@ fn fmt_recover(recover: Option<Duration>) -> String {
     recover.map_or_else(|| "never".to_owned(), |d| d.as_millis().to_string())
 }
 
-fn fmt_classes(by_class: &BTreeMap<String, u64>) -> String {
+fn fmt_classes<K: std::fmt::Display>(by_class: &BTreeMap<K, u64>) -> String {
     if by_class.is_empty() {
         return "-".to_owned();
     }
@@ -439,18 +573,24 @@ fn render_table(rows: &[Row]) -> String {
         "scenario",
         "requests",
         "failed",
+        "before",
+        "cut",
+        "budget",
         "failures by class",
         "recover_ms",
         "leaked",
         "verdict",
     ];
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
                 r.scenario.to_owned(),
                 r.requests.to_string(),
                 r.failed.to_string(),
+                r.before_output.to_string(),
+                r.after_output.to_string(),
+                r.budget_cell(),
                 fmt_classes(&r.by_class),
                 fmt_recover(r.recover),
                 r.leaked.to_string(),
@@ -469,7 +609,9 @@ fn render_table(rows: &[Row]) -> String {
         }
     }
     // Text columns left-aligned, numbers right-aligned.
-    let numeric = [false, true, true, false, true, true, false];
+    let numeric = [
+        false, true, true, true, true, true, false, true, true, false,
+    ];
     let line = |cells: &[String]| {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
@@ -500,28 +642,6 @@ fn render_table(rows: &[Row]) -> String {
     out
 }
 
-/// The class of a failed request from its HTTP status and the service's error code.
-fn class_for(status: u16, code: Option<&str>) -> String {
-    match (status, code) {
-        (429, Some("pool_exhausted")) => "429-pool-exhausted".to_owned(),
-        (429, _) => "429-throttled".to_owned(),
-        (409, _) => "409-session-busy".to_owned(),
-        (502, Some("upstream_auth")) => "502-auth".to_owned(),
-        (502, Some("upstream_protocol")) => "502-protocol".to_owned(),
-        (502, _) => "502-upstream".to_owned(),
-        (503, Some("shutting_down")) => "503-draining".to_owned(),
-        (503, _) => "503-unavailable".to_owned(),
-        (504, _) => "504-timeout".to_owned(),
-        (status, _) => format!("unexpected-{status}"),
-    }
-}
-
-/// The `error.code` of the service's JSON error body, if it has one.
-fn error_code(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v["error"]["code"].as_str().map(str::to_owned)
-}
-
 /// What callers observed.
 #[derive(Debug, Default)]
 struct Stats {
@@ -532,10 +652,11 @@ struct Stats {
 
 #[derive(Debug, Default)]
 struct Observed {
-    failures: BTreeMap<String, u64>,
+    failures: BTreeMap<ErrorClass, u64>,
     by_phase: BTreeMap<Phase, u64>,
-    /// Failures by request kind and class (`tts stream-cut`).
-    by_kind: BTreeMap<String, u64>,
+    by_stage: BTreeMap<Stage, u64>,
+    /// Failures by request and class (`tts stream-cut`).
+    by_request: BTreeMap<(Request, ErrorClass), u64>,
     tiers: BTreeMap<String, u64>,
 }
 
@@ -548,18 +669,22 @@ impl Stats {
         self.phase.store(phase as u8, Ordering::SeqCst);
     }
 
-    /// Records one request's outcome: `Ok(tier)` or `Err(class)`.
-    fn record(&self, kind: &str, outcome: Result<Option<String>, String>) {
+    /// Records one request's outcome: `Ok(tier)` (none for a DELETE) or the failure.
+    fn record(&self, request: Request, outcome: Result<Option<String>, Failure>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let phase = Phase::from_u8(self.phase.load(Ordering::SeqCst));
         let mut inner = self.lock();
         match outcome {
-            Ok(Some(tier)) => *inner.tiers.entry(format!("{kind}-{tier}")).or_default() += 1,
+            Ok(Some(tier)) => *inner.tiers.entry(format!("{request}-{tier}")).or_default() += 1,
             Ok(None) => {}
-            Err(class) => {
-                *inner.by_kind.entry(format!("{kind} {class}")).or_default() += 1;
-                *inner.failures.entry(class).or_default() += 1;
+            Err(failure) => {
+                *inner
+                    .by_request
+                    .entry((request, failure.class))
+                    .or_default() += 1;
+                *inner.failures.entry(failure.class).or_default() += 1;
                 *inner.by_phase.entry(phase).or_default() += 1;
+                *inner.by_stage.entry(failure.stage).or_default() += 1;
             }
         }
     }
@@ -567,13 +692,11 @@ impl Stats {
 
 /// What every caller shares.
 struct Ctx {
-    client: reqwest::Client,
-    addr: SocketAddr,
+    client: Client,
     stats: Stats,
     stop: AtomicBool,
     think_ms: (u64, u64),
     turns: &'static [Turn],
-    pcm: Vec<u8>,
 }
 
 const PHRASES: [&str; 3] = [
@@ -599,172 +722,29 @@ async fn caller(ctx: Arc<Ctx>, index: usize) {
                 }
             }
             if *kind == Turn::Stt {
-                let outcome = stt_turn(&ctx, &session).await;
-                ctx.stats.record("stt", outcome.map(Some));
+                let outcome = stt_turn(&ctx.client, &session).await;
+                ctx.stats.record(Request::Stt, outcome.map(Some));
             } else {
                 let text = PHRASES[(call as usize + turn) % PHRASES.len()];
-                let outcome = tts_turn(&ctx, &session, text).await;
-                ctx.stats.record("tts", outcome.map(Some));
+                let outcome = ctx.client.tts(Some(&session), text).await;
+                ctx.stats
+                    .record(Request::Tts, outcome.map(|t| Some(t.tier)));
             }
         }
-        let outcome = delete_session(&ctx, &session).await;
-        ctx.stats.record("delete", outcome.map(|()| None));
+        let outcome = ctx.client.end_session(&session).await;
+        ctx.stats.record(Request::Delete, outcome.map(|()| None));
     }
 }
 
-/// `POST /api/v1/tts` and the whole audio stream. `Ok(tier)` or `Err(class)`.
-async fn tts_turn(ctx: &Ctx, session: &str, text: &str) -> Result<String, String> {
-    let body = serde_json::json!({ "text": text, "session_id": session }).to_string();
-    let request = async {
-        let response = ctx
-            .client
-            .post(format!("http://{}/api/v1/tts", ctx.addr))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
-        let mut response = response.map_err(|_| "transport".to_owned())?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(class_for(status.as_u16(), error_code(&body).as_deref()));
-        }
-        let tier = response
-            .headers()
-            .get("x-pool-tier")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("unknown")
-            .to_owned();
-        let mut bytes = 0usize;
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => bytes += chunk.len(),
-                Ok(None) => break,
-                // The service aborts the body when the turn fails after audio started.
-                Err(_) => return Err("stream-cut".to_owned()),
-            }
-        }
-        if bytes == 0 {
-            return Err("unexpected-empty-audio".to_owned());
-        }
-        Ok(tier)
-    };
-    tokio::time::timeout(HANG, request)
-        .await
-        .unwrap_or_else(|_| Err("hang".to_owned()))
-}
-
-/// One STT turn on a fresh websocket of the session: connect, `connected`, audio, `end`,
-/// events up to `turn_end`, close. `Ok(tier)` or `Err(class)`.
-async fn stt_turn(ctx: &Ctx, session: &str) -> Result<String, String> {
-    let url = format!("ws://{}/api/v1/stt?session_id={session}", ctx.addr);
-    let turn = async {
-        let mut ws = match tokio_tungstenite::connect_async(url.as_str()).await {
-            Ok((ws, _)) => ws,
-            // The first connection is taken before the upgrade, so pool and upstream
-            // failures arrive as an HTTP status.
-            Err(tungstenite::Error::Http(response)) => {
-                let code = response.body().as_deref().and_then(error_code);
-                return Err(class_for(response.status().as_u16(), code.as_deref()));
-            }
-            Err(_) => return Err("transport".to_owned()),
-        };
-        let result = stt_exchange(&mut ws, &ctx.pcm).await;
-        // Close politely (bounded), so the service parks the connection in the session.
-        let close = async {
-            if ws.close(None).await.is_ok() {
-                while let Some(Ok(_)) = ws.next().await {}
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
-        result
-    };
-    tokio::time::timeout(HANG, turn)
-        .await
-        .unwrap_or_else(|_| Err("hang".to_owned()))
-}
-
-type ClientWs =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn stt_exchange(ws: &mut ClientWs, pcm: &[u8]) -> Result<String, String> {
-    let mut tier = None;
-    // `connected` first.
-    match next_json(ws).await {
-        Some(v) if v["type"] == "connected" => {}
-        Some(v) if v["type"] == "error" => return Err(in_band_class(&v)),
-        _ => return Err("stream-cut".to_owned()),
-    }
-    for chunk in pcm.chunks(6_400) {
-        if ws.send(Message::binary(chunk.to_vec())).await.is_err() {
-            return Err("stream-cut".to_owned());
-        }
-    }
-    if ws.send(Message::text(r#"{"type":"end"}"#)).await.is_err() {
-        return Err("stream-cut".to_owned());
-    }
-    loop {
-        let Some(v) = next_json(ws).await else {
-            return Err("stream-cut".to_owned());
-        };
-        match v["type"].as_str() {
-            Some("turn_start") => tier = v["tier"].as_str().map(str::to_owned),
-            Some("turn_end") => return Ok(tier.unwrap_or_else(|| "unknown".to_owned())),
-            Some("error") => return Err(in_band_class(&v)),
-            _ => {}
-        }
-    }
-}
-
-/// The class of an STT `{"type":"error","status":…,"code":…}` message.
-fn in_band_class(v: &serde_json::Value) -> String {
-    let status = v["status"]
-        .as_u64()
-        .and_then(|s| u16::try_from(s).ok())
-        .unwrap_or(0);
-    class_for(status, v["code"].as_str())
-}
-
-/// The next JSON text message; `None` when the socket ends (close, error or EOF).
-async fn next_json(ws: &mut ClientWs) -> Option<serde_json::Value> {
-    loop {
-        match ws.next().await? {
-            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// `DELETE /api/v1/sessions/{id}`. A 404 is fine: a call whose every turn failed before
-/// getting a connection left no session behind.
-async fn delete_session(ctx: &Ctx, session: &str) -> Result<(), String> {
-    let request = async {
-        let response = ctx
-            .client
-            .delete(format!("http://{}/api/v1/sessions/{session}", ctx.addr))
-            .send()
-            .await
-            .map_err(|_| "transport".to_owned())?;
-        let status = response.status();
-        let body = response.bytes().await.unwrap_or_default();
-        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
-            Ok(())
-        } else {
-            Err(class_for(status.as_u16(), error_code(&body).as_deref()))
-        }
-    };
-    tokio::time::timeout(HANG, request)
-        .await
-        .unwrap_or_else(|_| Err("hang".to_owned()))
-}
-
-/// `seconds` of 16 kHz 16-bit mono PCM (a quiet sawtooth).
-fn pcm(seconds: f32) -> Vec<u8> {
-    let samples = (16_000.0 * seconds) as usize;
-    (0..samples)
-        .flat_map(|i| (((i % 64) as i16 - 32) * 100).to_le_bytes())
-        .collect()
+/// One STT turn on a fresh websocket of the session: connect, `connected`, the whole
+/// utterance at once, `end`, events up to `turn_end`, close. `Ok(tier)` or the failure; a
+/// turn that ends without a recognition result is a failure.
+async fn stt_turn(client: &Client, session: &str) -> Result<String, Failure> {
+    let mut stream = client.open_stt(session).await?;
+    let result = stream.turn(STT_AUDIO, Pace::AllAtOnce, None).await;
+    // Close politely, so the service parks the connection in the session.
+    stream.close().await;
+    result.map(|t| t.tier)
 }
 
 /// The emulator, shared between the fault loop (which may restart it) and the recovery
@@ -913,21 +893,13 @@ async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
         );
     }
     let served = Served::start(&state, config.shutdown_grace).await?;
-    let addr = served.addr;
 
     let ctx = Arc::new(Ctx {
-        // No client timeout: the bound is ours ([`HANG`]), so a hang is told apart from a
-        // transport error.
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(CALLERS)
-            .build()
-            .context("building the HTTP client")?,
-        addr,
+        client: Client::new(&format!("http://{}", served.addr), None, HANG)?,
         stats: Stats::default(),
         stop: AtomicBool::new(false),
         think_ms: scenario.think_ms(),
         turns: scenario.turns(),
-        pcm: pcm(STT_AUDIO_SECS),
     });
     let mut callers = JoinSet::new();
     for index in 0..CALLERS {
@@ -954,13 +926,20 @@ async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
     // Stop the callers; each finishes its call (bounded by HANG per request).
     ctx.stop.store(true, Ordering::SeqCst);
     let joined = tokio::time::timeout(HANG * 4, async {
-        while callers.join_next().await.is_some() {}
+        while let Some(joined) = callers.join_next().await {
+            // A panicked caller lost whatever request it was making: an unexpected failure.
+            if joined.is_err_and(|e| e.is_panic()) {
+                ctx.stats
+                    .record(Request::Call, Err(Failure::before(ErrorClass::Panicked)));
+            }
+        }
     })
     .await
     .is_ok();
     if !joined {
         for _ in 0..callers.len() {
-            ctx.stats.record("caller", Err("hang".to_owned()));
+            ctx.stats
+                .record(Request::Call, Err(Failure::before(ErrorClass::Hang)));
         }
         callers.abort_all();
         while callers.join_next().await.is_some() {}
@@ -1003,10 +982,12 @@ async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
         .collect();
     if !phases_line.is_empty() {
         notes.push(format!("failures by phase: {}", phases_line.join(", ")));
-        notes.push(format!(
-            "failures by request: {}",
-            fmt_classes(&observed.by_kind)
-        ));
+        let by_request: BTreeMap<String, u64> = observed
+            .by_request
+            .iter()
+            .map(|((request, class), n)| (format!("{request} {class}"), *n))
+            .collect();
+        notes.push(format!("failures by request: {}", fmt_classes(&by_request)));
     }
     for p in &before_shutdown {
         notes.push(format!(
@@ -1036,6 +1017,18 @@ async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
         requests: ctx.stats.requests.load(Ordering::Relaxed),
         failed,
         by_class: observed.failures.clone(),
+        before_output: observed
+            .by_stage
+            .get(&Stage::BeforeOutput)
+            .copied()
+            .unwrap_or(0),
+        after_output: observed
+            .by_stage
+            .get(&Stage::AfterOutput)
+            .copied()
+            .unwrap_or(0),
+        budget: scenario.budget(),
+        faults_fired: counters.faults_injected,
         baseline_failures: observed
             .by_phase
             .get(&Phase::Baseline)
@@ -1043,7 +1036,6 @@ async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
             .unwrap_or(0),
         recover,
         leaked: pool_leak + counters.connections_open,
-        transparent: scenario.transparent(),
         fault_from_start: scenario.fault_from_start(),
         notes,
     })
@@ -1053,78 +1045,119 @@ async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn statuses_and_codes_map_to_classes() {
-        assert_eq!(class_for(429, Some("pool_exhausted")), "429-pool-exhausted");
-        assert_eq!(class_for(429, Some("upstream_throttled")), "429-throttled");
-        assert_eq!(class_for(502, Some("upstream_auth")), "502-auth");
-        assert_eq!(class_for(502, None), "502-upstream");
-        assert_eq!(
-            class_for(503, Some("upstream_unavailable")),
-            "503-unavailable"
-        );
-        assert_eq!(class_for(504, None), "504-timeout");
-        assert_eq!(class_for(500, Some("internal")), "unexpected-500");
-        assert_eq!(class_for(400, None), "unexpected-400");
-        assert_eq!(
-            error_code(br#"{"error":{"code":"upstream_auth","message":"x"}}"#).as_deref(),
-            Some("upstream_auth")
-        );
-        assert_eq!(error_code(b"not json"), None);
-        let in_band =
-            serde_json::json!({"type":"error","status":503,"code":"upstream_unavailable"});
-        assert_eq!(in_band_class(&in_band), "503-unavailable");
-    }
-
-    fn row(by_class: &[(&str, u64)], recover: Option<u64>, leaked: u64) -> Row {
-        let by_class: BTreeMap<String, u64> = by_class
-            .iter()
-            .map(|(c, n)| ((*c).to_owned(), *n))
-            .collect();
+    /// A 429-storm row: 120 requests, 10 faults fired, every failure before output unless
+    /// `cuts` says otherwise.
+    fn row(by_class: &[(ErrorClass, u64)], cuts: u64, recover: Option<u64>, leaked: u64) -> Row {
+        let by_class: BTreeMap<ErrorClass, u64> = by_class.iter().copied().collect();
+        let failed = by_class.values().sum();
         Row {
             scenario: "429-storm",
             requests: 120,
-            failed: by_class.values().sum(),
+            failed,
             by_class,
+            before_output: failed - cuts,
+            after_output: cuts,
+            budget: Scenario::Storm429.budget(),
+            faults_fired: 10,
             baseline_failures: 0,
             recover: recover.map(Duration::from_millis),
             leaked,
-            transparent: false,
             fault_from_start: false,
             notes: Vec::new(),
         }
     }
 
     #[test]
-    fn problems_fail_the_row_but_expected_failures_do_not() {
+    fn problems_fail_the_row_but_failures_within_budget_do_not() {
         assert!(
-            row(&[("429-throttled", 7)], Some(10), 0)
+            row(&[(ErrorClass::Throttled, 7)], 0, Some(10), 0)
                 .problems()
                 .is_empty()
         );
-        assert_eq!(row(&[("hang", 1)], Some(10), 0).problems().len(), 1);
-        assert_eq!(row(&[], None, 2).problems().len(), 2);
         assert_eq!(
-            row(&[("unexpected-500", 1)], Some(1), 0).problems().len(),
+            row(&[(ErrorClass::Hang, 1)], 0, Some(10), 0)
+                .problems()
+                .len(),
             1
         );
-        let mut transparent = row(&[("503-unavailable", 1)], Some(1), 0);
-        transparent.transparent = true;
-        assert_eq!(transparent.problems().len(), 1);
-        let mut early = row(&[("503-unavailable", 1)], Some(1), 0);
+        assert_eq!(row(&[], 0, None, 2).problems().len(), 2);
+        assert_eq!(
+            row(&[(ErrorClass::UnexpectedStatus(500), 1)], 0, Some(1), 0)
+                .problems()
+                .len(),
+            1
+        );
+        assert_eq!(
+            row(&[(ErrorClass::Panicked, 1)], 0, Some(1), 0)
+                .problems()
+                .len(),
+            1
+        );
+        let mut early = row(&[(ErrorClass::Unavailable, 1)], 0, Some(1), 0);
         early.baseline_failures = 1;
         assert_eq!(early.problems().len(), 1);
+    }
+
+    #[test]
+    fn failures_over_budget_fail_the_row() {
+        // One failure per fault fired is the storm's budget: 11 of 10 is over it.
+        let over = row(&[(ErrorClass::Throttled, 11)], 0, Some(1), 0);
+        let problems = over.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("before the first output")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("in all")),
+            "{problems:?}"
+        );
+        // A storm never cuts a stream in progress: its budget for cuts is zero.
+        let cut = row(&[(ErrorClass::StreamCut, 1)], 1, Some(1), 0);
+        assert_eq!(cut.problems().len(), 1, "{:?}", cut.problems());
+        // Where the service promises transparency, a single failure fails the row.
+        let mut transparent = row(&[(ErrorClass::NoResult, 1)], 0, Some(1), 0);
+        transparent.budget = Scenario::TokenExpiry.budget();
+        assert_eq!(
+            transparent.problems().len(),
+            2,
+            "{:?}",
+            transparent.problems()
+        );
+    }
+
+    #[test]
+    fn every_scenario_has_an_explicit_budget() {
+        assert_eq!(
+            Scenario::TokenExpiry.budget(),
+            Budget::new(Limit::Zero, Limit::Zero, Limit::Zero)
+        );
+        assert_eq!(Limit::PerFault.allowed(500, 12), 12);
+        assert_eq!(Limit::PerCaller.allowed(500, 12), CALLERS as u64);
+        assert_eq!(Limit::Share(1).allowed(250, 12), 2);
+        for scenario in Scenario::ALL {
+            // A zero total with a non-zero part would be a contradiction.
+            let b = scenario.budget();
+            if b.total == Limit::Zero {
+                assert_eq!(
+                    (b.before_output, b.after_output),
+                    (Limit::Zero, Limit::Zero)
+                );
+            }
+        }
     }
 
     #[test]
     fn table_and_machine_lines() {
         let rows = [
             row(
-                &[("429-throttled", 7), ("503-unavailable", 2)],
+                &[(ErrorClass::Throttled, 7), (ErrorClass::Unavailable, 2)],
+                0,
                 Some(1234),
                 0,
             ),
-            row(&[], None, 0),
+            row(&[], 0, None, 0),
         ];
         let table = render_table(&rows);
         let lines: Vec<&str> = table.lines().collect();
@@ -1134,6 +1167,7 @@ mod tests {
             lines[2].contains("429-throttled 7, 503-unavailable 2"),
             "{table}"
         );
+        assert!(lines[2].contains(" 10/0/10 "), "{table}");
         assert!(
             lines[2].contains("1234") && lines[2].ends_with("ok"),
             "{table}"
@@ -1148,6 +1182,7 @@ mod tests {
         let machine = rows[1].machine_lines();
         assert!(machine.contains(&"faults.429-storm.recover_ms: never".to_owned()));
         assert!(machine.contains(&"faults.429-storm.hangs: 0".to_owned()));
-        assert_eq!(fmt_classes(&BTreeMap::new()), "-");
+        assert!(machine.contains(&"faults.429-storm.cut_after_output: 0".to_owned()));
+        assert_eq!(fmt_classes::<String>(&BTreeMap::new()), "-");
     }
 }

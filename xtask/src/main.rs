@@ -15,6 +15,7 @@
 mod bench_pool;
 mod bench_speech;
 mod ci;
+mod client;
 mod faults;
 mod load;
 mod soak;
@@ -40,7 +41,8 @@ struct Cli {
 enum Command {
     /// Run what `.ci/run` runs (fmt, clippy, tests), stopping at the first failure.
     ///
-    /// The steps, in order: `cargo fmt --all --check`,
+    /// The steps, in order: install Debian's chromium if it is missing (failing if it
+    /// cannot), `cargo fmt --all --check`,
     /// `cargo clippy --workspace --all-targets -- -D warnings`, `cargo test --workspace`,
     /// then `conformance/run.sh` if it exists. Stops at the first failing step.
     Ci,
@@ -72,7 +74,8 @@ enum Command {
     /// Prints one row per scenario (requests, failed, failures by class, time to recover
     /// to the warm targets, leaked connections) and `faults.<scenario>.<name>: <value>`
     /// lines. Exits non-zero if a request hangs, a connection leaks, a pool never recovers,
-    /// or a fault that must be transparent reaches a caller. Runs from an optimised build,
+    /// or the caller-visible failures exceed the scenario's budget (zero where the fault
+    /// must be transparent). Runs from an optimised build,
     /// so recovery times are those of the real service.
     Faults(faults::Args),
 }

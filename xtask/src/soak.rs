@@ -8,9 +8,9 @@
 //! the service are the bottleneck rather than simulated network time.
 //!
 //! Once a second it samples the process's resident memory (`VmRSS`), the tokio tasks alive
-//! and the turns completed. It fails when: any request fails or hangs; any 5-second window
-//! completes no turn (a stall); the callers do not finish after the window; the service
-//! does not shut down; a connection leaks (mock created != closed); tasks stay alive after
+//! and the turns completed. It fails when: any request fails or hangs, or a caller task
+//! panics; any 5-second window completes no turn (a stall); the callers do not finish
+//! after the window; the service does not shut down; a connection leaks (mock created != closed); tasks stay alive after
 //! the run; or memory grows by more than 25 % between the end of the first quarter
 //! (after ramp-up) and the end of the run.
 //!
@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::task::JoinSet;
 
-use crate::load::call::{self, CallPlan, Client};
+use crate::client::Client;
+use crate::load::call::{self, CallPlan};
 use crate::load::stats::{Kind, Stats, Summary};
 use crate::load::target::{Backend, InProcess, Setup};
 
@@ -89,7 +90,7 @@ async fn soak(args: &Args) -> anyhow::Result<()> {
         max_stt: args.sessions + 64,
     };
     let service = InProcess::start(setup).await?;
-    let client = Client::new(&service.base_url(), None)?;
+    let client = Client::new(&service.base_url(), None, call::REQUEST_TIMEOUT)?;
     let plan = CallPlan {
         turns: 3,
         think: Duration::from_millis(200),
@@ -123,9 +124,12 @@ async fn soak(args: &Args) -> anyhow::Result<()> {
         });
     }
     let _ = tokio::time::timeout(window + DRAIN_LIMIT, async {
-        while callers.join_next().await.is_some() {}
+        while let Some(joined) = callers.join_next().await {
+            stats.call_task_ended(joined);
+        }
     })
     .await;
+    // Callers still running are reported (and fail the run) as unfinished callers.
     let unfinished = callers.len();
     callers.abort_all();
     while callers.join_next().await.is_some() {}
@@ -233,7 +237,9 @@ async fn soak(args: &Args) -> anyhow::Result<()> {
 
     let mut failures = Vec::new();
     if errors > 0 {
-        failures.push(format!("{errors} failed requests"));
+        failures.push(format!(
+            "{errors} errors (failed requests and panicked callers)"
+        ));
     }
     if stalls > 0 {
         failures.push(format!("{stalls} stalled windows"));

@@ -33,7 +33,8 @@ use anyhow::{Context, bail};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use call::{CallPlan, Client};
+use crate::client::{Client, ErrorClass, Request};
+use call::CallPlan;
 use stats::Stats;
 use target::{Backend, InProcess, Setup};
 
@@ -208,7 +209,7 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
             (Some(running), base, None, name)
         }
     };
-    let client = Client::new(&base, auth)?;
+    let client = Client::new(&base, auth, call::REQUEST_TIMEOUT)?;
     let settings = plan.describe(&target_name);
     eprintln!("load: {settings}");
 
@@ -231,9 +232,11 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
         }
         tokio::time::sleep_until(next).await;
         // Reap finished calls so the set stays small.
-        while calls.try_join_next().is_some() {}
+        while let Some(joined) = calls.try_join_next() {
+            stats.call_task_ended(joined);
+        }
         if calls.len() as u64 >= MAX_IN_FLIGHT {
-            stats.error("skipped-in-flight-cap");
+            stats.error(Request::Call, ErrorClass::InFlightCap);
             continue;
         }
         launched += 1;
@@ -246,13 +249,15 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
         });
     }
     let drained = tokio::time::timeout(DRAIN_LIMIT, async {
-        while calls.join_next().await.is_some() {}
+        while let Some(joined) = calls.join_next().await {
+            stats.call_task_ended(joined);
+        }
     })
     .await
     .is_ok();
     if !drained {
         for _ in 0..calls.len() {
-            stats.error("unfinished");
+            stats.error(Request::Call, ErrorClass::Unfinished);
         }
         calls.abort_all();
         while calls.join_next().await.is_some() {}

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::client::{ErrorClass, Request};
+
 /// Which speech direction a turn used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Kind {
@@ -54,7 +56,8 @@ pub(crate) struct Recorded {
     /// Connection acquire wait in milliseconds (from the service's `Server-Timing`) by kind
     /// and tier.
     pub acquire_ms: BTreeMap<(Kind, String), Vec<f64>>,
-    /// Errors by class, e.g. `tts-503`, `stt-transport`, `tts-hang`.
+    /// Errors by request and class, e.g. `tts-503-unavailable`, `stt-transport`,
+    /// `call-unexpected-panic`.
     pub errors: BTreeMap<String, u64>,
     /// Seconds since the run began at which each COLD turn finished.
     pub cold_at_s: Vec<f64>,
@@ -90,9 +93,25 @@ impl Default for Stats {
 }
 
 impl Stats {
-    pub(crate) fn error(&self, class: &str) {
+    pub(crate) fn error(&self, request: Request, class: ErrorClass) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        *self.lock().errors.entry(class.to_owned()).or_default() += 1;
+        *self
+            .lock()
+            .errors
+            .entry(format!("{request}-{class}"))
+            .or_default() += 1;
+    }
+
+    /// Counts a call task that did not end normally: a panic loses whatever the call was
+    /// doing, so it is an error like any failed request, never silently dropped.
+    pub(crate) fn call_task_ended(&self, joined: Result<(), tokio::task::JoinError>) {
+        match joined {
+            Ok(()) => {}
+            Err(e) if e.is_panic() => self.error(Request::Call, ErrorClass::Panicked),
+            // Cancelled: only the run's own abort does that, after counting the call as
+            // unfinished.
+            Err(_) => {}
+        }
     }
 
     pub(crate) fn turn(&self, kind: Kind, tier: &str, latency: Duration, acquire_ms: Option<f64>) {
@@ -197,16 +216,26 @@ mod tests {
         let stats = Stats::default();
         stats.turn(Kind::Tts, "warm", Duration::from_millis(5), Some(0.01));
         stats.turn(Kind::Stt, "cold", Duration::from_millis(9), None);
-        stats.error("tts-503");
-        stats.error("tts-503");
+        stats.error(Request::Tts, ErrorClass::Unavailable);
+        stats.error(Request::Tts, ErrorClass::Unavailable);
         let r = stats.recorded();
         assert_eq!(r.latency_ms[&(Kind::Tts, "warm".to_owned())], vec![5.0]);
         assert_eq!(r.acquire_ms.get(&(Kind::Stt, "cold".to_owned())), None);
-        assert_eq!(r.errors["tts-503"], 2);
+        assert_eq!(r.errors["tts-503-unavailable"], 2);
         assert_eq!(stats.errors.load(Ordering::Relaxed), 2);
         assert_eq!(stats.turns.load(Ordering::Relaxed), 2);
         assert_eq!(r.cold_at_s.len(), 1);
-        assert_eq!(r.errors_line(), "2 (tts-503 2)");
+        assert_eq!(r.errors_line(), "2 (tts-503-unavailable 2)");
         assert_eq!(Recorded::default().errors_line(), "none");
+    }
+
+    #[tokio::test]
+    async fn a_panicked_call_task_is_an_error() {
+        let stats = Stats::default();
+        let panicked = tokio::spawn(async { panic!("a call task panicked on purpose") }).await;
+        stats.call_task_ended(panicked);
+        stats.call_task_ended(Ok(()));
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.recorded().errors["call-unexpected-panic"], 1);
     }
 }
