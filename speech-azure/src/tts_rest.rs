@@ -193,6 +193,14 @@ impl Connection for TtsRest {
         Ok(())
     }
 
+    /// A caller waiting on a COLD connection gets no voices-list request first: its own
+    /// synthesis opens the HTTP connection (TCP, TLS, request: three round trips instead
+    /// of four) and fails with a classified error if the connection cannot be made, so
+    /// the warm-up would prove nothing the caller's request does not.
+    async fn warm_for_caller(&mut self) -> Result<(), SpeechError> {
+        Ok(())
+    }
+
     async fn close(self: Box<Self>) {
         // Dropping the client closes its idle connection; HTTP has no close handshake
         // worth waiting for.

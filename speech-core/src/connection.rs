@@ -39,6 +39,15 @@ pub trait Connection: Send {
         Ok(())
     }
 
+    /// Prepares a connection created inline for a caller who is waiting for it (the COLD
+    /// path). Defaults to [`warm`](Self::warm). A connection whose caller's own first
+    /// request proves it (TTS over REST: the request opens the connection and fails
+    /// loudly if it cannot) overrides this to skip a warm-up round trip the caller would
+    /// otherwise wait for.
+    async fn warm_for_caller(&mut self) -> Result<(), SpeechError> {
+        self.warm().await
+    }
+
     /// Clears per-session state before the connection serves another session. An error
     /// makes the pool close the connection instead of reusing it.
     async fn reset(&mut self) -> Result<(), SpeechError> {

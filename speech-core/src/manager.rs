@@ -74,6 +74,13 @@ macro_rules! erased_manager {
                 resource.warm()
             }
 
+            fn warm_for_caller(
+                &self,
+                resource: &mut Self::Resource,
+            ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+                resource.warm_for_caller()
+            }
+
             fn is_ready(&self, resource: &Self::Resource) -> bool {
                 resource.is_ready()
             }
@@ -95,7 +102,7 @@ macro_rules! erased_manager {
 erased_manager!(
     /// A `pool_core::Manager` of boxed [`Synthesizer`]s from any backend.
     ///
-    /// `create` goes to the factory; `warm`, `is_ready`, `reset` and `close` go to the
+    /// `create` goes to the factory; `warm`, `warm_for_caller`, `is_ready`, `reset` and `close` go to the
     /// connection itself. The cost of erasure is one boxed future per call and one virtual
     /// call for `is_ready`, negligible next to a network round trip, and it keeps
     /// `Pool<SynthesizerManager>` a single concrete type whatever the backend.
