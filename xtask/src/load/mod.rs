@@ -20,9 +20,11 @@
 //! `load-report.json` and `load-latency.svg`. Exits non-zero on any error or leak.
 
 pub(crate) mod call;
+mod profile;
 mod report;
 pub(crate) mod stats;
 pub(crate) mod target;
+pub(crate) mod timeline;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,6 +89,16 @@ pub struct Args {
         value_name = "KEY"
     )]
     api_key: Option<String>,
+    /// Load shape: `constant` (Poisson arrivals at --rate) or `step` (2, then 20, then 2
+    /// calls/s, one phase each, for several warm-target variants side by side).
+    #[arg(long, value_enum, default_value_t = profile::Profile::Constant)]
+    profile: profile::Profile,
+    /// Step profile: a warm-target variant to run (repeatable) [default: all].
+    #[arg(long = "variant", value_enum, value_name = "VARIANT")]
+    variants: Vec<profile::Variant>,
+    /// Step profile: length of each phase, seconds (default 60; 20 with --quick).
+    #[arg(long, value_name = "SECS")]
+    phase_secs: Option<f64>,
 }
 
 /// The resolved settings of one run.
@@ -177,6 +189,9 @@ impl Plan {
 
 /// Entry point of `cargo xtask load`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if args.profile == profile::Profile::Step {
+        return profile::run(args);
+    }
     let plan = Plan::from_args(args)?;
     let remote = args.url.as_deref().map(target::loopback_base).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -215,6 +230,15 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
     let stats = Arc::new(Stats::default());
     let began = Instant::now();
     let progress = tokio::spawn(progress("load", stats.clone(), began, plan.duration));
+    let sampled = match &in_process {
+        Some(running) => timeline::Source::State(running.state().clone()),
+        None => timeline::Source::Remote(client.clone()),
+    };
+    let (timeline, sampler) = timeline::spawn_sampler(sampled, began);
+    // Connects per call are counted after the first third of the arrival window, when the
+    // pools have grown to the load.
+    let steady_from = plan.duration / 3;
+    let mut steady_calls = 0u64;
 
     // Poisson arrivals: exponential gaps with mean 1/rate.
     let mut calls = JoinSet::new();
@@ -237,6 +261,9 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
             continue;
         }
         launched += 1;
+        if next - (deadline - plan.duration) >= steady_from {
+            steady_calls += 1;
+        }
         stats.started.fetch_add(1, Ordering::Relaxed);
         let (client, stats) = (client.clone(), stats.clone());
         let id = format!("load-{pid}-{launched}");
@@ -260,6 +287,9 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
     let elapsed = began.elapsed();
     progress.abort();
     let _ = progress.await;
+    sampler.abort();
+    let _ = sampler.await;
+    let timeline = timeline::Timeline::copy_of(&timeline);
 
     let connections = match in_process {
         Some(running) => running.stop().await?,
@@ -283,6 +313,13 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
         connections: &connections,
     };
     report::print(&info, &recorded);
+    timeline::print_steady_connects(
+        &timeline,
+        steady_from.as_secs_f64(),
+        plan.duration.as_secs_f64(),
+        steady_calls,
+        if plan.call.stt { 2 } else { 1 },
+    );
     if let Some(dir) = &args.out {
         report::write(dir, &info, &recorded)?;
     }
