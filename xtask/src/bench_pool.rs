@@ -34,10 +34,12 @@
 //!    sessions, each holding its own resource. The hits cycle through every live session in
 //!    a shuffled order (a voice service interleaves its calls; hitting one hot session
 //!    among 100,000 would measure only a hash probe on warm caches), on a current-thread
-//!    runtime. `sessions_100k` also measures the memory one live session costs: the
-//!    growth of the process's resident set (`/proc/self/statm`) while its 100,000 sessions
-//!    are bound, divided by 100,000. The session ids are built before that window, so only
-//!    the pool's own memory counts (its map entry, id copy, slot and parked resource).
+//!    runtime. `sessions_100k` also measures the memory one live session costs, in a fresh
+//!    child process per round (this process's allocator would reuse memory freed by
+//!    earlier rounds and hide the growth): the growth of the child's resident set
+//!    (`VmRSS` in `/proc/self/status`) while 100,000 sessions are bound, divided by
+//!    100,000. The session ids are built before that window, so only the pool's own memory
+//!    counts (its map entry, id copy, slot and parked resource).
 //!
 //! Noise control (2 shared cores): each measurement (one contender, one case) runs in a
 //! fresh runtime after a warm-up; contenders are interleaved within each round, with the
@@ -87,7 +89,14 @@ pub struct Args {
     /// to profile one of them [default: all].
     #[arg(long = "pool", value_name = "POOL", value_parser = ["ours", "deadpool", "bb8", "fastpool", "bare"])]
     pub pools: Vec<String>,
+    /// Internal: bind 100,000 sessions in this fresh process and print the resident
+    /// memory they added per session (the sessions_100k case runs this as a child).
+    #[arg(long, hide = true)]
+    pub session_memory_probe: bool,
 }
+
+/// The line the memory probe prints, followed by the bytes per session.
+const PROBE_PREFIX: &str = "session_memory_probe.bytes_per_live_session: ";
 
 const CASE_NAMES: [&str; 6] = [
     "uncontended",
@@ -361,6 +370,16 @@ impl Cell {
 
 /// Runs the benchmark and prints the table and the machine-readable lines.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if args.session_memory_probe {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let bytes = runtime
+            .block_on(session_memory(SESSIONS_LARGE))
+            .map_err(anyhow::Error::msg)?;
+        println!("{PROBE_PREFIX}{bytes:.1}");
+        return Ok(());
+    }
     let params = Params::from_args(args);
     print_header(args, &params);
 
@@ -756,15 +775,7 @@ async fn sessions(live: usize, params: Params) -> Result<Sample, String> {
     fastrand::Rng::with_seed(0x5e55_1045).shuffle(&mut hit_order);
     let hit_order: Vec<String> = hit_order.iter().map(|id| id.as_str().to_owned()).collect();
 
-    let resident_before = resident_bytes()?;
-    for id in &bind_order {
-        drop(
-            pool.acquire_for_session(id)
-                .await
-                .map_err(|e| format!("binding {id}: {e}"))?,
-        );
-    }
-    let resident_after = resident_bytes()?;
+    bind_sessions(&pool, &bind_order).await?;
     drop(bind_order);
 
     let ops = params.session_ops;
@@ -777,9 +788,62 @@ async fn sessions(live: usize, params: Params) -> Result<Sample, String> {
 
     let mut sample = vec![ns];
     if live == SESSIONS_LARGE {
-        sample.push(resident_after.saturating_sub(resident_before) as f64 / live as f64);
+        sample.push(session_memory_in_child()?);
     }
     Ok(sample)
+}
+
+async fn bind_sessions(pool: &pool_core::Pool<OursManager>, ids: &[String]) -> Result<(), String> {
+    for id in ids {
+        drop(
+            pool.acquire_for_session(id)
+                .await
+                .map_err(|e| format!("binding {id}: {e}"))?,
+        );
+    }
+    Ok(())
+}
+
+/// Resident memory per live session: binds `live` sessions and divides the growth of the
+/// resident set by `live`. Meaningful only in a fresh process (see the module docs).
+async fn session_memory(live: usize) -> Result<f64, String> {
+    let pool = pool_core::Pool::builder(OursManager::default())
+        .name("bench-session-memory")
+        .max_size(live)
+        .session_awareness(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ids: Vec<String> = (0..live).map(|i| format!("call-{i:06}")).collect();
+    let before = resident_bytes()?;
+    bind_sessions(&pool, &ids).await?;
+    let after = resident_bytes()?;
+    let active = pool.snapshot().active_sessions;
+    if active != live {
+        return Err(format!("{active} active sessions after binding {live}"));
+    }
+    Ok(after.saturating_sub(before) as f64 / live as f64)
+}
+
+/// Runs the memory probe in a fresh copy of this program and reads its answer.
+fn session_memory_in_child() -> Result<f64, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let output = std::process::Command::new(exe)
+        .args(["bench", "pool", "--session-memory-probe"])
+        .output()
+        .map_err(|e| format!("starting the memory probe: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "the memory probe failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(PROBE_PREFIX))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("the memory probe printed no figure: {stdout}"))
 }
 
 /// `ops` DEDICATED hits, cycling through `ids`.

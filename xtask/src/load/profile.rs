@@ -61,6 +61,7 @@ pub(crate) enum Variant {
     /// The configured floor alone, fixed.
     Floor,
     /// Fixed at peak rate x 1 s + 2.
+    #[value(name = "hand_sized")]
     HandSized,
 }
 
@@ -664,6 +665,19 @@ mod tests {
         assert!((900.0..1100.0).contains(&count(1000, 1500)));
         assert!(times.windows(2).all(|w| w[0] <= w[1]));
         assert!(times.last().is_some_and(|t| *t < Duration::from_secs(1500)));
+    }
+
+    #[test]
+    fn variants_are_chosen_by_their_machine_line_names() {
+        use clap::ValueEnum;
+        for variant in Variant::ALL {
+            assert_eq!(
+                Variant::from_str(variant.name(), false),
+                Ok(variant),
+                "{}",
+                variant.name()
+            );
+        }
     }
 
     #[test]
