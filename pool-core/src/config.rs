@@ -19,6 +19,19 @@ pub struct PoolConfig {
     /// Upper bound on all live resources: idle + handed out + bound to sessions + being
     /// created. Acquirers beyond it wait in FIFO order. Default 64.
     pub max_size: usize,
+    /// Whether the idle target follows demand: the maintainer measures, each second, the
+    /// hand-outs that need a new warm resource (WARM and COLD acquires) and the create+warm
+    /// latency, and keeps enough idle resources for the demand expected during one create
+    /// (Little's law) plus headroom for Poisson bursts. It rises within seconds of a burst
+    /// (a 6 s window that takes over at twice the current target) and falls over a minute
+    /// (a 60 s window), never below `warm_target` (the floor) nor above `max_size`. Needs
+    /// `background_warmup`; without the maintainer it has no effect. Default false.
+    pub adaptive_warm_target: bool,
+    /// Most background creates (refill and refresh) started per second, on average, with
+    /// bursts of one second's worth: backends throttle bursts of new connections. `None`
+    /// means no limit beyond `create_concurrency`. [`Pool::prepare`] ignores it. Default
+    /// `None`.
+    pub create_rate_limit: Option<f64>,
     /// Whether `acquire_for_session` binds a resource to a session id (the seed's
     /// `session_awareness`). When off, every session acquire is a plain acquire. Default false.
     pub session_awareness: bool,
@@ -26,6 +39,14 @@ pub struct PoolConfig {
     /// background maintainer once per `refresh_interval`, so eviction happens between
     /// `session_max_age` and `session_max_age + refresh_interval`. Default 1800 s.
     pub session_max_age: Duration,
+    /// Whether a session's parked resource is a soft reservation: when the pool is at
+    /// `max_size` and a caller must wait, the least recently used session resource that is
+    /// not in a turn is reset (`Manager::reset`) and handed to the waiter (as WARM). That
+    /// session loses its binding and gets WARM or COLD on its next turn, never an error.
+    /// Without it, many quiet sessions can hold every resource until `session_max_age`.
+    /// Finding the least recently used session scans the session map, which happens only
+    /// when a caller waits on a full pool. Default false.
+    pub reclaim_idle_sessions: bool,
     /// Whether a background maintainer runs (the seed's `enable_background_warmup`): it
     /// refills the idle set, refreshes idle resources before they expire and evicts stale
     /// sessions. Default false.
@@ -75,8 +96,11 @@ impl Default for PoolConfig {
             name: "pool".to_owned(),
             warm_target: 0,
             max_size: 64,
+            adaptive_warm_target: false,
+            create_rate_limit: None,
             session_awareness: false,
             session_max_age: Duration::from_secs(1800),
+            reclaim_idle_sessions: false,
             background_warmup: false,
             refresh_interval: Duration::from_secs(30),
             acquire_timeout: Some(Duration::from_secs(30)),
@@ -103,6 +127,13 @@ impl PoolConfig {
             return Err(BuildError::Invalid(format!(
                 "warm_target ({}) must not exceed max_size ({})",
                 self.warm_target, self.max_size
+            )));
+        }
+        if let Some(rate) = self.create_rate_limit
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(BuildError::Invalid(format!(
+                "create_rate_limit must be a positive number of creates per second, got {rate}"
             )));
         }
         if self.create_concurrency == 0 {
@@ -139,6 +170,7 @@ pub struct PoolBuilder<M: Manager> {
 macro_rules! setter {
     ($(#[$doc:meta])* $name:ident: $ty:ty) => {
         $(#[$doc])*
+        #[must_use = "the builder is consumed; use the returned one"]
         pub fn $name(mut self, value: $ty) -> Self {
             self.config.$name = value;
             self
@@ -155,12 +187,14 @@ impl<M: Manager> PoolBuilder<M> {
     }
 
     /// Replaces the whole configuration.
+    #[must_use = "the builder is consumed; use the returned one"]
     pub fn config(mut self, config: PoolConfig) -> Self {
         self.config = config;
         self
     }
 
     /// See [`PoolConfig::name`].
+    #[must_use = "the builder is consumed; use the returned one"]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
         self
@@ -170,10 +204,16 @@ impl<M: Manager> PoolBuilder<M> {
         warm_target: usize);
     setter!(/// See [`PoolConfig::max_size`].
         max_size: usize);
+    setter!(/// See [`PoolConfig::adaptive_warm_target`].
+        adaptive_warm_target: bool);
+    setter!(/// See [`PoolConfig::create_rate_limit`].
+        create_rate_limit: Option<f64>);
     setter!(/// See [`PoolConfig::session_awareness`].
         session_awareness: bool);
     setter!(/// See [`PoolConfig::session_max_age`].
         session_max_age: Duration);
+    setter!(/// See [`PoolConfig::reclaim_idle_sessions`].
+        reclaim_idle_sessions: bool);
     setter!(/// See [`PoolConfig::background_warmup`].
         background_warmup: bool);
     setter!(/// See [`PoolConfig::refresh_interval`].

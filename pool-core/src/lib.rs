@@ -45,6 +45,7 @@
 //!   never meets an expired resource;
 //! - all time goes through `tokio::time`, so tests run with paused time.
 
+mod adaptive;
 mod config;
 mod error;
 mod guard;
@@ -52,13 +53,16 @@ mod maintainer;
 mod manager;
 mod metrics;
 mod pool;
+mod session;
 mod snapshot;
 mod tier;
 
+pub use adaptive::TargetReason;
 pub use config::{PoolBuilder, PoolConfig};
-pub use error::{BuildError, PoolError, TimeoutDetails};
+pub use error::{BuildError, PoolError, SessionBusyDetails, TimeoutDetails};
 pub use guard::Pooled;
 pub use manager::Manager;
 pub use pool::{LATENCY_SAMPLE_EVERY, Pool};
-pub use snapshot::{LatencySummary, PoolSnapshot, TierLatencies};
+pub use session::SessionHandle;
+pub use snapshot::{LatencySummary, PoolCounts, PoolSnapshot, TierLatencies};
 pub use tier::Tier;

@@ -3,26 +3,33 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::manager::Manager;
 use crate::pool::Inner;
 
-/// Spawns the maintainer on the pool's task tracker. It holds only a `Weak` reference
-/// between passes, so it never keeps a dropped pool alive, and it stops on the pool's
-/// cancellation token (shutdown or drop of the last handle).
+/// Spawns the maintainer on the pool's task tracker. It holds a strong reference only
+/// during a pass and a `Weak` one while it sleeps or waits for a wake-up, so it never keeps
+/// a dropped pool alive, and it stops on the pool's cancellation token (shutdown or drop of
+/// the last handle).
 pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
     let weak = Arc::downgrade(inner);
     let stop = inner.stop.clone();
     let interval = inner.config.refresh_interval;
+    let wake = inner.maintainer_wake.clone();
+    let adaptive = inner.config.adaptive_warm_target;
     inner.tasks.spawn(async move {
         let mut next_housekeeping = Instant::now() + interval;
         let mut wake_at = Instant::now();
+        // The adaptive target is re-estimated once a second.
+        let mut last_estimate = Instant::now();
         loop {
             let woken_early = tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep_until(wake_at) => false,
-                () = notified(&weak) => true,
+                () = wake.notified() => true,
             };
             let Some(inner) = weak.upgrade() else {
                 return;
@@ -31,29 +38,32 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
             if !woken_early && now >= next_housekeeping {
                 inner.stats.warmup_cycles.fetch_add(1, Relaxed);
                 inner.evict_stale_sessions(now);
+                inner.trim_surplus();
                 next_housekeeping = now + interval;
             }
+            let seconds_since_estimate = now.saturating_duration_since(last_estimate).as_secs();
+            if adaptive && seconds_since_estimate >= 1 {
+                inner.update_warm_target(seconds_since_estimate as usize);
+                last_estimate += Duration::from_secs(seconds_since_estimate);
+            }
+            let next_estimate = adaptive.then(|| last_estimate + Duration::from_secs(1));
             // Dead idle resources first, so this pass's refill replaces them.
             inner.prune_unusable_idle();
             let next_refresh = inner.mark_expiring(now);
-            let _ = inner.start_refill(false);
-            wake_at = [Some(next_housekeeping), next_refresh, inner.backoff_until()]
-                .into_iter()
-                .flatten()
-                .filter(|at| *at > now)
-                .min()
-                .unwrap_or(next_housekeeping);
+            let _ = inner.start_refill(crate::pool::RefillLimits::All);
+            wake_at = [
+                Some(next_housekeeping),
+                next_refresh,
+                inner.backoff_until(),
+                inner.ramp_next(),
+                next_estimate,
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > now)
+            .min()
+            .unwrap_or(next_housekeeping);
             inner.plan_maintenance(wake_at);
         }
     });
-}
-
-/// Waits for an early wake-up without holding a strong reference while waiting.
-async fn notified<M: Manager>(weak: &std::sync::Weak<Inner<M>>) {
-    let Some(inner) = weak.upgrade() else {
-        return std::future::pending().await;
-    };
-    // `Notified` borrows the pool; keep the Arc alive only for this wait. A dropped pool
-    // cancels `stop` first, so this never outlives it for long.
-    inner.maintainer_wake.notified().await;
 }

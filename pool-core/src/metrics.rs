@@ -24,6 +24,12 @@ pub(crate) struct Stats {
     pub warmup_failures: AtomicU64,
     /// Passes of the background maintainer.
     pub warmup_cycles: AtomicU64,
+    /// Session resources reclaimed for waiting callers.
+    pub reclaims_total: AtomicU64,
+    /// Hand-outs of a resource another caller gave back while this one waited.
+    pub waited_total: AtomicU64,
+    /// How long those callers waited.
+    pub wait_latency: LatencyHistogram,
 }
 
 impl Stats {
