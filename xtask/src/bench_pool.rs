@@ -16,8 +16,10 @@
 //!
 //! Cases:
 //! 1. `uncontended`: one task on a current-thread runtime, acquire + release, ns/op. Ours
-//!    twice: the WARM path (`acquire()`) and the DEDICATED path (`acquire_for_session("s")`,
-//!    the same session every time).
+//!    three times: the WARM path (`acquire()`), the DEDICATED path by session id
+//!    (`acquire_for_session("s")`, the same session every time) and the DEDICATED path
+//!    through a session handle the caller keeps (`pool.session("s")`, then
+//!    `handle.acquire()`).
 //! 2. `lock_throughput_p<P>_t<T>`: a 2-worker multi-thread runtime, `T` tasks each looping
 //!    acquire + release on a pool of `P`, never holding a resource across an await; ns/op =
 //!    wall time / total ops. With 2 workers at most 2 resources are ever out, so no task
@@ -31,7 +33,8 @@
 //!    hand-over throughput, not unfairness. A pool that lets a releasing task take its
 //!    resource straight back starves the others instead: tiny p50, huge p99.9 and max.
 //! 4. `sessions_10` and `sessions_100k`: our DEDICATED hit with 10 and with 100,000 live
-//!    sessions, each holding its own resource. The hits cycle through every live session in
+//!    sessions, each holding its own resource, by session id and through session handles
+//!    (one per session, each used once before timing so it knows its slot). The hits cycle through every live session in
 //!    a shuffled order (a voice service interleaves its calls; hitting one hot session
 //!    among 100,000 would measure only a hash probe on warm caches), on a current-thread
 //!    runtime. `sessions_100k` also measures the memory one live session costs, in a fresh
@@ -246,6 +249,8 @@ enum Contender {
     OursWarm,
     /// pool-core, `acquire_for_session("s")` (DEDICATED).
     OursDedicated,
+    /// pool-core, `pool.session("s")` kept, then `acquire()` on it (DEDICATED).
+    OursSessionHandle,
     Deadpool,
     Bb8,
     Fastpool,
@@ -255,9 +260,10 @@ enum Contender {
 
 impl Contender {
     /// Table order; the contenders of the uncontended case.
-    const ALL: [Contender; 6] = [
+    const ALL: [Contender; 7] = [
         Contender::OursWarm,
         Contender::OursDedicated,
+        Contender::OursSessionHandle,
         Contender::Deadpool,
         Contender::Bb8,
         Contender::Fastpool,
@@ -272,7 +278,7 @@ impl Contender {
         Contender::Bare,
     ];
     /// The contenders of the sessions cases: only pool-core has sessions.
-    const SESSIONS: [Contender; 1] = [Contender::OursDedicated];
+    const SESSIONS: [Contender; 2] = [Contender::OursDedicated, Contender::OursSessionHandle];
     /// What our figures are compared with, one `ratio.` line each.
     const PEERS: [Contender; 4] = [
         Contender::Deadpool,
@@ -288,6 +294,7 @@ impl Contender {
             Contender::OursWarm if case == Case::Uncontended => "ours_warm",
             Contender::OursWarm => "ours",
             Contender::OursDedicated => "ours_dedicated",
+            Contender::OursSessionHandle => "ours_session_handle",
             Contender::Deadpool => "deadpool",
             Contender::Bb8 => "bb8",
             Contender::Fastpool => "fastpool",
@@ -298,7 +305,7 @@ impl Contender {
     /// The `--pool` name that selects this contender.
     fn pool(self) -> &'static str {
         match self {
-            Contender::OursWarm | Contender::OursDedicated => "ours",
+            Contender::OursWarm | Contender::OursDedicated | Contender::OursSessionHandle => "ours",
             Contender::Deadpool => "deadpool",
             Contender::Bb8 => "bb8",
             Contender::Fastpool => "fastpool",
@@ -310,6 +317,7 @@ impl Contender {
         match self {
             Contender::OursWarm => "ours WARM",
             Contender::OursDedicated => "ours DEDIC.",
+            Contender::OursSessionHandle => "ours HANDLE",
             Contender::Deadpool => "deadpool",
             Contender::Bb8 => "bb8",
             Contender::Fastpool => "fastpool",
@@ -318,7 +326,10 @@ impl Contender {
     }
 
     fn is_ours(self) -> bool {
-        matches!(self, Contender::OursWarm | Contender::OursDedicated)
+        matches!(
+            self,
+            Contender::OursWarm | Contender::OursDedicated | Contender::OursSessionHandle
+        )
     }
 }
 
@@ -349,7 +360,16 @@ impl Cell {
         if self.failure.is_some() || self.samples.is_empty() {
             return None;
         }
-        let mut values: Vec<f64> = self.samples.iter().map(|s| s[index]).collect();
+        // A contender may report fewer metrics than its case lists (only the DEDICATED
+        // path reports memory per session).
+        let mut values: Vec<f64> = self
+            .samples
+            .iter()
+            .filter_map(|s| s.get(index).copied())
+            .collect();
+        if values.is_empty() {
+            return None;
+        }
         values.sort_by(f64::total_cmp);
         let n = values.len();
         Some(if n % 2 == 1 {
@@ -565,6 +585,9 @@ fn print_machine_lines(cases: &[Case], cells: &[Cell]) {
     for cell in cells {
         let case = cell.case;
         for (index, (suffix, _)) in case.metrics().iter().enumerate() {
+            if *suffix == BYTES_PER_SESSION && cell.contender != Contender::OursDedicated {
+                continue;
+            }
             let name = if *suffix == BYTES_PER_SESSION {
                 format!("bench.sessions.{BYTES_PER_SESSION}")
             } else {
@@ -620,16 +643,19 @@ fn print_machine_lines(cases: &[Case], cells: &[Cell]) {
     }
     // How a DEDICATED hit scales with the number of live sessions (above 1: slower with
     // many sessions). Printed only when both session cases ran.
-    let session_ns = |live: usize| {
-        cells
-            .iter()
-            .find(|c| c.case == Case::Sessions { live } && c.contender == Contender::OursDedicated)
-            .and_then(|c| c.median(0))
-    };
-    if let (Some(large), Some(small)) = (session_ns(SESSIONS_LARGE), session_ns(10)) {
-        if small > 0.0 {
+    for contender in Contender::SESSIONS {
+        let session_ns = |live: usize| {
+            cells
+                .iter()
+                .find(|c| c.case == Case::Sessions { live } && c.contender == contender)
+                .and_then(|c| c.median(0))
+        };
+        if let (Some(large), Some(small)) = (session_ns(SESSIONS_LARGE), session_ns(10))
+            && small > 0.0
+        {
             println!(
-                "ratio.sessions_100k_vs_10.ours_dedicated: {:.2}",
+                "ratio.sessions_100k_vs_10.{}: {:.2}",
+                contender.key(Case::Sessions { live: 10 }),
                 large / small
             );
         }
@@ -702,12 +728,12 @@ fn measure_in_runtime(case: Case, contender: Contender, params: Params) -> Resul
 /// pool's accounting and shuts it down.
 async fn run_contender(case: Case, contender: Contender, params: Params) -> Result<Sample, String> {
     if let Case::Sessions { live } = case {
-        return sessions(live, params).await;
+        return sessions(live, contender, params).await;
     }
     let size = case.pool_size();
     match contender {
-        Contender::OursWarm | Contender::OursDedicated => {
-            let dedicated = contender == Contender::OursDedicated;
+        Contender::OursWarm | Contender::OursDedicated | Contender::OursSessionHandle => {
+            let dedicated = contender != Contender::OursWarm;
             let pool = pool_core::Pool::builder(OursManager::default())
                 .name("bench")
                 .warm_target(size)
@@ -716,10 +742,14 @@ async fn run_contender(case: Case, contender: Contender, params: Params) -> Resu
                 .build()
                 .map_err(|e| e.to_string())?;
             pool.prepare().await.map_err(|e| format!("prepare: {e}"))?;
-            let (sample, acquires) = if dedicated {
-                measure(case, Arc::new(OursSession(pool.clone())), params).await?
-            } else {
-                measure(case, Arc::new(OursPlain(pool.clone())), params).await?
+            let (sample, acquires) = match contender {
+                Contender::OursDedicated => {
+                    measure(case, Arc::new(OursSession(pool.clone())), params).await?
+                }
+                Contender::OursSessionHandle => {
+                    measure(case, Arc::new(OursHandle(pool.session("s"))), params).await?
+                }
+                _ => measure(case, Arc::new(OursPlain(pool.clone())), params).await?,
             };
             check_ours(&pool, dedicated, acquires).await?;
             Ok(sample)
@@ -760,7 +790,7 @@ async fn run_contender(case: Case, contender: Contender, params: Params) -> Resu
 /// The sessions case: binds `live` sessions (each to its own resource), then measures
 /// DEDICATED hits cycling through all of them in a shuffled order. With
 /// [`SESSIONS_LARGE`] sessions it also measures the resident memory the binds added.
-async fn sessions(live: usize, params: Params) -> Result<Sample, String> {
+async fn sessions(live: usize, contender: Contender, params: Params) -> Result<Sample, String> {
     let pool = pool_core::Pool::builder(OursManager::default())
         .name("bench-sessions")
         .max_size(live)
@@ -780,14 +810,27 @@ async fn sessions(live: usize, params: Params) -> Result<Sample, String> {
 
     let ops = params.session_ops;
     let warmup = ops / 10;
-    session_hits(&pool, &hit_order, warmup).await?;
-    let started = Instant::now();
-    session_hits(&pool, &hit_order, ops).await?;
-    let ns = started.elapsed().as_nanos() as f64 / ops as f64;
-    check_sessions(&pool, live, warmup + ops).await?;
+    let (ns, hits) = if contender == Contender::OursSessionHandle {
+        let handles: Vec<pool_core::SessionHandle<OursManager>> =
+            hit_order.iter().map(|id| pool.session(id)).collect();
+        // One acquire per handle before timing: a handle learns its slot on first use.
+        handle_hits(&handles, handles.len() as u64).await?;
+        handle_hits(&handles, warmup).await?;
+        let started = Instant::now();
+        handle_hits(&handles, ops).await?;
+        let ns = started.elapsed().as_nanos() as f64 / ops as f64;
+        (ns, live as u64 + warmup + ops)
+    } else {
+        session_hits(&pool, &hit_order, warmup).await?;
+        let started = Instant::now();
+        session_hits(&pool, &hit_order, ops).await?;
+        let ns = started.elapsed().as_nanos() as f64 / ops as f64;
+        (ns, warmup + ops)
+    };
+    check_sessions(&pool, live, hits).await?;
 
     let mut sample = vec![ns];
-    if live == SESSIONS_LARGE {
+    if live == SESSIONS_LARGE && contender == Contender::OursDedicated {
         sample.push(session_memory_in_child()?);
     }
     Ok(sample)
@@ -862,6 +905,24 @@ async fn session_hits(
         drop(guard);
         next += 1;
         if next == ids.len() {
+            next = 0;
+        }
+    }
+    Ok(())
+}
+
+/// `ops` DEDICATED hits through session handles, cycling through `handles`.
+async fn handle_hits(
+    handles: &[pool_core::SessionHandle<OursManager>],
+    ops: u64,
+) -> Result<(), String> {
+    let mut next = 0;
+    for _ in 0..ops {
+        let guard = handles[next].acquire().await.map_err(|e| e.to_string())?;
+        black_box(*guard);
+        drop(guard);
+        next += 1;
+        if next == handles.len() {
             next = 0;
         }
     }
@@ -1248,6 +1309,18 @@ impl Subject for BareSubject {
             resource,
             _permit: permit,
         })
+    }
+}
+
+/// Our DEDICATED path through a session handle the caller keeps.
+#[derive(Debug)]
+struct OursHandle(pool_core::SessionHandle<OursManager>);
+
+impl Subject for OursHandle {
+    type Guard<'a> = pool_core::Pooled<OursManager>;
+
+    async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+        self.0.acquire().await.map_err(|e| e.to_string())
     }
 }
 
