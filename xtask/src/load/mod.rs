@@ -16,8 +16,11 @@
 //! endpoint: `created_total - closed_total - size` summed over the pools.
 //!
 //! Shows a progress bar (a line every 5 s when stderr is not a terminal), then a report and
-//! machine-readable lines (`load.calls: N`, `load.errors: N`, ...); `--out DIR` also writes
-//! `load-report.json` and `load-latency.svg`. Exits non-zero on any error or leak.
+//! machine-readable lines (`load.calls: N`, `load.errors: N`, ...; `load.connects_per_call`
+//! counts the connections the pools created per call in the steady phase, see
+//! [`timeline`]); `--out DIR` also writes `load-report.json` and `load-latency.svg`. Exits
+//! non-zero on any error or leak. `--profile step` runs a load that jumps, for several
+//! warm-target variants side by side (see [`profile`]).
 
 pub(crate) mod call;
 mod profile;
@@ -400,6 +403,55 @@ mod tests {
             let error = Plan::from_args(&args).unwrap_err().to_string();
             assert!(error.contains(flag), "{flags:?}: {error}");
         }
+    }
+
+    /// The step profile end to end on tiny phases: the floor variant's service is driven,
+    /// its report and plot are written, and its pools were sampled over time.
+    #[test]
+    fn a_short_step_run_reports_the_variant_and_its_timeline() {
+        let dir = std::env::temp_dir().join(format!("xtask-step-test-{}", std::process::id()));
+        let out = dir.to_string_lossy().into_owned();
+        let args = parse(&[
+            "--profile",
+            "step",
+            "--variant",
+            "floor",
+            "--phase-secs",
+            "1",
+            "--turns",
+            "1",
+            "--think-ms",
+            "10",
+            "--utterance-ms",
+            "300",
+            "--out",
+            &out,
+        ])
+        .unwrap();
+        run(&args).expect("a clean step run");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("load-step-report.json")).unwrap(),
+        )
+        .unwrap();
+        let floor = &report["variants"]["floor"];
+        assert!(floor["calls"].as_u64().unwrap() >= 1, "{report}");
+        assert_eq!(floor["errors"], 0);
+        assert_eq!(floor["leaked"], 0);
+        for pool in ["speech-tts", "speech-stt"] {
+            let samples = floor["timeline"][pool].as_array().unwrap();
+            assert!(samples.len() >= 4, "{pool}: {} samples", samples.len());
+        }
+        assert_eq!(report["variants"].as_object().unwrap().len(), 1);
+        let svg = std::fs::read_to_string(dir.join("load-step.svg")).unwrap();
+        assert!(svg.contains("floor idle"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_adaptive_step_variant_refuses_to_run_without_the_service_switch() {
+        let args = parse(&["--profile", "step", "--variant", "adaptive"]).unwrap();
+        let error = run(&args).unwrap_err().to_string();
+        assert!(error.contains("WARM_POOL_ADAPTIVE"), "{error}");
     }
 
     /// The whole generator on a tiny load against the in-process mock service: calls run,
