@@ -16,13 +16,18 @@
 //! endpoint: `created_total - closed_total - size` summed over the pools.
 //!
 //! Shows a progress bar (a line every 5 s when stderr is not a terminal), then a report and
-//! machine-readable lines (`load.calls: N`, `load.errors: N`, ...); `--out DIR` also writes
-//! `load-report.json` and `load-latency.svg`. Exits non-zero on any error or leak.
+//! machine-readable lines (`load.calls: N`, `load.errors: N`, ...; `load.connects_per_call`
+//! counts the connections the pools created per call in the steady phase, see
+//! [`timeline`]); `--out DIR` also writes `load-report.json` and `load-latency.svg`. Exits
+//! non-zero on any error or leak. `--profile step` runs a load that jumps, for several
+//! warm-target variants side by side (see [`profile`]).
 
 pub(crate) mod call;
+mod profile;
 mod report;
 pub(crate) mod stats;
 pub(crate) mod target;
+pub(crate) mod timeline;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,6 +93,16 @@ pub struct Args {
         value_name = "KEY"
     )]
     api_key: Option<String>,
+    /// Load shape: `constant` (Poisson arrivals at --rate) or `step` (2, then 20, then 2
+    /// calls/s, one phase each, for several warm-target variants side by side).
+    #[arg(long, value_enum, default_value_t = profile::Profile::Constant)]
+    profile: profile::Profile,
+    /// Step profile: a warm-target variant to run (repeatable) [default: all].
+    #[arg(long = "variant", value_enum, value_name = "VARIANT")]
+    variants: Vec<profile::Variant>,
+    /// Step profile: length of each phase, seconds (default 60; 20 with --quick).
+    #[arg(long, value_name = "SECS")]
+    phase_secs: Option<f64>,
 }
 
 /// The resolved settings of one run.
@@ -178,6 +193,9 @@ impl Plan {
 
 /// Entry point of `cargo xtask load`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if args.profile == profile::Profile::Step {
+        return profile::run(args);
+    }
     let plan = Plan::from_args(args)?;
     let remote = args.url.as_deref().map(target::loopback_base).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -216,6 +234,15 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
     let stats = Arc::new(Stats::default());
     let began = Instant::now();
     let progress = tokio::spawn(progress("load", stats.clone(), began, plan.duration));
+    let sampled = match &in_process {
+        Some(running) => timeline::Source::State(running.state().clone()),
+        None => timeline::Source::Remote(client.clone()),
+    };
+    let (timeline, sampler) = timeline::spawn_sampler(sampled, began);
+    // Connects per call are counted after the first third of the arrival window, when the
+    // pools have grown to the load.
+    let steady_from = plan.duration / 3;
+    let mut steady_calls = 0u64;
 
     // Poisson arrivals: exponential gaps with mean 1/rate.
     let mut calls = JoinSet::new();
@@ -240,6 +267,9 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
             continue;
         }
         launched += 1;
+        if next - (deadline - plan.duration) >= steady_from {
+            steady_calls += 1;
+        }
         stats.started.fetch_add(1, Ordering::Relaxed);
         let (client, stats) = (client.clone(), stats.clone());
         let id = format!("load-{pid}-{launched}");
@@ -265,6 +295,9 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
     let elapsed = began.elapsed();
     progress.abort();
     let _ = progress.await;
+    sampler.abort();
+    let _ = sampler.await;
+    let timeline = timeline::Timeline::copy_of(&timeline);
 
     let connections = match in_process {
         Some(running) => running.stop().await?,
@@ -288,6 +321,13 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
         connections: &connections,
     };
     report::print(&info, &recorded);
+    timeline::print_steady_connects(
+        &timeline,
+        steady_from.as_secs_f64(),
+        plan.duration.as_secs_f64(),
+        steady_calls,
+        if plan.call.stt { 2 } else { 1 },
+    );
     if let Some(dir) = &args.out {
         report::write(dir, &info, &recorded)?;
     }
@@ -368,6 +408,55 @@ mod tests {
             let error = Plan::from_args(&args).unwrap_err().to_string();
             assert!(error.contains(flag), "{flags:?}: {error}");
         }
+    }
+
+    /// The step profile end to end on tiny phases: the floor variant's service is driven,
+    /// its report and plot are written, and its pools were sampled over time.
+    #[test]
+    fn a_short_step_run_reports_the_variant_and_its_timeline() {
+        let dir = std::env::temp_dir().join(format!("xtask-step-test-{}", std::process::id()));
+        let out = dir.to_string_lossy().into_owned();
+        let args = parse(&[
+            "--profile",
+            "step",
+            "--variant",
+            "floor",
+            "--phase-secs",
+            "1",
+            "--turns",
+            "1",
+            "--think-ms",
+            "10",
+            "--utterance-ms",
+            "300",
+            "--out",
+            &out,
+        ])
+        .unwrap();
+        run(&args).expect("a clean step run");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("load-step-report.json")).unwrap(),
+        )
+        .unwrap();
+        let floor = &report["variants"]["floor"];
+        assert!(floor["calls"].as_u64().unwrap() >= 1, "{report}");
+        assert_eq!(floor["errors"], 0);
+        assert_eq!(floor["leaked"], 0);
+        for pool in ["speech-tts", "speech-stt"] {
+            let samples = floor["timeline"][pool].as_array().unwrap();
+            assert!(samples.len() >= 4, "{pool}: {} samples", samples.len());
+        }
+        assert_eq!(report["variants"].as_object().unwrap().len(), 1);
+        let svg = std::fs::read_to_string(dir.join("load-step.svg")).unwrap();
+        assert!(svg.contains("floor idle"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_adaptive_step_variant_refuses_to_run_without_the_service_switch() {
+        let args = parse(&["--profile", "step", "--variant", "adaptive"]).unwrap();
+        let error = run(&args).unwrap_err().to_string();
+        assert!(error.contains("WARM_POOL_ADAPTIVE"), "{error}");
     }
 
     /// The whole generator on a tiny load against the in-process mock service: calls run,
