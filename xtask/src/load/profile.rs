@@ -27,11 +27,12 @@ use plotters::prelude::*;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::call::{self, CallPlan, Client};
+use super::call::{self, CallPlan};
 use super::stats::{Recorded, Stats, round};
 use super::target::{InProcess, Setup};
 use super::timeline::{self, IdleRatio, Timeline};
 use super::{Args, DRAIN_LIMIT, Plan};
+use crate::client::{Client, ErrorClass, Request};
 
 /// The arrival rate of the first and last phase, calls per second.
 const LOW_RATE: f64 = 2.0;
@@ -250,7 +251,7 @@ async fn run_async(
             max_stt: if plan.call.stt { 1_024 } else { 8 },
         };
         let service = InProcess::start(setup).await?;
-        let client = Client::new(&service.base_url(), None)?;
+        let client = Client::new(&service.base_url(), None, call::REQUEST_TIMEOUT)?;
         let warm_up_created = service
             .state()
             .snapshots()
@@ -361,15 +362,10 @@ async fn drive(
     prefix: &str,
 ) {
     let mut calls = JoinSet::new();
-    let count_panics = |result: Result<(), tokio::task::JoinError>| {
-        if result.is_err_and(|e| e.is_panic()) {
-            stats.error("panic");
-        }
-    };
     for (n, at) in schedule.iter().enumerate() {
         tokio::time::sleep_until(start + *at).await;
-        while let Some(done) = calls.try_join_next() {
-            count_panics(done);
+        while let Some(joined) = calls.try_join_next() {
+            stats.call_task_ended(joined);
         }
         stats.started.fetch_add(1, Ordering::Relaxed);
         let (client, stats) = (client.clone(), stats.clone());
@@ -380,15 +376,15 @@ async fn drive(
         });
     }
     let drained = tokio::time::timeout(DRAIN_LIMIT, async {
-        while let Some(done) = calls.join_next().await {
-            count_panics(done);
+        while let Some(joined) = calls.join_next().await {
+            stats.call_task_ended(joined);
         }
     })
     .await
     .is_ok();
     if !drained {
         for _ in 0..calls.len() {
-            stats.error("unfinished");
+            stats.error(Request::Call, ErrorClass::Unfinished);
         }
         calls.abort_all();
         while calls.join_next().await.is_some() {}

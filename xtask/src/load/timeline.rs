@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use service::AppState;
 
-use super::call::Client;
 use super::stats::percentile;
+use crate::client::Client;
 
 /// How often the pools are sampled.
 pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(500);
