@@ -209,21 +209,49 @@ pub struct Config {
     )]
     pub warm_pool_session_max_age: Duration,
 
-    /// Most TTS connections open at once (idle + in use + dedicated + connecting).
+    /// Let each pool's idle target follow demand: the configured sizes are the floor,
+    /// and the pool keeps enough idle connections for the requests expected during one
+    /// connect (fast up, slow down, never above the pool's maximum).
+    #[arg(
+        long,
+        env = "WARM_POOL_ADAPTIVE",
+        default_value = "true",
+        value_name = "BOOL",
+        value_parser = boolean(),
+        action = clap::ArgAction::Set
+    )]
+    pub warm_pool_adaptive: bool,
+
+    /// Most background connects per second per pool (0: no limit). Azure throttles bursts
+    /// of new connections, so a ramp of the adaptive target is spread out.
+    #[arg(
+        long,
+        env = "POOL_CREATE_RATE_LIMIT",
+        default_value = "20",
+        value_name = "N",
+        value_parser = count()
+    )]
+    pub pool_create_rate_limit: usize,
+
+    /// Most TTS connections open at once (idle + in use + dedicated + connecting +
+    /// closing). Azure's default real-time TTS quota for a Standard (S0) resource is 200
+    /// requests per second and it sets no connection limit; 200 connections each starting
+    /// at most one synthesis a second stay within it.
     #[arg(
         long,
         env = "POOL_TTS_MAX_SIZE",
-        default_value = "32",
+        default_value = "200",
         value_name = "N",
         value_parser = count()
     )]
     pub pool_tts_max_size: usize,
 
-    /// Most STT connections open at once.
+    /// Most STT connections open at once. Azure's default for a Standard (S0) resource
+    /// is 100 concurrent real-time recognitions; one more connection is refused with 429.
     #[arg(
         long,
         env = "POOL_STT_MAX_SIZE",
-        default_value = "32",
+        default_value = "100",
         value_name = "N",
         value_parser = count()
     )]

@@ -146,10 +146,13 @@ fn describe_all() {
         "1 once the pool first reached its warm target, until shutdown"
     );
     describe_gauge!("speech_pool_warm", "Idle, pre-warmed connections now");
-    describe_gauge!("speech_pool_warm_target", "Idle connections the pool keeps");
+    describe_gauge!(
+        "speech_pool_warm_target",
+        "Idle connections the pool keeps now (the floor, or more under demand)"
+    );
     describe_gauge!(
         "speech_pool_size",
-        "Live connections: idle + in use + connecting"
+        "Live connections: idle + in use + connecting + closing"
     );
     describe_gauge!("speech_pool_max_size", "Bound on live connections");
     describe_gauge!(
@@ -160,6 +163,26 @@ fn describe_all() {
     describe_gauge!("speech_pool_waiting", "Requests waiting for a connection");
     describe_gauge!("speech_pool_creating", "Connections being opened");
     describe_gauge!("speech_pool_active_sessions", "Sessions known to the pool");
+    describe_gauge!(
+        "speech_pool_warm_target_floor",
+        "The configured idle target, the floor of the adaptive target"
+    );
+    describe_gauge!(
+        "speech_pool_closing",
+        "Connections being closed (the backend still counts them)"
+    );
+    describe_gauge!(
+        "speech_pool_wait_seconds",
+        "How long acquires that queued for a returned connection waited (p50, p99)"
+    );
+    describe_counter!(
+        "speech_pool_waited_total",
+        "Acquires that queued for a returned connection (also counted as warm)"
+    );
+    describe_counter!(
+        "speech_pool_reclaims_total",
+        "Parked session connections handed to a request waiting on a full pool"
+    );
     describe_counter!(
         "speech_pool_allocations_total",
         "Acquires by tier (dedicated, warm, cold)"
@@ -203,7 +226,7 @@ fn describe_all() {
 
 fn record_snapshot(s: &PoolSnapshot) {
     // Gauges hold f64; pool sizes are far below 2^53, so the conversion is exact.
-    let gauges: [(&'static str, f64); 10] = [
+    let gauges: [(&'static str, f64); 12] = [
         ("speech_pool_ready", f64::from(u8::from(s.ready))),
         ("speech_pool_warm", s.warm_pool_size as f64),
         ("speech_pool_warm_target", s.warm_pool_target as f64),
@@ -214,9 +237,20 @@ fn record_snapshot(s: &PoolSnapshot) {
         ("speech_pool_waiting", s.waiting as f64),
         ("speech_pool_creating", s.creating as f64),
         ("speech_pool_active_sessions", s.active_sessions as f64),
+        ("speech_pool_warm_target_floor", s.warm_target_floor as f64),
+        ("speech_pool_closing", s.closing as f64),
     ];
     for (name, value) in gauges {
         gauge!(name, "pool" => s.name.clone()).set(value);
+    }
+    for (quantile, micros) in [
+        ("0.5", s.wait_latency.p50_us),
+        ("0.99", s.wait_latency.p99_us),
+    ] {
+        if let Some(micros) = micros {
+            gauge!("speech_pool_wait_seconds", "pool" => s.name.clone(), "quantile" => quantile)
+                .set(micros / 1e6);
+        }
     }
     for (tier, value) in [
         (Tier::Dedicated, s.allocations_dedicated),
@@ -226,12 +260,14 @@ fn record_snapshot(s: &PoolSnapshot) {
         counter!("speech_pool_allocations_total", "pool" => s.name.clone(), "tier" => tier.as_str())
             .absolute(value);
     }
-    let counters: [(&'static str, u64); 5] = [
+    let counters: [(&'static str, u64); 7] = [
         ("speech_pool_created_total", s.created_total),
         ("speech_pool_closed_total", s.closed_total),
         ("speech_pool_create_failures_total", s.create_failures),
         ("speech_pool_warmup_failures_total", s.warmup_failures),
         ("speech_pool_warmup_cycles_total", s.warmup_cycles),
+        ("speech_pool_waited_total", s.waited_total),
+        ("speech_pool_reclaims_total", s.reclaims_total),
     ];
     for (name, value) in counters {
         counter!(name, "pool" => s.name.clone()).absolute(value);

@@ -64,6 +64,9 @@ pub fn pool_config(config: &Config, pool: PoolKind) -> PoolConfig {
             0
         },
         max_size: config.max_size(pool),
+        adaptive_warm_target: config.warm_pool_enabled && config.warm_pool_adaptive,
+        create_rate_limit: (config.pool_create_rate_limit > 0)
+            .then_some(config.pool_create_rate_limit as f64),
         // Always on: a call's turns must reuse its connection (the DEDICATED tier).
         session_awareness: true,
         session_max_age: config.warm_pool_session_max_age,

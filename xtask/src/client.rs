@@ -20,8 +20,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// The response header (and STT event field) naming the tier a connection came from.
-pub(crate) const TIER_HEADER: &str = "x-pool-tier";
+/// The response header naming the tier a connection came from: the service's own constant,
+/// so the client cannot drift from what the service sends.
+pub(crate) use service::TIER_HEADER;
 
 /// One STT audio frame: 100 ms of 16 kHz, 16-bit mono PCM, as a telephony client sends it.
 pub(crate) const FRAME: Duration = Duration::from_millis(100);

@@ -78,9 +78,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::client::{Client, ErrorClass, Failure, Pace, Request, Stage};
-use crate::load::target::{CaFile, Served};
+use crate::load::target::{CaFile, SHUTDOWN_LIMIT};
 use service::config::{AzureAuth, BackendChoice};
 use service::secret::Secret;
+use service::test_support::LoopbackServer;
 use service::{AppState, Config};
 use speech_emulator::{
     Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target, TurnPoint,
@@ -892,10 +893,12 @@ async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
             state.snapshots()
         );
     }
-    let served = Served::start(&state, config.shutdown_grace).await?;
+    let served = LoopbackServer::start(&state, config.shutdown_grace)
+        .await
+        .context("serving on 127.0.0.1")?;
 
     let ctx = Arc::new(Ctx {
-        client: Client::new(&format!("http://{}", served.addr), None, HANG)?,
+        client: Client::new(&format!("http://{}", served.addr()), None, HANG)?,
         stats: Stats::default(),
         stop: AtomicBool::new(false),
         think_ms: scenario.think_ms(),
@@ -947,7 +950,10 @@ async fn run_scenario(scenario: Scenario, quick: bool) -> anyhow::Result<Row> {
     let recover = recovery.await.context("the recovery poller")?;
 
     let before_shutdown = state.snapshots();
-    served.stop().await?;
+    served
+        .stop(SHUTDOWN_LIMIT)
+        .await
+        .context("stopping the service")?;
     let pools = state.snapshots();
     let pool_leak: u64 = pools
         .iter()

@@ -88,6 +88,7 @@ async fn soak(args: &Args) -> anyhow::Result<()> {
         warm_stt: 32,
         max_tts: args.sessions + 64,
         max_stt: args.sessions + 64,
+        adaptive: false,
     };
     let service = InProcess::start(setup).await?;
     let client = Client::new(&service.base_url(), None, call::REQUEST_TIMEOUT)?;

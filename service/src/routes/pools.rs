@@ -98,8 +98,16 @@ pub struct PoolStatus {
     pub ready: bool,
     /// Idle, pre-warmed connections now.
     pub warm_pool_size: usize,
-    /// The idle target.
+    /// The idle target in force now: the configured floor, or more when demand asks for
+    /// it (adaptive target).
     pub warm_pool_target: usize,
+    /// The configured idle target (`WARM_POOL_TTS_SIZE` / `WARM_POOL_STT_SIZE`), the
+    /// floor of the adaptive target.
+    pub warm_target_floor: usize,
+    /// Why the target is what it is: `floor`, `demand` or `ramp_limited`.
+    pub warm_target_reason: String,
+    /// Measured create + warm-up time, in milliseconds, or `null` before the first create.
+    pub create_latency_ms: Option<f64>,
     /// Whether a session's turns reuse its connection (always true in this service).
     pub session_awareness: bool,
     /// Sessions currently known to the pool.
@@ -120,7 +128,7 @@ pub struct PoolStatus {
     pub warmup_failures: u64,
     /// Bound on open connections.
     pub max_size: usize,
-    /// Open connections: idle + in use + being created.
+    /// Open connections: idle + in use + being created + being closed.
     pub size: usize,
     /// Connections handed out, including those bound to sessions.
     pub in_use: usize,
@@ -130,6 +138,14 @@ pub struct PoolStatus {
     pub waiting: usize,
     /// Connections being created.
     pub creating: usize,
+    /// Connections being closed: the backend still counts them, so `max_size` does too.
+    pub closing: usize,
+    /// Parked session connections handed to a waiting request because the pool was full.
+    pub reclaims_total: u64,
+    /// Acquires that queued for a returned connection (counted as WARM too).
+    pub waited_total: u64,
+    /// How long those acquires waited.
+    pub wait_latency: LatencyPercentiles,
     /// Connections ever created successfully.
     pub created_total: u64,
     /// Connections ever closed.
@@ -149,6 +165,9 @@ impl From<&PoolSnapshot> for PoolStatus {
             ready: s.ready,
             warm_pool_size: s.warm_pool_size,
             warm_pool_target: s.warm_pool_target,
+            warm_target_floor: s.warm_target_floor,
+            warm_target_reason: s.warm_target_reason.as_str().to_owned(),
+            create_latency_ms: s.create_latency_ms,
             session_awareness: s.session_awareness,
             active_sessions: s.active_sessions,
             background_warmup: s.background_warmup,
@@ -164,6 +183,10 @@ impl From<&PoolSnapshot> for PoolStatus {
             dedicated: s.dedicated,
             waiting: s.waiting,
             creating: s.creating,
+            closing: s.closing,
+            reclaims_total: s.reclaims_total,
+            waited_total: s.waited_total,
+            wait_latency: (&s.wait_latency).into(),
             created_total: s.created_total,
             closed_total: s.closed_total,
             create_failures: s.create_failures,

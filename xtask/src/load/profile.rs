@@ -94,13 +94,6 @@ impl Variant {
     }
 }
 
-/// The message of a run that asks for the adaptive variant in a build whose service has no
-/// adaptive warm target to switch on. Refusing is better than measuring a fixed target
-/// under the adaptive name.
-const ADAPTIVE_MISSING: &str = "the `adaptive` step variant needs the service's adaptive warm \
-     target (WARM_POOL_ADAPTIVE), which this build does not have yet; run the fixed variants \
-     alone with `--variant floor --variant hand_sized`";
-
 /// The phases: (calls per second, length).
 fn phases(phase: Duration) -> [(f64, Duration); 3] {
     [(LOW_RATE, phase), (HIGH_RATE, phase), (LOW_RATE, phase)]
@@ -148,9 +141,6 @@ pub(super) fn run(args: &Args) -> anyhow::Result<()> {
     };
     variants.sort();
     variants.dedup();
-    if variants.contains(&Variant::Adaptive) {
-        bail!("{ADAPTIVE_MISSING}");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -249,6 +239,7 @@ async fn run_async(
             warm_stt: if plan.call.stt { target } else { 1 },
             max_tts: 1_024,
             max_stt: if plan.call.stt { 1_024 } else { 8 },
+            adaptive: variant == Variant::Adaptive,
         };
         let service = InProcess::start(setup).await?;
         let client = Client::new(&service.base_url(), None, call::REQUEST_TIMEOUT)?;

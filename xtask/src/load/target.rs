@@ -2,7 +2,6 @@
 //! against the local emulator over TLS), or one already running on this machine; and the
 //! connection accounting after the run (`leaked` must be 0).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +10,7 @@ use anyhow::{Context, bail};
 use service::backend::{BackendKind, Managers};
 use service::config::{AzureAuth, BackendChoice};
 use service::secret::Secret;
+use service::test_support::LoopbackServer;
 use service::{AppState, Config, build_state, state_from_managers};
 use speech_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use speech_mock::backend::{MockConfig, MockCounters, mock_stt_manager, mock_tts_manager};
@@ -18,7 +18,7 @@ use speech_mock::backend::{MockConfig, MockCounters, mock_stt_manager, mock_tts_
 use crate::client::Client;
 
 /// Bound on the in-process service's shutdown.
-const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 /// How long the emulator may take to see the service's last sockets close.
 const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 /// The key the in-process emulator accepts (it never leaves this process).
@@ -46,44 +46,9 @@ pub(crate) struct Setup {
     pub warm_stt: usize,
     pub max_tts: usize,
     pub max_stt: usize,
-}
-
-/// The service serving a state on 127.0.0.1 (a free port), as `main` serves it.
-pub(crate) struct Served {
-    pub addr: SocketAddr,
-    /// Sending (or dropping) it starts the graceful shutdown.
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Served {
-    pub(crate) async fn start(state: &AppState, grace: Duration) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding 127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(service::serve(
-            listener,
-            state.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-            grace,
-        ));
-        Ok(Self { addr, stop, task })
-    }
-
-    /// Shuts the service down gracefully, bounded by [`SHUTDOWN_LIMIT`].
-    pub(crate) async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        match tokio::time::timeout(SHUTDOWN_LIMIT, self.task).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => bail!("the service failed: {e}"),
-            Ok(Err(e)) => bail!("the service task failed: {e}"),
-            Err(_) => bail!("the service did not shut down within {SHUTDOWN_LIMIT:?}"),
-        }
-    }
+    /// The service's adaptive warm target (`WARM_POOL_ADAPTIVE`), with `warm_*` as its
+    /// floor; off, `warm_*` is a fixed target.
+    pub adaptive: bool,
 }
 
 /// The emulator's CA written to a temporary file for `AZURE_SPEECH_CA_CERT` (the real
@@ -124,7 +89,7 @@ enum Accounting {
 
 /// The service running in this process.
 pub(crate) struct InProcess {
-    served: Served,
+    served: LoopbackServer,
     state: AppState,
     accounting: Accounting,
 }
@@ -135,6 +100,7 @@ impl InProcess {
         config.warm_pool_tts_size = setup.warm_tts;
         config.warm_pool_stt_size = setup.warm_stt;
         config.pool_tts_max_size = setup.max_tts;
+        config.warm_pool_adaptive = setup.adaptive;
         config.pool_stt_max_size = setup.max_stt;
         config.pool_acquire_timeout = Duration::from_secs(10);
         let (state, accounting) = match setup.backend {
@@ -179,7 +145,9 @@ impl InProcess {
             }
         };
         state.warm_up().await;
-        let served = Served::start(&state, Duration::from_secs(10)).await?;
+        let served = LoopbackServer::start(&state, Duration::from_secs(10))
+            .await
+            .context("serving on 127.0.0.1")?;
         Ok(Self {
             served,
             state,
@@ -188,7 +156,7 @@ impl InProcess {
     }
 
     pub(crate) fn base_url(&self) -> String {
-        format!("http://{}", self.served.addr)
+        format!("http://{}", self.served.addr())
     }
 
     pub(crate) fn state(&self) -> &AppState {
@@ -204,7 +172,10 @@ impl InProcess {
             state,
             accounting,
         } = self;
-        served.stop().await?;
+        served
+            .stop(SHUTDOWN_LIMIT)
+            .await
+            .context("stopping the service")?;
         let pools = state.snapshots();
         // The service's HTTP clients (token and REST requests) keep idle TCP connections
         // to the backend for as long as the state lives; it is done now.
