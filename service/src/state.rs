@@ -100,6 +100,10 @@ pub struct ServiceOptions {
     /// How long a request waits for a session's connection while another request of the
     /// same session holds it.
     pub session_wait: Duration,
+    /// Timeouts, caps and allowed origins that keep one client from starving the others.
+    pub limits: crate::limits::Limits,
+    /// How long a session is remembered unused (the pools' session age limit).
+    pub session_max_age: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -123,6 +127,8 @@ impl ServiceOptions {
             // Slightly longer than the pool's own acquire timeout, so that an exhausted
             // pool reports itself (429) before the session wait gives up (409).
             session_wait: config.pool_acquire_timeout + Duration::from_millis(500),
+            limits: config.limits.clone(),
+            session_max_age: config.warm_pool_session_max_age,
         }
     }
 }
@@ -145,6 +151,7 @@ struct Inner {
     /// shutdown can wait for it before closing the pools.
     tasks: TaskTracker,
     streams: StreamRegistry,
+    session_cap: crate::limits::SessionCap,
 }
 
 impl AppState {
@@ -153,12 +160,16 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 pools,
-                options,
                 metrics: Metrics::new(),
                 draining: AtomicBool::new(false),
                 drain: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 streams: StreamRegistry::default(),
+                session_cap: crate::limits::SessionCap::new(
+                    options.limits.max_sessions_per_client,
+                    options.session_max_age,
+                ),
+                options,
             }),
         }
     }
@@ -209,6 +220,11 @@ impl AppState {
     /// Tracks work that outlives its response.
     pub fn tasks(&self) -> &TaskTracker {
         &self.inner.tasks
+    }
+
+    /// Live sessions per client, for `MAX_SESSIONS_PER_CLIENT`.
+    pub fn session_cap(&self) -> &crate::limits::SessionCap {
+        &self.inner.session_cap
     }
 
     /// Live STT streams, by session.
@@ -285,6 +301,11 @@ impl StreamRegistry {
             session: session.to_owned(),
             id,
         }
+    }
+
+    /// Whether `session` has an open stream.
+    pub(crate) fn is_open(&self, session: &str) -> bool {
+        self.lock().contains_key(session)
     }
 
     /// Ends every stream of `session`; returns how many there were.
