@@ -161,6 +161,15 @@ impl AllowedOrigins {
     }
 }
 
+impl std::str::FromStr for AllowedOrigins {
+    type Err = String;
+
+    /// Parses an `ALLOWED_ORIGINS` value: comma-separated origins, or `*`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        origins("ALLOWED_ORIGINS")(s)
+    }
+}
+
 fn expected(var: &str, what: &str, got: &str) -> String {
     format!("{var} expects {what}, got {got:?}")
 }

@@ -303,11 +303,6 @@ impl StreamRegistry {
         }
     }
 
-    /// Whether `session` has an open stream.
-    pub(crate) fn is_open(&self, session: &str) -> bool {
-        self.lock().contains_key(session)
-    }
-
     /// Ends every stream of `session`; returns how many there were.
     pub(crate) fn cancel(&self, session: &str) -> usize {
         let streams = self.lock().remove(session).unwrap_or_default();

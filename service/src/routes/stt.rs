@@ -26,7 +26,9 @@
 //! sends nothing for `STT_IDLE_CLOSE_TIMEOUT` between turns is closed with 1001 and a
 //! reason naming the setting. Protocol violations close with their code: 1007 for a text
 //! message that is not UTF-8, 1009 for a message over 1 MiB, 1002 for other framing
-//! errors. A session has at most one open stream (409 for a second).
+//! errors.
+//! Two streams of one session share its connection: a turn of the second waits (up to
+//! the pool's acquire timeout) for the first's turn to end, else gets `session_busy`.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
 use pool_core::Tier;
@@ -168,18 +169,7 @@ pub async fn stt(
         return Err(ApiError::draining());
     }
     let client = client_id(&state, &peer);
-    if let Some(id) = &context.session {
-        // One stream per session: a second one would only queue behind the first for the
-        // session's connection.
-        if state.streams().is_open(id) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "session_busy",
-                format!("session {id} already has an open STT stream; close it first"),
-            ));
-        }
-        check_session_cap(&state, &client, Some(id))?;
-    }
+    check_session_cap(&state, &client, context.session.as_deref())?;
     // Counts as tracked work until the socket ends, so shutdown waits for it (the server's
     // graceful shutdown does not wait for upgraded connections).
     let token = state.tasks().token();
