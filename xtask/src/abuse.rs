@@ -90,6 +90,9 @@ struct Outcome {
     log_bytes: u64,
     attack_requests: u64,
     shutdown_s: Option<f64>,
+    /// Slow readers: seconds after the good load ended until no TTS connection was in use
+    /// any more, while the attackers still held their sockets unread.
+    release_s: Option<f64>,
 }
 
 impl Outcome {
@@ -139,10 +142,13 @@ async fn run_all(args: &Args, bin: &Path, logs: &Path) -> anyhow::Result<()> {
         if let Some(s) = o.shutdown_s {
             println!("abuse.{attack}.shutdown_s: {s:.2}");
         }
+        if let Some(s) = o.release_s {
+            println!("abuse.{attack}.release_s: {s:.1}");
+        }
         if o.good_errors > 0 {
             failed.push(format!("{attack}: {} good-client errors", o.good_errors));
         }
-        if !(ratio <= 1.5) {
+        if ratio.is_nan() || ratio > 1.5 {
             failed.push(format!(
                 "{attack}: p99 first audio {ratio:.2}x the quiet run"
             ));
@@ -261,7 +267,7 @@ impl Service {
     }
 
     /// SIGTERM, then the seconds until the process exited (killed after 30 s).
-    fn terminate(&mut self) -> f64 {
+    async fn terminate(&mut self) -> f64 {
         let started = Instant::now();
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -275,7 +281,7 @@ impl Service {
                 let _ = self.child.wait();
                 return started.elapsed().as_secs_f64();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -367,9 +373,12 @@ async fn run_one(
         let _ = t.await;
     }
     sample(&client, &service, &mut outcome).await;
+    if attack == Some("slow-reader") {
+        outcome.release_s = Some(time_to_release(&client, addr).await);
+    }
     if attack == Some("slowloris") {
         // The silent connections are still open: shutdown must not wait for them.
-        outcome.shutdown_s = Some(service.terminate());
+        outcome.shutdown_s = Some(service.terminate().await);
     }
     stop.store(true, Ordering::Relaxed);
     for t in attack_tasks {
@@ -391,6 +400,30 @@ async fn run_one(
     Ok(outcome)
 }
 
+/// Seconds until the TTS pool has no connection in use (at most 180).
+async fn time_to_release(client: &reqwest::Client, addr: SocketAddr) -> f64 {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(180) {
+        let in_use = async {
+            let body = client
+                .get(format!("http://{addr}/api/v1/pools"))
+                .send()
+                .await
+                .ok()?
+                .bytes()
+                .await
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            v["pools"]["speech-tts"]["in_use"].as_u64()
+        };
+        if in_use.await == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    started.elapsed().as_secs_f64()
+}
+
 async fn sample(client: &reqwest::Client, service: &Service, outcome: &mut Outcome) {
     outcome.peak_rss_kib = outcome.peak_rss_kib.max(service.rss_kib());
     let Ok(response) = client
@@ -401,7 +434,10 @@ async fn sample(client: &reqwest::Client, service: &Service, outcome: &mut Outco
     else {
         return;
     };
-    let Ok(v) = response.json::<serde_json::Value>().await else {
+    let Ok(body) = response.bytes().await else {
+        return;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return;
     };
     let field = |pool: &str, f: &str| v["pools"][pool][f].as_u64().unwrap_or(0);
