@@ -26,6 +26,14 @@ pub struct PoolConfig {
     /// background maintainer once per `refresh_interval`, so eviction happens between
     /// `session_max_age` and `session_max_age + refresh_interval`. Default 1800 s.
     pub session_max_age: Duration,
+    /// Whether a session's parked resource is a soft reservation: when the pool is at
+    /// `max_size` and a caller must wait, the least recently used session resource that is
+    /// not in a turn is reset (`Manager::reset`) and handed to the waiter (as WARM). That
+    /// session loses its binding and gets WARM or COLD on its next turn, never an error.
+    /// Without it, many quiet sessions can hold every resource until `session_max_age`.
+    /// Finding the least recently used session scans the session map, which happens only
+    /// when a caller waits on a full pool. Default false.
+    pub reclaim_idle_sessions: bool,
     /// Whether a background maintainer runs (the seed's `enable_background_warmup`): it
     /// refills the idle set, refreshes idle resources before they expire and evicts stale
     /// sessions. Default false.
@@ -77,6 +85,7 @@ impl Default for PoolConfig {
             max_size: 64,
             session_awareness: false,
             session_max_age: Duration::from_secs(1800),
+            reclaim_idle_sessions: false,
             background_warmup: false,
             refresh_interval: Duration::from_secs(30),
             acquire_timeout: Some(Duration::from_secs(30)),
@@ -139,6 +148,7 @@ pub struct PoolBuilder<M: Manager> {
 macro_rules! setter {
     ($(#[$doc:meta])* $name:ident: $ty:ty) => {
         $(#[$doc])*
+        #[must_use = "the builder is consumed; use the returned one"]
         pub fn $name(mut self, value: $ty) -> Self {
             self.config.$name = value;
             self
@@ -155,12 +165,14 @@ impl<M: Manager> PoolBuilder<M> {
     }
 
     /// Replaces the whole configuration.
+    #[must_use = "the builder is consumed; use the returned one"]
     pub fn config(mut self, config: PoolConfig) -> Self {
         self.config = config;
         self
     }
 
     /// See [`PoolConfig::name`].
+    #[must_use = "the builder is consumed; use the returned one"]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
         self
@@ -174,6 +186,8 @@ impl<M: Manager> PoolBuilder<M> {
         session_awareness: bool);
     setter!(/// See [`PoolConfig::session_max_age`].
         session_max_age: Duration);
+    setter!(/// See [`PoolConfig::reclaim_idle_sessions`].
+        reclaim_idle_sessions: bool);
     setter!(/// See [`PoolConfig::background_warmup`].
         background_warmup: bool);
     setter!(/// See [`PoolConfig::refresh_interval`].

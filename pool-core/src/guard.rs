@@ -1,32 +1,14 @@
-//! The RAII guard that hands a resource to a caller, and the per-session slot.
+//! The RAII guard that hands a resource to a caller.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use tokio::sync::OwnedMutexGuard;
-use tokio::time::Instant;
 
 use crate::manager::Manager;
-use crate::pool::{Entry, Inner};
+use crate::pool::{Entry, Holder, Inner};
+use crate::session::{SessionSlot, SessionState};
 use crate::tier::Tier;
-
-/// A session's binding. The async mutex around it is what serialises concurrent users of
-/// one session (a websocket serves one turn at a time) and what makes concurrent *first*
-/// acquires create exactly one resource: the second caller waits for the first.
-pub(crate) type SessionSlot<R> = tokio::sync::Mutex<SessionState<R>>;
-
-#[derive(Debug)]
-pub(crate) struct SessionState<R> {
-    /// The session's resource, absent while its user holds it or before the first bind.
-    pub entry: Option<Entry<R>>,
-    /// Set on every use; the maintainer clears it and stamps `last_seen`, so the hot path
-    /// never reads the clock.
-    pub touched: bool,
-    /// When the maintainer last saw this session used (or when it was created).
-    pub last_seen: Instant,
-    /// The slot was released, evicted or shut down; a caller that queued on it starts over.
-    pub evicted: bool,
-}
 
 #[derive(Debug)]
 enum Binding<R> {
@@ -40,6 +22,7 @@ enum Binding<R> {
 /// tier it was served from. Dropping it gives the resource back without blocking: a plain
 /// resource returns to the idle set (or is closed when not ready or the set is full), a
 /// session's resource is parked for the session's next acquire.
+#[must_use = "dropping the guard at once gives the resource straight back"]
 pub struct Pooled<M: Manager> {
     inner: Arc<Inner<M>>,
     /// `Some` until drop or [`discard`](Pooled::discard) takes it.
@@ -84,6 +67,15 @@ impl<M: Manager> Pooled<M> {
     /// Whether this resource is bound to a session.
     pub fn is_dedicated(&self) -> bool {
         matches!(self.binding, Binding::Session(_))
+    }
+
+    /// The session slot this guard holds, for a [`SessionHandle`](crate::SessionHandle) to
+    /// remember.
+    pub(crate) fn session_slot(&self) -> Option<&Arc<SessionSlot<M::Resource>>> {
+        match &self.binding {
+            Binding::Session(state) => Some(OwnedMutexGuard::mutex(state)),
+            Binding::Plain => None,
+        }
     }
 
     /// Closes the resource instead of returning it: for a connection the caller knows is
@@ -133,23 +125,36 @@ impl<M: Manager> Drop for Pooled<M> {
         match std::mem::replace(&mut self.binding, Binding::Plain) {
             Binding::Plain => {
                 if self.broken {
-                    inner.lock().checked_out -= 1;
-                    inner.discard(entry);
+                    inner.discard(entry, Holder::CheckedOut);
                 } else {
                     inner.return_entry(entry);
                 }
             }
             Binding::Session(mut state) => {
                 state.touched = true;
+                state.last_use = inner.next_use();
                 let keep = !self.broken
                     && !state.evicted
                     && !inner.closed.load(std::sync::atomic::Ordering::Acquire)
                     && inner.manager.is_ready(&entry.resource);
                 if keep {
                     state.entry = Some(entry);
+                    // Release the session before looking: a reclaim pass that ran while
+                    // this turn was in progress skipped it, and one that starts after the
+                    // flag is read can take it.
+                    drop(state);
+                    if inner
+                        .reclaim_wanted
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        inner.reclaim_for_waiters();
+                    }
                 } else {
-                    inner.lock().dedicated -= 1;
-                    inner.discard(entry);
+                    // The session keeps no resource, so it stops existing: its next acquire
+                    // binds afresh, and until then it is not counted as active.
+                    inner.forget_session(&mut state);
+                    drop(state);
+                    inner.discard(entry, Holder::Session);
                 }
             }
         }

@@ -52,13 +52,15 @@ mod maintainer;
 mod manager;
 mod metrics;
 mod pool;
+mod session;
 mod snapshot;
 mod tier;
 
 pub use config::{PoolBuilder, PoolConfig};
-pub use error::{BuildError, PoolError, TimeoutDetails};
+pub use error::{BuildError, PoolError, SessionBusyDetails, TimeoutDetails};
 pub use guard::Pooled;
 pub use manager::Manager;
 pub use pool::{LATENCY_SAMPLE_EVERY, Pool};
-pub use snapshot::{LatencySummary, PoolSnapshot, TierLatencies};
+pub use session::SessionHandle;
+pub use snapshot::{LatencySummary, PoolCounts, PoolSnapshot, TierLatencies};
 pub use tier::Tier;

@@ -8,13 +8,15 @@ use tokio::time::Instant;
 use crate::manager::Manager;
 use crate::pool::Inner;
 
-/// Spawns the maintainer on the pool's task tracker. It holds only a `Weak` reference
-/// between passes, so it never keeps a dropped pool alive, and it stops on the pool's
-/// cancellation token (shutdown or drop of the last handle).
+/// Spawns the maintainer on the pool's task tracker. It holds a strong reference only
+/// during a pass and a `Weak` one while it sleeps or waits for a wake-up, so it never keeps
+/// a dropped pool alive, and it stops on the pool's cancellation token (shutdown or drop of
+/// the last handle).
 pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
     let weak = Arc::downgrade(inner);
     let stop = inner.stop.clone();
     let interval = inner.config.refresh_interval;
+    let wake = inner.maintainer_wake.clone();
     inner.tasks.spawn(async move {
         let mut next_housekeeping = Instant::now() + interval;
         let mut wake_at = Instant::now();
@@ -22,7 +24,7 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
             let woken_early = tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep_until(wake_at) => false,
-                () = notified(&weak) => true,
+                () = wake.notified() => true,
             };
             let Some(inner) = weak.upgrade() else {
                 return;
@@ -31,6 +33,7 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
             if !woken_early && now >= next_housekeeping {
                 inner.stats.warmup_cycles.fetch_add(1, Relaxed);
                 inner.evict_stale_sessions(now);
+                inner.trim_surplus();
                 next_housekeeping = now + interval;
             }
             // Dead idle resources first, so this pass's refill replaces them.
@@ -46,14 +49,4 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
             inner.plan_maintenance(wake_at);
         }
     });
-}
-
-/// Waits for an early wake-up without holding a strong reference while waiting.
-async fn notified<M: Manager>(weak: &std::sync::Weak<Inner<M>>) {
-    let Some(inner) = weak.upgrade() else {
-        return std::future::pending().await;
-    };
-    // `Notified` borrows the pool; keep the Arc alive only for this wait. A dropped pool
-    // cancels `stop` first, so this never outlives it for long.
-    inner.maintainer_wake.notified().await;
 }

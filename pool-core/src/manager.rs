@@ -31,6 +31,20 @@ pub trait Manager: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Makes a resource created inline for a waiting caller (the COLD path) ready for its
+    /// first use. By default the same as [`warm`](Manager::warm); background prewarming
+    /// always calls `warm`.
+    ///
+    /// A backend whose caller's real request proves the connection anyway (a REST call,
+    /// whose first request fails as clearly as a warm-up would) may override this to skip
+    /// the warm-up round trip and hand the caller its connection one round trip sooner.
+    fn warm_for_caller(
+        &self,
+        resource: &mut Self::Resource,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.warm(resource)
+    }
+
     /// Cheap and synchronous: may this resource be handed out now? (Socket still open,
     /// token still valid, not past its age.) Called on every hand-out and every return,
     /// so it must not block or allocate.

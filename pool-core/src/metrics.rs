@@ -24,6 +24,8 @@ pub(crate) struct Stats {
     pub warmup_failures: AtomicU64,
     /// Passes of the background maintainer.
     pub warmup_cycles: AtomicU64,
+    /// Session resources reclaimed for waiting callers.
+    pub reclaims_total: AtomicU64,
 }
 
 impl Stats {

@@ -1,8 +1,8 @@
 //! The pool: idle set, waiters, sessions, and the create / return / discard paths.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,10 +13,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{PoolBuilder, PoolConfig};
 use crate::error::{PoolError, TimeoutDetails};
-use crate::guard::{Pooled, SessionSlot, SessionState};
+use crate::guard::Pooled;
 use crate::manager::Manager;
 use crate::metrics::Stats;
-use crate::snapshot::{LatencySummary, PoolSnapshot, TierLatencies};
+use crate::session::SessionHandle;
+use crate::session::SessionSlot;
+use crate::snapshot::{LatencySummary, PoolCounts, PoolSnapshot, TierLatencies};
 use crate::tier::Tier;
 
 /// WARM and DEDICATED acquires are timed one in this many: reading the clock twice would
@@ -36,10 +38,10 @@ type Delivery<M> = Result<Entry<<M as Manager>::Resource>, PoolError<<M as Manag
 
 /// Sessions by id. foldhash is seeded per map, so ids chosen by clients cannot force
 /// collisions, and it is far cheaper than SipHash on the DEDICATED hot path.
-type SessionMap<R> = HashMap<String, Arc<SessionSlot<R>>, foldhash::fast::RandomState>;
+pub(crate) type SessionMap<R> = HashMap<Arc<str>, Arc<SessionSlot<R>>, foldhash::fast::RandomState>;
 
 /// Decides whether this acquire is one of the timed samples, and if so starts its clock.
-fn sample_start() -> Option<Instant> {
+pub(crate) fn sample_start() -> Option<Instant> {
     (fastrand::u32(..LATENCY_SAMPLE_EVERY) == 0).then(Instant::now)
 }
 
@@ -52,6 +54,30 @@ pub(crate) struct Entry<R> {
     /// This resource's share of `refresh_jitter`, fixed at creation so its refresh moment
     /// does not move on every return.
     pub jitter: Duration,
+}
+
+/// A resource counted in `State::closing`, on its way to `Manager::close`. Made only by
+/// [`State::begin_close`]; consumed only by [`Inner::close`], which uncounts it when the
+/// close has finished.
+#[must_use = "a counted resource must be passed to Inner::close"]
+pub(crate) struct Closing<R>(R);
+
+/// Who a new resource is created for, which decides how it is warmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CreateFor {
+    /// A caller waiting for it (COLD): warmed with `Manager::warm_for_caller`.
+    Caller,
+    /// The idle set (refill or refresh): warmed with `Manager::warm`.
+    IdleSet,
+}
+
+/// Which count a resource leaves when its holder gives it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// Handed out by a plain acquire (`State::checked_out`).
+    CheckedOut,
+    /// Bound to a session (`State::dedicated`).
+    Session,
 }
 
 /// An idle resource and the moment the maintainer should replace it.
@@ -99,10 +125,19 @@ pub(crate) struct State<R> {
     pub(crate) refilling: usize,
     /// Idle entries marked `replacing`.
     pub(crate) replacing: usize,
+    /// The fewest idle resources seen since the maintainer's last housekeeping pass: what
+    /// stayed above the target that whole time is surplus nobody needed.
+    pub(crate) idle_low_water: usize,
+    /// Session resources taken back for waiting callers whose reset is under way (still
+    /// counted in `dedicated` until it finishes).
+    pub(crate) reclaiming: usize,
     /// Resources handed out by plain acquires.
     pub(crate) checked_out: usize,
     /// Resources bound to sessions, in use or parked.
     pub(crate) dedicated: usize,
+    /// Resources passed to `Manager::close` whose close has not finished: the backend still
+    /// sees them, so they still count against `max_size`.
+    pub(crate) closing: usize,
     /// Callers waiting, oldest first: FIFO fairness.
     waiters: VecDeque<Waiter<R>>,
     pub(crate) next_waiter_id: u64,
@@ -127,7 +162,19 @@ impl<R> State<R> {
     /// Live resources, the quantity `max_size` bounds. Derived rather than stored so it can
     /// never drift from its parts.
     fn live(&self) -> usize {
-        self.idle.len() + self.creating + self.checked_out + self.dedicated
+        self.idle.len() + self.creating + self.checked_out + self.dedicated + self.closing
+    }
+
+    /// Counts a resource as closing and wraps it in the only type [`Inner::close`] accepts,
+    /// so no close can skip the count that keeps its slot taken until the close finishes.
+    pub(crate) fn begin_close(&mut self, resource: R) -> Closing<R> {
+        self.closing += 1;
+        Closing(resource)
+    }
+
+    /// Callers waiting for room (not those racing their own create).
+    pub(crate) fn slot_waiters(&self) -> usize {
+        self.waiters.iter().filter(|w| w.accepts_slot).count()
     }
 
     fn has_slot_waiter(&self) -> bool {
@@ -144,18 +191,26 @@ pub(crate) struct Inner<M: Manager> {
     pub sessions: Mutex<SessionMap<M::Resource>>,
     /// Mirrors `State::closed` so a session guard's drop can check it without the lock.
     pub closed: AtomicBool,
+    /// Orders session uses, for reclaiming the least recently used parked session.
+    pub use_counter: AtomicU64,
+    /// Set when a caller queued on a full pool that may reclaim session resources; a
+    /// session turn that ends then looks for a resource to reclaim. Cleared by a reclaim
+    /// pass that finds no caller left to serve.
+    pub reclaim_wanted: AtomicBool,
     /// The acquire-timeout reaper is spawned on the first timed wait, not at build time,
     /// so pools that never wait (and builds outside a runtime) have no such task.
     reaper_started: AtomicBool,
     /// Wakes the reaper when a waiter's deadline is earlier than its planned wake-up.
-    reaper_wake: Notify,
+    /// Shared with the reaper task, which waits on it holding only a `Weak` to the pool.
+    reaper_wake: Arc<Notify>,
     pub stats: Stats,
     /// Every close, create and the maintainer run here, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Cancelled by shutdown or by dropping the last [`Pool`] handle.
     pub stop: CancellationToken,
     /// Wakes the maintainer early: the idle set fell below target, or a backoff changed.
-    pub maintainer_wake: Notify,
+    /// Shared with the maintainer task, which waits on it holding only a `Weak` to the pool.
+    pub maintainer_wake: Arc<Notify>,
 }
 
 /// A cheap-to-clone handle to a pool of `M::Resource`.
@@ -210,8 +265,11 @@ impl<M: Manager> Pool<M> {
                 creating: 0,
                 refilling: 0,
                 replacing: 0,
+                idle_low_water: 0,
+                reclaiming: 0,
                 checked_out: 0,
                 dedicated: 0,
+                closing: 0,
                 waiters: VecDeque::new(),
                 next_waiter_id: 0,
                 closed: false,
@@ -223,13 +281,15 @@ impl<M: Manager> Pool<M> {
                 reaper_next: None,
             }),
             closed: AtomicBool::new(false),
+            use_counter: AtomicU64::new(1),
+            reclaim_wanted: AtomicBool::new(false),
             reaper_started: AtomicBool::new(false),
-            reaper_wake: Notify::new(),
+            reaper_wake: Arc::new(Notify::new()),
             sessions: Mutex::new(HashMap::default()),
             stats: Stats::default(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-            maintainer_wake: Notify::new(),
+            maintainer_wake: Arc::new(Notify::new()),
             config,
         });
         if inner.config.background_warmup {
@@ -302,8 +362,26 @@ impl<M: Manager> Pool<M> {
 
     /// Takes a resource: from the idle set (WARM), else creates one (COLD) while racing
     /// any resource returned meanwhile, else waits FIFO for one while the pool is at
-    /// `max_size`. The guard returns it when dropped.
+    /// `max_size`, for at most the configured `acquire_timeout`. The guard returns it when
+    /// dropped.
     pub async fn acquire(&self) -> Result<Pooled<M>, PoolError<M::Error>> {
+        self.acquire_within(self.inner().config.acquire_timeout)
+            .await
+    }
+
+    /// Like [`acquire`](Pool::acquire), but waits at most `timeout` instead of the
+    /// configured `acquire_timeout`.
+    pub async fn acquire_with_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Pooled<M>, PoolError<M::Error>> {
+        self.acquire_within(Some(timeout)).await
+    }
+
+    async fn acquire_within(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<Pooled<M>, PoolError<M::Error>> {
         let inner = self.inner();
         let started = sample_start();
         // The WARM path is synchronous and runs before any future is built; the slow path is
@@ -311,56 +389,69 @@ impl<M: Manager> Pool<M> {
         if let Some(entry) = inner.try_take_idle(started) {
             return Ok(Pooled::plain(inner.clone(), entry, Tier::Warm));
         }
-        let (entry, tier) = Box::pin(inner.take(started)).await?;
+        let (entry, tier) = Box::pin(inner.take(started, timeout)).await?;
         Ok(Pooled::plain(inner.clone(), entry, tier))
     }
 
     /// Takes the session's own resource (DEDICATED), binding one on first use. Concurrent
     /// callers for one session are served one at a time with the same resource, never a
-    /// duplicate. An empty `session_id`, or a pool without session awareness, behaves like
+    /// duplicate; a caller that finds the session's resource in use waits for it at most
+    /// the acquire timeout, then fails with [`PoolError::SessionBusy`]. An empty
+    /// `session_id`, or a pool without session awareness, behaves like
     /// [`acquire`](Pool::acquire).
+    ///
+    /// A session exists (and counts in `active_sessions`) only while it holds a resource
+    /// or is binding one: an acquire that fails leaves no session behind.
     pub async fn acquire_for_session(
         &self,
         session_id: &str,
     ) -> Result<Pooled<M>, PoolError<M::Error>> {
+        self.acquire_for_session_within(session_id, self.inner().config.acquire_timeout)
+            .await
+    }
+
+    /// Like [`acquire_for_session`](Pool::acquire_for_session), but waits at most `timeout`
+    /// (for the session's current user and for a resource together) instead of the
+    /// configured `acquire_timeout`.
+    pub async fn acquire_for_session_with_timeout(
+        &self,
+        session_id: &str,
+        timeout: Duration,
+    ) -> Result<Pooled<M>, PoolError<M::Error>> {
+        self.acquire_for_session_within(session_id, Some(timeout))
+            .await
+    }
+
+    async fn acquire_for_session_within(
+        &self,
+        session_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Pooled<M>, PoolError<M::Error>> {
         let inner = self.inner();
         if session_id.is_empty() || !inner.config.session_awareness {
-            return self.acquire().await;
+            return self.acquire_within(timeout).await;
         }
         let started = sample_start();
         if let Some(guard) = inner.try_dedicated(session_id, started) {
             return Ok(guard);
         }
-        Box::pin(inner.acquire_session_slow(session_id, started)).await
+        Box::pin(inner.acquire_session_slow(session_id, started, timeout)).await
+    }
+
+    /// A handle on one session that skips the session map on every acquire after the
+    /// first: for a caller that serves many turns of one call. The string API
+    /// ([`acquire_for_session`](Pool::acquire_for_session)) stays equivalent; both can be
+    /// used for the same session at once. Creating a handle does not create the session:
+    /// that happens on its first acquire.
+    pub fn session(&self, session_id: &str) -> SessionHandle<M> {
+        SessionHandle::new(self.inner().clone(), session_id)
     }
 
     /// Ends a session: resets its resource and returns it to the idle set (or closes it if
     /// it is not ready or the idle set is full). Waits for a caller currently using the
     /// session's resource to finish. Returns whether the session existed.
     pub async fn release_for_session(&self, session_id: &str) -> bool {
-        let inner = self.inner();
-        if session_id.is_empty() {
-            return false;
-        }
-        let removed = inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(session_id);
-        let Some(slot) = removed else {
-            return false;
-        };
-        let mut state = slot.lock_owned().await;
-        state.evicted = true;
-        if let Some(mut entry) = state.entry.take() {
-            drop(state);
-            let reset_ok = inner.manager.reset(&mut entry.resource).await.is_ok();
-            let ready = reset_ok && inner.manager.is_ready(&entry.resource);
-            let mut st = inner.lock();
-            st.dedicated -= 1;
-            inner.give_back(st, entry, ready);
-        }
-        true
+        self.inner().release_session(session_id).await
     }
 
     /// Stops the maintainer, wakes every waiter with [`PoolError::Closed`], closes every idle
@@ -387,6 +478,12 @@ impl<M: Manager> Pool<M> {
         self.inner().snapshot()
     }
 
+    /// The pool's gauges only, read under one lock without building a snapshot: cheap
+    /// enough for a per-request check or a tight metrics loop.
+    pub fn counts(&self) -> PoolCounts {
+        self.inner().counts()
+    }
+
     /// Tasks the pool is running right now: closes, creates, the maintainer, and the
     /// acquire-timeout reaper (started by the first acquire that had to wait). Zero after a
     /// completed [`shutdown`](Pool::shutdown): proof that nothing was left behind.
@@ -402,24 +499,12 @@ impl<M: Manager> Inner<M> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn session_slot(&self, session_id: &str) -> Arc<SessionSlot<M::Resource>> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = sessions.get(session_id) {
-            return slot.clone();
-        }
-        let slot = Arc::new(tokio::sync::Mutex::new(SessionState {
-            entry: None,
-            touched: true,
-            last_seen: Instant::now(),
-            evicted: false,
-        }));
-        sessions.insert(session_id.to_owned(), slot.clone());
-        slot
-    }
-
     /// The WARM fast path: an idle, ready resource, or `None` when the idle set is empty
     /// (or the pool is closed: the slow path reports that).
-    fn try_take_idle(self: &Arc<Self>, started: Option<Instant>) -> Option<Entry<M::Resource>> {
+    pub(crate) fn try_take_idle(
+        self: &Arc<Self>,
+        started: Option<Instant>,
+    ) -> Option<Entry<M::Resource>> {
         loop {
             let (entry, below_target) = {
                 let mut st = self.lock();
@@ -442,7 +527,49 @@ impl<M: Manager> Inner<M> {
             st.replacing -= 1;
         }
         st.checked_out += 1;
+        st.idle_low_water = st.idle_low_water.min(st.idle.len());
         Some((idle.entry, st.idle.len() < self.config.warm_target))
+    }
+
+    /// How many idle resources the pool keeps before closing a returned or refilled one.
+    /// With a maintainer, up to twice the target: a resource that comes back while a refill
+    /// is in flight is worth more than closing it and paying a connect moments later, and
+    /// the maintainer trims surplus nobody dips into (see `trim_surplus`). Without one,
+    /// nothing would trim it, so the target is the cap.
+    fn keep_cap(&self) -> usize {
+        let target = self.config.warm_target;
+        if self.config.background_warmup {
+            target.saturating_mul(2)
+        } else {
+            target
+        }
+    }
+
+    /// Closes idle resources that stayed above the target for a whole housekeeping period
+    /// (the idle set never dipped below `target + surplus` since the last pass), oldest
+    /// first, and starts a new period.
+    pub(crate) fn trim_surplus(self: &Arc<Self>) {
+        let mut surplus = Vec::new();
+        {
+            let mut st = self.lock();
+            let unused = st.idle_low_water.saturating_sub(self.config.warm_target);
+            let mut index = 0;
+            while surplus.len() < unused && index < st.idle.len() {
+                if st.idle[index].replacing {
+                    index += 1;
+                } else if let Some(removed) = st.idle.remove(index) {
+                    let closing = st.begin_close(removed.entry.resource);
+                    surplus.push(closing);
+                }
+            }
+            st.idle_low_water = st.idle.len();
+        }
+        if !surplus.is_empty() {
+            tracing::debug!(pool = %self.config.name, count = surplus.len(), "closed idle surplus unused for a housekeeping period");
+        }
+        for closing in surplus {
+            self.close(closing);
+        }
     }
 
     /// Finishes taking an idle entry (already counted as checked out): wakes the maintainer
@@ -461,79 +588,15 @@ impl<M: Manager> Inner<M> {
             self.record_hand_out(Tier::Warm, started);
             return Some(entry);
         }
-        self.lock().checked_out -= 1;
-        self.discard(entry);
+        self.discard(entry, Holder::CheckedOut);
         None
     }
 
-    /// The DEDICATED fast path: the session exists, nobody is using it, and its resource is
-    /// ready. Anything else (first use, contention, a dead resource) takes the slow path.
-    fn try_dedicated(
-        self: &Arc<Self>,
-        session_id: &str,
-        started: Option<Instant>,
-    ) -> Option<Pooled<M>> {
-        let slot = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(session_id)?
-            .clone();
-        let mut state = slot.try_lock_owned().ok()?;
-        let entry = state.entry.as_ref()?;
-        if state.evicted || !self.usable(entry) {
-            return None;
-        }
-        let entry = state.entry.take()?;
-        state.touched = true;
-        self.record_hand_out(Tier::Dedicated, started);
-        Some(Pooled::session(self.clone(), state, entry, Tier::Dedicated))
-    }
-
-    /// The session slow path: queue for the session, then reuse, replace or bind its resource.
-    async fn acquire_session_slow(
-        self: &Arc<Self>,
-        session_id: &str,
-        started: Option<Instant>,
-    ) -> Result<Pooled<M>, PoolError<M::Error>> {
-        loop {
-            let slot = self.session_slot(session_id);
-            let mut state = match slot.clone().try_lock_owned() {
-                Ok(state) => state,
-                Err(_) => slot.lock_owned().await,
-            };
-            if state.evicted {
-                // Released or evicted while we queued for it: start over with a fresh slot.
-                continue;
-            }
-            state.touched = true;
-            if let Some(entry) = state.entry.take() {
-                if self.usable(&entry) {
-                    self.record_hand_out(Tier::Dedicated, started);
-                    return Ok(Pooled::session(self.clone(), state, entry, Tier::Dedicated));
-                }
-                // Its connection died or expired: close it and bind a new one, reporting
-                // the tier the replacement really came from.
-                self.lock().dedicated -= 1;
-                self.discard(entry);
-            }
-            let (entry, tier) = match self.try_take_idle(started) {
-                Some(entry) => (entry, Tier::Warm),
-                None => self.take(started).await?,
-            };
-            {
-                let mut st = self.lock();
-                st.checked_out -= 1;
-                st.dedicated += 1;
-            }
-            return Ok(Pooled::session(self.clone(), state, entry, tier));
-        }
-    }
-
     /// The plain acquire: idle set, else create (racing returns), else wait.
-    async fn take(
+    pub(crate) async fn take(
         self: &Arc<Self>,
         started: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
         loop {
             let mut slow_started = started;
@@ -547,10 +610,13 @@ impl<M: Manager> Inner<M> {
                     None => {
                         // Nothing idle: the slow path, always timed.
                         let now = *slow_started.get_or_insert_with(Instant::now);
-                        let deadline = self.config.acquire_timeout.map(|t| now + t);
+                        let deadline = timeout.map(|t| now + t);
                         let can_create = st.live() < self.config.max_size;
                         if can_create {
                             st.creating += 1;
+                        } else if self.config.reclaim_idle_sessions {
+                            // Checked (outside the lock) once this caller is queued.
+                            self.reclaim_wanted.store(true, SeqCst);
                         }
                         TakeStep::Slow(
                             self.register_waiter(&mut st, !can_create, deadline),
@@ -568,12 +634,16 @@ impl<M: Manager> Inner<M> {
                 }
                 TakeStep::Slow(waiter, can_create) => (waiter, can_create),
             };
+            if !can_create && self.config.reclaim_idle_sessions {
+                self.reclaim_for_waiters();
+            }
             let started = slow_started.unwrap_or_else(Instant::now);
-            let deadline = self.config.acquire_timeout.map(|t| started + t);
+            let deadline = timeout.map(|t| started + t);
+            let waited = timeout.unwrap_or_default();
             let result = if can_create {
-                self.create_racing(waiter).await
+                self.create_racing(waiter, waited).await
             } else {
-                self.wait(waiter, deadline).await
+                self.wait(waiter, deadline, waited).await
             };
             if let Ok((_, tier)) = &result {
                 self.record_hand_out(*tier, Some(started));
@@ -618,14 +688,19 @@ impl<M: Manager> Inner<M> {
         if self.reaper_started.swap(true, Relaxed) {
             return;
         }
+        // The task holds a strong reference only while it expires waiters, never while it
+        // sleeps, so it never keeps a dropped pool alive.
         let weak = Arc::downgrade(self);
         let stop = self.stop.clone();
+        let wake = self.reaper_wake.clone();
         self.tasks.spawn(async move {
             loop {
-                let Some(inner) = weak.upgrade() else {
-                    return;
+                let next = {
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
+                    inner.expire_waiters(Instant::now())
                 };
-                let next = inner.expire_waiters(Instant::now());
                 let sleep = async {
                     match next {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -634,7 +709,7 @@ impl<M: Manager> Inner<M> {
                 };
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = inner.reaper_wake.notified() => {}
+                    () = wake.notified() => {}
                     () = sleep => {}
                 }
             }
@@ -670,6 +745,7 @@ impl<M: Manager> Inner<M> {
         self: &Arc<Self>,
         mut waiter: WaiterGuard<M>,
         deadline: Option<Instant>,
+        waited: Duration,
     ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
         let received = waiter.recv().await;
         match received {
@@ -681,10 +757,10 @@ impl<M: Manager> Inner<M> {
                     let mut st = self.lock();
                     self.register_waiter(&mut st, false, deadline)
                 };
-                Box::pin(self.create_racing(racer)).await
+                Box::pin(self.create_racing(racer, waited)).await
             }
             Handoff::Closed => Err(PoolError::Closed),
-            Handoff::TimedOut => Err(self.timeout_error()),
+            Handoff::TimedOut => Err(self.timeout_error(waited)),
         }
     }
 
@@ -695,6 +771,7 @@ impl<M: Manager> Inner<M> {
     async fn create_racing(
         self: &Arc<Self>,
         mut waiter: WaiterGuard<M>,
+        waited: Duration,
     ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
         let created = self.spawn_create();
         let mut created = DeliveryGuard {
@@ -713,18 +790,19 @@ impl<M: Manager> Inner<M> {
             }
             received = waiter.recv() => match received {
                 Handoff::Resource(entry) => Ok((entry, Tier::Warm)),
-                Handoff::TimedOut => Err(self.timeout_error()),
+                Handoff::TimedOut => Err(self.timeout_error(waited)),
                 // A racer never accepts slots; a stray one cannot happen, treat it as closed.
                 Handoff::Slot | Handoff::Closed => Err(PoolError::Closed),
             },
         }
     }
 
-    fn timeout_error(&self) -> PoolError<M::Error> {
+    fn timeout_error(&self, waited: Duration) -> PoolError<M::Error> {
         let st = self.lock();
         PoolError::Timeout(Box::new(TimeoutDetails {
             pool: self.config.name.clone(),
-            waited: self.config.acquire_timeout.unwrap_or_default(),
+            waited,
+            closing: st.closing,
             size: st.live(),
             max_size: self.config.max_size,
             idle: st.idle.len(),
@@ -779,7 +857,7 @@ impl<M: Manager> Inner<M> {
     fn spawn_refill(self: &Arc<Self>, done: oneshot::Sender<Result<(), PoolError<M::Error>>>) {
         let inner = self.clone();
         self.tasks.spawn(async move {
-            let outcome = inner.create_and_warm().await;
+            let outcome = inner.create_and_warm(CreateFor::IdleSet).await;
             let reported = match outcome {
                 Ok(entry) => {
                     let mut st = inner.lock();
@@ -789,8 +867,8 @@ impl<M: Manager> Inner<M> {
                     st.backoff_until = None;
                     let surplus = inner.place(&mut st, entry, true);
                     drop(st);
-                    if let Some(entry) = surplus {
-                        inner.close_entry(entry);
+                    if let Some(surplus) = surplus {
+                        inner.close(surplus);
                     }
                     if inner.config.background_warmup {
                         // Keep the pipeline full: the next refill starts as soon as this one
@@ -839,7 +917,7 @@ impl<M: Manager> Inner<M> {
         let (tx, rx) = oneshot::channel();
         let inner = self.clone();
         self.tasks.spawn(async move {
-            match inner.create_and_warm().await {
+            match inner.create_and_warm(CreateFor::Caller).await {
                 Ok(entry) => {
                     {
                         let mut st = inner.lock();
@@ -867,7 +945,10 @@ impl<M: Manager> Inner<M> {
 
     /// `create` then `warm`, together bounded by `create_timeout`, with the counters and the
     /// last error recorded. A resource whose warm-up fails is closed here, never handed out.
-    async fn create_and_warm(self: &Arc<Self>) -> Result<Entry<M::Resource>, PoolError<M::Error>> {
+    async fn create_and_warm(
+        self: &Arc<Self>,
+        purpose: CreateFor,
+    ) -> Result<Entry<M::Resource>, PoolError<M::Error>> {
         let timeout = self.config.create_timeout;
         let deadline = Instant::now() + timeout;
         let mut resource = match tokio::time::timeout_at(deadline, self.manager.create()).await {
@@ -876,7 +957,13 @@ impl<M: Manager> Inner<M> {
             Err(_) => return Err(self.record_create_failure(PoolError::CreateTimeout(timeout))),
         };
         self.stats.created_total.fetch_add(1, Relaxed);
-        let warmed = tokio::time::timeout_at(deadline, self.manager.warm(&mut resource)).await;
+        let warming = async {
+            match purpose {
+                CreateFor::Caller => self.manager.warm_for_caller(&mut resource).await,
+                CreateFor::IdleSet => self.manager.warm(&mut resource).await,
+            }
+        };
+        let warmed = tokio::time::timeout_at(deadline, warming).await;
         let error = match warmed {
             Ok(Ok(())) => {
                 let jitter = self.config.refresh_jitter.mul_f64(fastrand::f64());
@@ -890,8 +977,12 @@ impl<M: Manager> Inner<M> {
             Err(_) => PoolError::CreateTimeout(timeout),
         };
         self.stats.warmup_failures.fetch_add(1, Relaxed);
-        self.close_resource(resource);
-        self.lock().last_error = Some(error.to_string());
+        let closing = {
+            let mut st = self.lock();
+            st.last_error = Some(error.to_string());
+            st.begin_close(resource)
+        };
+        self.close(closing);
         Err(error)
     }
 
@@ -909,9 +1000,9 @@ impl<M: Manager> Inner<M> {
         st: &mut State<M::Resource>,
         mut entry: Entry<M::Resource>,
         fresh: bool,
-    ) -> Option<Entry<M::Resource>> {
+    ) -> Option<Closing<M::Resource>> {
         if st.closed {
-            return Some(entry);
+            return Some(st.begin_close(entry.resource));
         }
         // A fresh resource from a refill skips callers racing their own create: handing it
         // over would only make their create the loser and the refill look short, starting
@@ -943,7 +1034,7 @@ impl<M: Manager> Inner<M> {
             retired = st.idle.remove(position).map(|i| i.entry);
             st.replacing -= 1;
         }
-        if retired.is_some() || st.idle.len() < self.config.warm_target {
+        if retired.is_some() || st.idle.len() < self.keep_cap() {
             let refresh_at = self.refresh_at(&entry);
             if let (Some(at), Some(planned)) = (refresh_at, st.next_maintenance)
                 && at < planned
@@ -960,9 +1051,9 @@ impl<M: Manager> Inner<M> {
             if st.idle.len() >= self.config.warm_target {
                 st.ever_ready = true;
             }
-            return retired;
+            return retired.map(|retired| st.begin_close(retired.resource));
         }
-        Some(entry)
+        Some(st.begin_close(entry.resource))
     }
 
     /// When the maintainer should start replacing this idle resource: `lead` + its jitter
@@ -1015,7 +1106,7 @@ impl<M: Manager> Inner<M> {
     /// Puts back a resource its holder has just stopped counting (under `st`): a ready one
     /// is placed (and closed if surplus), any other is closed and its slot freed. The lock
     /// is released before closing.
-    fn give_back(
+    pub(crate) fn give_back(
         self: &Arc<Self>,
         mut st: MutexGuard<'_, State<M::Resource>>,
         entry: Entry<M::Resource>,
@@ -1024,55 +1115,72 @@ impl<M: Manager> Inner<M> {
         let to_close = if ready {
             self.place(&mut st, entry, false)
         } else {
-            self.slot_freed(&mut st);
-            Some(entry)
+            Some(st.begin_close(entry.resource))
         };
         drop(st);
-        if let Some(entry) = to_close {
-            self.close_entry(entry);
+        if let Some(closing) = to_close {
+            self.close(closing);
         }
     }
 
     /// Whether a resource may be handed out or kept: within `max_age` and ready by the
     /// manager's word. The one check every hand-out and return path uses.
-    fn usable(&self, entry: &Entry<M::Resource>) -> bool {
+    pub(crate) fn usable(&self, entry: &Entry<M::Resource>) -> bool {
         !self.past_max_age(entry) && self.manager.is_ready(&entry.resource)
     }
 
     /// Counts a hand-out in its tier and, for sampled acquires, its latency.
-    fn record_hand_out(&self, tier: Tier, started: Option<Instant>) {
+    pub(crate) fn record_hand_out(&self, tier: Tier, started: Option<Instant>) {
         self.stats.record_allocation(tier);
         if let Some(started) = started {
             self.stats.record_latency(tier, started.elapsed());
         }
     }
 
-    /// Closes a resource that is no longer counted anywhere, freeing its slot.
-    pub(crate) fn discard(self: &Arc<Self>, entry: Entry<M::Resource>) {
-        {
+    /// Closes a resource its holder gives up: it leaves the holder's count and enters
+    /// `closing` in one step, so `max_size` never sees a gap.
+    pub(crate) fn discard(self: &Arc<Self>, entry: Entry<M::Resource>, holder: Holder) {
+        let closing = {
             let mut st = self.lock();
-            self.slot_freed(&mut st);
-        }
-        self.close_entry(entry);
+            match holder {
+                Holder::CheckedOut => st.checked_out -= 1,
+                Holder::Session => st.dedicated -= 1,
+            }
+            st.begin_close(entry.resource)
+        };
+        self.close(closing);
     }
 
     /// Passes a resource to `Manager::close` in a tracked task, so the caller (often a
-    /// guard's `drop`) never blocks. Outside a runtime the resource can only be dropped.
-    pub(crate) fn close_entry(self: &Arc<Self>, entry: Entry<M::Resource>) {
-        self.close_resource(entry.resource);
-    }
-
-    pub(crate) fn close_resource(self: &Arc<Self>, resource: M::Resource) {
-        self.stats.closed_total.fetch_add(1, Relaxed);
+    /// guard's `drop`) never blocks. Its slot is freed when the close finishes, because
+    /// until then the backend still counts the connection. Outside a runtime the resource
+    /// can only be dropped.
+    pub(crate) fn close(self: &Arc<Self>, closing: Closing<M::Resource>) {
+        let Closing(resource) = closing;
         if tokio::runtime::Handle::try_current().is_err() {
             tracing::debug!(pool = %self.config.name, "no runtime: dropping a resource unclosed");
             drop(resource);
+            self.close_finished();
             return;
         }
         let inner = self.clone();
         self.tasks.spawn(async move {
             inner.manager.close(resource).await;
+            inner.close_finished();
         });
+    }
+
+    /// A close finished: its slot is free for a waiting caller or a refill.
+    fn close_finished(&self) {
+        self.stats.closed_total.fetch_add(1, Relaxed);
+        let mut st = self.lock();
+        st.closing -= 1;
+        self.slot_freed(&mut st);
+        let refill_wanted = !st.closed && st.idle.len() < self.config.warm_target;
+        drop(st);
+        if refill_wanted && self.config.background_warmup {
+            self.maintainer_wake.notify_one();
+        }
     }
 
     /// Marks the pool closed and closes everything not in a caller's hands: idle resources,
@@ -1084,15 +1192,18 @@ impl<M: Manager> Inner<M> {
             st.closed = true;
             self.closed.store(true, Release);
             st.replacing = 0;
-            let idle: Vec<_> = st.idle.drain(..).map(|i| i.entry).collect();
+            let idle: Vec<_> = std::mem::take(&mut st.idle)
+                .into_iter()
+                .map(|i| st.begin_close(i.entry.resource))
+                .collect();
             let waiters: Vec<_> = st.waiters.drain(..).collect();
             (idle, waiters)
         };
         for waiter in waiters {
             let _ = waiter.tx.send(Handoff::Closed);
         }
-        for entry in idle {
-            self.close_entry(entry);
+        for closing in idle {
+            self.close(closing);
         }
         let slots: Vec<_> = self
             .sessions
@@ -1106,11 +1217,32 @@ impl<M: Manager> Inner<M> {
             if let Ok(mut state) = slot.try_lock_owned() {
                 state.evicted = true;
                 if let Some(entry) = state.entry.take() {
-                    self.lock().dedicated -= 1;
-                    self.close_entry(entry);
+                    self.discard(entry, Holder::Session);
                 }
             }
         }
+    }
+
+    pub(crate) fn counts(&self) -> PoolCounts {
+        let mut counts = {
+            let st = self.lock();
+            PoolCounts {
+                idle: st.idle.len(),
+                in_use: st.checked_out + st.dedicated,
+                dedicated: st.dedicated,
+                creating: st.creating,
+                closing: st.closing,
+                waiting: st.waiters.len(),
+                size: st.live(),
+                sessions: 0,
+            }
+        };
+        counts.sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        counts
     }
 
     pub(crate) fn snapshot(&self) -> PoolSnapshot {
@@ -1127,11 +1259,12 @@ impl<M: Manager> Inner<M> {
                     st.dedicated,
                     st.waiters.len(),
                     st.creating,
+                    st.closing,
                 ),
                 st.last_error.clone(),
             )
         };
-        let (ready, idle, size, in_use, dedicated, waiting, creating) = gauges;
+        let (ready, idle, size, in_use, dedicated, waiting, creating, closing) = gauges;
         let active_sessions = self
             .sessions
             .lock()
@@ -1165,6 +1298,7 @@ impl<M: Manager> Inner<M> {
             allocations_warm: warm_n,
             allocations_cold: cold_n,
             warmup_cycles: self.stats.warmup_cycles.load(Relaxed),
+            reclaims_total: self.stats.reclaims_total.load(Relaxed),
             warmup_failures: self.stats.warmup_failures.load(Relaxed),
             max_size: self.config.max_size,
             size,
@@ -1172,6 +1306,7 @@ impl<M: Manager> Inner<M> {
             dedicated,
             waiting,
             creating,
+            closing,
             created_total: self.stats.created_total.load(Relaxed),
             closed_total: self.stats.closed_total.load(Relaxed),
             create_failures: self.stats.create_failures.load(Relaxed),
@@ -1204,7 +1339,8 @@ impl<M: Manager> Inner<M> {
                             st.replacing += 1;
                             index += 1;
                         } else if let Some(removed) = st.idle.remove(index) {
-                            to_close.push(removed.entry);
+                            let closing = st.begin_close(removed.entry.resource);
+                            to_close.push(closing);
                         }
                     }
                     Some(at) if at > now => {
@@ -1214,12 +1350,9 @@ impl<M: Manager> Inner<M> {
                     _ => index += 1,
                 }
             }
-            if !to_close.is_empty() {
-                self.slot_freed(&mut st);
-            }
         }
-        for entry in to_close {
-            self.close_entry(entry);
+        for closing in to_close {
+            self.close(closing);
         }
         next
     }
@@ -1244,59 +1377,16 @@ impl<M: Manager> Inner<M> {
                         // Its replacement, already under way, just lands in the idle set.
                         st.replacing -= 1;
                     }
-                    dead.push(removed.entry);
+                    let closing = st.begin_close(removed.entry.resource);
+                    dead.push(closing);
                 }
-            }
-            // Each freed slot may let one waiter create.
-            for _ in 0..dead.len() {
-                self.slot_freed(&mut st);
             }
         }
         if !dead.is_empty() {
             tracing::debug!(pool = %self.config.name, count = dead.len(), "closed idle resources that are no longer ready");
         }
-        for entry in dead {
-            self.close_entry(entry);
-        }
-    }
-
-    /// Evicts sessions unused for `session_max_age`, closing their resources. A session in
-    /// use right now is never evicted. Use is noticed through the `touched` flag, so the
-    /// session hot path never reads the clock.
-    pub(crate) fn evict_stale_sessions(self: &Arc<Self>, now: Instant) {
-        let mut evicted = Vec::new();
-        {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            sessions.retain(|_, slot| {
-                let Ok(mut state) = slot.try_lock() else {
-                    return true;
-                };
-                if state.touched {
-                    state.touched = false;
-                    state.last_seen = now;
-                    return true;
-                }
-                if now.saturating_duration_since(state.last_seen) < self.config.session_max_age {
-                    return true;
-                }
-                state.evicted = true;
-                if let Some(entry) = state.entry.take() {
-                    evicted.push(entry);
-                }
-                false
-            });
-        }
-        if evicted.is_empty() {
-            return;
-        }
-        {
-            let mut st = self.lock();
-            st.dedicated -= evicted.len();
-            self.slot_freed(&mut st);
-        }
-        tracing::debug!(pool = %self.config.name, count = evicted.len(), "evicted stale sessions");
-        for entry in evicted {
-            self.close_entry(entry);
+        for closing in dead {
+            self.close(closing);
         }
     }
 

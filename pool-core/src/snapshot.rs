@@ -1,5 +1,6 @@
 //! A serialisable, point-in-time view of a pool.
 
+#[cfg(feature = "serde")]
 use serde::Serialize;
 
 use crate::tier::Tier;
@@ -9,7 +10,12 @@ use crate::tier::Tier;
 ///
 /// Gauges (`warm_pool_size`, `in_use`, …) are read together under the pool's lock, so they
 /// are mutually consistent; counters are read one by one and may be a few operations apart.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// New fields are added over time, so the struct is `#[non_exhaustive]`; to build one (in
+/// a test of a health endpoint, say), start from `PoolSnapshot::default()` and set fields.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[non_exhaustive]
 pub struct PoolSnapshot {
     /// The pool's name.
     pub name: String,
@@ -35,11 +41,15 @@ pub struct PoolSnapshot {
     pub allocations_cold: u64,
     /// Passes of the background maintainer.
     pub warmup_cycles: u64,
+    /// Parked session resources taken back (reset and handed over) for callers waiting on
+    /// a full pool. Zero unless `reclaim_idle_sessions` is on.
+    pub reclaims_total: u64,
     /// Warm-ups that failed (those resources were closed, never handed out).
     pub warmup_failures: u64,
     /// Bound on live resources.
     pub max_size: usize,
-    /// Live resources: idle + in use + being created.
+    /// Live resources, the quantity `max_size` bounds: idle + in use + being created +
+    /// being closed.
     pub size: usize,
     /// Resources handed out, including those bound to sessions.
     pub in_use: usize,
@@ -50,9 +60,12 @@ pub struct PoolSnapshot {
     pub waiting: usize,
     /// Resources being created (for callers or by the maintainer).
     pub creating: usize,
+    /// Resources whose close has not finished: the backend still counts them, and so does
+    /// `size`.
+    pub closing: usize,
     /// Resources ever created successfully.
     pub created_total: u64,
-    /// Resources ever passed to `Manager::close`.
+    /// Resources whose `Manager::close` finished.
     pub closed_total: u64,
     /// Creates that failed or timed out.
     pub create_failures: u64,
@@ -63,7 +76,9 @@ pub struct PoolSnapshot {
 }
 
 /// Acquire latency percentiles per tier.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[non_exhaustive]
 pub struct TierLatencies {
     /// Latency of DEDICATED acquires.
     pub dedicated: LatencySummary,
@@ -87,7 +102,9 @@ impl TierLatencies {
 /// Percentiles of one tier's acquire latency, in microseconds. COLD acquires are all timed;
 /// WARM and DEDICATED acquires are sampled (one in [`LATENCY_SAMPLE_EVERY`](crate::LATENCY_SAMPLE_EVERY))
 /// because reading the clock would cost more than the acquire itself.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[non_exhaustive]
 pub struct LatencySummary {
     /// Timed acquires behind these figures.
     pub samples: u64,
@@ -95,4 +112,28 @@ pub struct LatencySummary {
     pub p50_us: Option<f64>,
     /// 99th percentile, or `None` before the first sample.
     pub p99_us: Option<f64>,
+}
+
+/// The pool's gauges, read together under its lock: what [`Pool::counts`](crate::Pool::counts)
+/// returns without the cost of a full [`PoolSnapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[non_exhaustive]
+pub struct PoolCounts {
+    /// Idle resources (including any that stopped being ready and await pruning).
+    pub idle: usize,
+    /// Resources handed out, including those bound to sessions.
+    pub in_use: usize,
+    /// Resources bound to sessions, in use or parked.
+    pub dedicated: usize,
+    /// Resources being created.
+    pub creating: usize,
+    /// Resources being closed.
+    pub closing: usize,
+    /// Callers queued for a resource.
+    pub waiting: usize,
+    /// Live resources, the quantity `max_size` bounds.
+    pub size: usize,
+    /// Sessions holding or binding a resource (read just after the other gauges).
+    pub sessions: usize,
 }

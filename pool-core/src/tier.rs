@@ -1,11 +1,12 @@
 //! Allocation tiers.
 
+#[cfg(feature = "serde")]
 use serde::Serialize;
 
 /// Where an acquired resource came from. Recorded exactly at the moment of hand-out,
 /// never inferred afterwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize), serde(rename_all = "lowercase"))]
 pub enum Tier {
     /// The session already held this resource and got it back.
     Dedicated,

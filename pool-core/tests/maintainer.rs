@@ -27,10 +27,15 @@ async fn background_refill_after_acquires() {
     assert_eq!(s.in_use, 2);
     assert_eq!(fake.created(), 5);
 
-    // Returned resources above target are closed.
+    // Returned resources above target are kept as surplus for a while (traffic that
+    // returns them will likely want them again), then trimmed by housekeeping.
     drop((a, b));
     let s = assert_no_leak(&pool, &fake).await;
-    assert_eq!(s.warm_pool_size, 3);
+    assert_eq!(s.warm_pool_size, 5);
+    assert_eq!(fake.closed(), 0);
+    tokio::time::sleep(secs(61)).await;
+    let s = assert_no_leak(&pool, &fake).await;
+    assert_eq!(s.warm_pool_size, 3, "surplus trimmed back to the target");
     assert_eq!(fake.closed(), 2);
     pool.shutdown().await;
 }
@@ -108,6 +113,9 @@ async fn refill_never_exceeds_max_size() {
     assert_eq!(s.warm_pool_size, 1, "only one slot left for the idle set");
     assert_eq!(fake.created(), 4);
     drop(held);
+    let s = assert_no_leak(&pool, &fake).await;
+    assert_eq!(s.warm_pool_size, 4, "surplus kept for a while");
+    tokio::time::sleep(secs(61)).await;
     let s = assert_no_leak(&pool, &fake).await;
     assert_eq!(s.warm_pool_size, 3);
     assert_eq!(fake.closed(), 1);

@@ -46,7 +46,10 @@ async fn steady_traffic_across_several_max_age_periods_sees_zero_cold() {
         s.created_total >= 2 + 2 * 4,
         "resources were replaced as they aged: {s:#?}"
     );
-    assert_eq!(s.warm_pool_size, 2);
+    assert!(
+        (2..=4).contains(&s.warm_pool_size),
+        "at the target, plus at most a target's worth of surplus absorbed from refills: {s:#?}"
+    );
     pool.shutdown().await;
 }
 

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{FakeManager, assert_no_leak, millis, settle, wait_until};
+#[cfg(feature = "serde")]
+use common::settle;
+use common::{FakeManager, assert_no_leak, millis, wait_until};
 use pool_core::{Pool, Tier};
 
 #[tokio::test(start_paused = true)]
@@ -138,6 +140,8 @@ async fn metrics_totals_after_a_mixed_sequence() {
     }
 }
 
+/// Needs the `serde` feature: `cargo test -p pool-core --features serde`.
+#[cfg(feature = "serde")]
 #[tokio::test(start_paused = true)]
 async fn snapshot_serialises_with_the_seed_field_names() {
     let fake = FakeManager::new();
@@ -168,6 +172,7 @@ async fn snapshot_serialises_with_the_seed_field_names() {
         "in_use",
         "waiting",
         "creating",
+        "closing",
         "created_total",
         "closed_total",
         "create_failures",

@@ -135,3 +135,47 @@ async fn failed_background_warm_ups_are_counted_and_the_maintainer_recovers() {
     drop(g);
     pool.shutdown().await;
 }
+
+/// A backend whose caller's first request proves the connection: it skips the warm-up on
+/// the COLD path only.
+#[derive(Clone)]
+struct ProvenByRequest(FakeManager);
+
+impl pool_core::Manager for ProvenByRequest {
+    type Resource = common::Res;
+    type Error = common::FakeError;
+
+    async fn create(&self) -> Result<common::Res, common::FakeError> {
+        self.0.create().await
+    }
+    async fn warm(&self, r: &mut common::Res) -> Result<(), common::FakeError> {
+        self.0.warm(r).await
+    }
+    async fn warm_for_caller(&self, _r: &mut common::Res) -> Result<(), common::FakeError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cold_creates_use_warm_for_caller_and_prewarming_uses_warm() {
+    let fake = FakeManager::new();
+    let pool = Pool::builder(ProvenByRequest(fake.clone()))
+        .warm_target(1)
+        .build()
+        .unwrap();
+    pool.prepare().await.unwrap();
+    assert_eq!(fake.warm_calls(), 1, "the prewarmed resource was warmed");
+    let warm = pool.acquire().await.unwrap();
+    assert!(warm.warmed);
+    let cold = pool.acquire().await.unwrap();
+    assert_eq!(cold.tier(), Tier::Cold);
+    assert!(!cold.warmed, "the override skipped the warm-up");
+    assert_eq!(fake.warm_calls(), 1);
+
+    // Without an override, the COLD path warms as before.
+    let fake = FakeManager::new();
+    let pool = Pool::builder(fake.clone()).build().unwrap();
+    let cold = pool.acquire().await.unwrap();
+    assert_eq!(cold.tier(), Tier::Cold);
+    assert!(cold.warmed);
+}

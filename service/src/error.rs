@@ -126,6 +126,14 @@ impl ApiError {
                 "upstream_timeout",
                 format!("connecting to the speech service took longer than {d:?}"),
             ),
+            PoolError::SessionBusy(details) => {
+                Self::new(StatusCode::CONFLICT, "session_busy", details.to_string())
+            }
+            other => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pool_error",
+                other.to_string(),
+            ),
         }
     }
 }

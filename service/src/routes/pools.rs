@@ -130,46 +130,27 @@ pub async fn pools(State(state): State<AppState>) -> Json<PoolsHealthResponse> {
 
 #[cfg(test)]
 mod tests {
-    use pool_core::{LatencySummary, TierLatencies};
-
     use super::*;
 
     fn snap(name: &str, ready: bool, d: u64, w: u64, c: u64) -> PoolSnapshot {
-        let lat = || LatencySummary {
-            samples: 0,
-            p50_us: None,
-            p99_us: None,
-        };
-        PoolSnapshot {
-            name: name.into(),
-            ready,
-            warm_pool_size: 2,
-            warm_pool_target: 3,
-            session_awareness: true,
-            active_sessions: 1,
-            background_warmup: true,
-            allocations_total: d + w + c,
-            allocations_dedicated: d,
-            allocations_warm: w,
-            allocations_cold: c,
-            warmup_cycles: 0,
-            warmup_failures: 0,
-            max_size: 8,
-            size: 3,
-            in_use: 1,
-            dedicated: 1,
-            waiting: 0,
-            creating: 0,
-            created_total: 3,
-            closed_total: 0,
-            create_failures: 0,
-            last_error: None,
-            acquire_latency: TierLatencies {
-                dedicated: lat(),
-                warm: lat(),
-                cold: lat(),
-            },
-        }
+        let mut s = PoolSnapshot::default();
+        s.name = name.into();
+        s.ready = ready;
+        s.warm_pool_size = 2;
+        s.warm_pool_target = 3;
+        s.session_awareness = true;
+        s.active_sessions = 1;
+        s.background_warmup = true;
+        s.allocations_total = d + w + c;
+        s.allocations_dedicated = d;
+        s.allocations_warm = w;
+        s.allocations_cold = c;
+        s.max_size = 8;
+        s.size = 3;
+        s.in_use = 1;
+        s.dedicated = 1;
+        s.created_total = 3;
+        s
     }
 
     #[test]
