@@ -68,6 +68,10 @@ pub fn pool_config(config: &Config, name: &str) -> PoolConfig {
         // Always on: a call's turns must reuse its connection (the DEDICATED tier).
         session_awareness: true,
         session_max_age: config.warm_pool_session_max_age,
+        // A quiet call's connection is a soft reservation: when the pool is full and
+        // someone waits, the least recently used idle session connection is handed over,
+        // so sessions that are never deleted cannot lock everyone else out.
+        reclaim_idle_sessions: true,
         background_warmup: config.warm_pool_enabled && config.warm_pool_background_refresh,
         refresh_interval: config.warm_pool_refresh_interval,
         acquire_timeout: Some(config.pool_acquire_timeout),
