@@ -561,3 +561,43 @@ async fn silent_connections_do_not_hold_shutdown_for_the_grace_period() {
         .await
         .expect("shutdown waited for silent connections");
 }
+
+#[tokio::test]
+async fn refused_requests_leave_no_session_behind() {
+    let mut c = config();
+    c.warm_pool_tts_size = 1;
+    c.pool_tts_max_size = 1;
+    // One turn that holds the only connection for as long as the test needs.
+    let mock = MockConfig {
+        chunk_interval: Duration::from_secs(30),
+        ..MockConfig::default()
+    };
+    let t = build_with(&c, mock, |o| o);
+    t.state.warm_up().await;
+    let busy = service::app(t.state.clone())
+        .oneshot(tts_request(json!({ "text": "hold the line please" })))
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 200);
+    for i in 0..5 {
+        let r = tts(
+            &t.state,
+            json!({"text": "hi", "session_id": format!("refused-{i}")}),
+        )
+        .await;
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "pool_exhausted");
+    }
+    assert_eq!(t.state.pools().tts.snapshot().active_sessions, 0);
+    // A session that only ever got 429 does not exist.
+    let r = send(
+        &t.state,
+        Request::delete("/api/v1/sessions/refused-0")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "unknown_session");
+    drop(busy);
+}

@@ -53,6 +53,8 @@ const GOOD_HANG: Duration = Duration::from_secs(15);
 const GOOD_TEXT: &str = "Hello, how can I help you today?";
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    // reqwest is built without a default TLS provider; the process installs ring once.
+    service::install_crypto_provider();
     let status = crate::cargo()
         .args([
             "build",
