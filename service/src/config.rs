@@ -438,6 +438,10 @@ pub struct Config {
         value_parser = mock_profile()
     )]
     pub mock_profile: MockProfile,
+
+    /// Limits that keep one client from starving the others (timeouts, caps, origins).
+    #[command(flatten)]
+    pub limits: crate::limits::Limits,
 }
 
 /// A configuration that parsed but is inconsistent (for example a warm target above the

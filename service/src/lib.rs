@@ -24,6 +24,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -55,7 +56,6 @@ pub use state::{AppState, Pools, STT_POOL, ServiceOptions, TTS_POOL};
 /// (`app(state).oneshot(request)`).
 pub fn app(state: AppState) -> Router {
     let protected = Router::new()
-        .route("/", get(routes::dashboard::dashboard))
         .route("/api/v1/pools", get(routes::pools::pools))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics_handler))
@@ -66,14 +66,18 @@ pub fn app(state: AppState) -> Router {
             delete(routes::sessions::delete_session),
         )
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key));
+    // The dashboard page holds no data (it authenticates its own data requests).
     let public = Router::new()
+        .route("/", get(routes::dashboard::dashboard))
         .route("/livez", get(routes::health::livez))
         .route("/readyz", get(routes::health::readyz));
     Router::new()
         .merge(public)
         .merge(protected)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.options().max_body_bytes))
+        .layer(from_fn_with_state(state.clone(), auth::check_origin))
         .layer(from_fn_with_state(state.clone(), track_http))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -140,6 +144,14 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this endpoint"),
+    )
 }
 
 /// Decrements the in-flight gauge even if the request future is dropped.

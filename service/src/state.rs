@@ -70,6 +70,10 @@ pub fn pool_config(config: &Config, pool: PoolKind) -> PoolConfig {
         // Always on: a call's turns must reuse its connection (the DEDICATED tier).
         session_awareness: true,
         session_max_age: config.warm_pool_session_max_age,
+        // A quiet call's connection is a soft reservation: when the pool is full and
+        // someone waits, the least recently used idle session connection is handed over,
+        // so sessions that are never deleted cannot lock everyone else out.
+        reclaim_idle_sessions: true,
         background_warmup: config.warm_pool_enabled && config.warm_pool_background_refresh,
         refresh_interval: config.warm_pool_refresh_interval,
         acquire_timeout: Some(config.pool_acquire_timeout),
@@ -102,6 +106,10 @@ pub struct ServiceOptions {
     /// How long a request waits for a session's connection while another request of the
     /// same session holds it.
     pub session_wait: Duration,
+    /// Timeouts, caps and allowed origins that keep one client from starving the others.
+    pub limits: crate::limits::Limits,
+    /// How long a session is remembered unused (the pools' session age limit).
+    pub session_max_age: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -125,6 +133,8 @@ impl ServiceOptions {
             // Slightly longer than the pool's own acquire timeout, so that an exhausted
             // pool reports itself (429) before the session wait gives up (409).
             session_wait: config.pool_acquire_timeout + Duration::from_millis(500),
+            limits: config.limits.clone(),
+            session_max_age: config.warm_pool_session_max_age,
         }
     }
 }
@@ -147,6 +157,7 @@ struct Inner {
     /// shutdown can wait for it before closing the pools.
     tasks: TaskTracker,
     streams: StreamRegistry,
+    session_cap: crate::limits::SessionCap,
 }
 
 impl AppState {
@@ -155,12 +166,16 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 pools,
-                options,
                 metrics: Metrics::new(),
                 draining: AtomicBool::new(false),
                 drain: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 streams: StreamRegistry::default(),
+                session_cap: crate::limits::SessionCap::new(
+                    options.limits.max_sessions_per_client,
+                    options.session_max_age,
+                ),
+                options,
             }),
         }
     }
@@ -211,6 +226,11 @@ impl AppState {
     /// Tracks work that outlives its response.
     pub fn tasks(&self) -> &TaskTracker {
         &self.inner.tasks
+    }
+
+    /// Live sessions per client, for `MAX_SESSIONS_PER_CLIENT`.
+    pub fn session_cap(&self) -> &crate::limits::SessionCap {
+        &self.inner.session_cap
     }
 
     /// Live STT streams, by session.

@@ -184,6 +184,7 @@ async fn tts_first_bytes_leave_before_synthesis_ends() {
     let t = build(&config(), mock);
     t.state.warm_up().await;
     let request = Request::post("/api/v1/tts")
+        .header("content-type", "application/json")
         .body(Body::from(
             json!({"text": "a long sentence to speak"}).to_string(),
         ))
@@ -448,6 +449,7 @@ async fn a_failure_mid_stream_aborts_the_body() {
     let t = build(&config(), mock);
     t.state.warm_up().await;
     let request = Request::post("/api/v1/tts")
+        .header("content-type", "application/json")
         .body(Body::from(json!({"text": "this will be cut"}).to_string()))
         .unwrap();
     let response = app(t.state.clone()).oneshot(request).await.unwrap();
@@ -546,7 +548,9 @@ async fn api_key_guards_everything_but_health_and_never_leaks() {
     assert_eq!(get(&t.state, "/livez").await.status, StatusCode::OK);
     assert_eq!(get(&t.state, "/readyz").await.status, StatusCode::OK);
     let mut seen = Vec::<Reply>::new();
-    for uri in ["/api/v1/pools", "/metrics", "/"] {
+    // The dashboard page holds no data and is served to anyone; its data needs the key.
+    assert_eq!(send(&t.state, with("/", None)).await.status, StatusCode::OK);
+    for uri in ["/api/v1/pools", "/metrics"] {
         let r = send(&t.state, with(uri, None)).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{uri}");
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
@@ -564,6 +568,7 @@ async fn api_key_guards_everything_but_health_and_never_leaks() {
         &t.state,
         Request::post("/api/v1/tts")
             .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
             .body(Body::from(json!({"text": "hi"}).to_string()))
             .unwrap(),
     )

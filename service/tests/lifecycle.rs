@@ -26,6 +26,7 @@ async fn in_flight_synthesis_finishes_during_shutdown() {
     let body = json!({"text": "finish what you started"}).to_string();
     let reference = http
         .post(server.url("/api/v1/tts"))
+        .header("content-type", "application/json")
         .body(body.clone())
         .send()
         .await
@@ -36,6 +37,7 @@ async fn in_flight_synthesis_finishes_during_shutdown() {
 
     let mut response = http
         .post(server.url("/api/v1/tts"))
+        .header("content-type", "application/json")
         .body(body)
         .send()
         .await

@@ -69,16 +69,11 @@ async fn stream_turns_sessions_and_pool_figures() {
     let server = start(&t.state).await;
     let url = server.ws_url("/api/v1/stt?session_id=call-1&language=en-US");
     let (mut ws, response) = connect_async(url.as_str()).await.expect("connect");
-    assert_eq!(
-        response
-            .headers()
-            .get(service::TIER_HEADER)
-            .and_then(|v| v.to_str().ok()),
-        Some("warm")
-    );
+    // No connection is taken before the first audio.
+    assert!(response.headers().get(service::TIER_HEADER).is_none());
     let hello = next(&mut ws).await;
     assert_eq!(hello["type"], "connected");
-    assert_eq!(hello["tier"], "warm");
+    assert_eq!(hello["tier"], Value::Null);
     assert_eq!(hello["session_id"], "call-1");
 
     let events = turn(&mut ws, &pcm(1.0)).await;
@@ -98,7 +93,9 @@ async fn stream_turns_sessions_and_pool_figures() {
 
     // So does a new stream of the same call.
     let (mut ws, _) = connect_async(url.as_str()).await.expect("reconnect");
-    assert_eq!(next(&mut ws).await["tier"], "dedicated");
+    next(&mut ws).await;
+    let events = turn(&mut ws, &pcm(0.2)).await;
+    assert_eq!(events[0]["tier"], "dedicated", "{events:?}");
     ws.close(None).await.expect("close");
     drop(ws);
 
@@ -207,8 +204,16 @@ async fn draining_closes_idle_streams_with_going_away() {
     assert_eq!(t.tts.snapshot().open_now, 0);
 }
 
+/// Starts a turn on `ws` and leaves it open (audio sent, no end), so the stream holds
+/// its connection.
+async fn hold_a_turn(ws: &mut Ws) {
+    next(ws).await;
+    ws.send(Message::binary(pcm(0.1))).await.expect("audio");
+    assert_eq!(next(ws).await["type"], "turn_start");
+}
+
 #[tokio::test]
-async fn exhausted_stt_pool_refuses_the_handshake_with_429() {
+async fn exhausted_stt_pool_answers_the_first_audio_with_429() {
     let mut c = config();
     c.warm_pool_stt_size = 1;
     c.pool_stt_max_size = 1;
@@ -218,17 +223,17 @@ async fn exhausted_stt_pool_refuses_the_handshake_with_429() {
     let (mut first, _) = connect_async(server.ws_url("/api/v1/stt").as_str())
         .await
         .expect("connect");
-    next(&mut first).await;
-    let err = connect_async(server.ws_url("/api/v1/stt").as_str())
+    hold_a_turn(&mut first).await;
+    // The second socket opens (it holds nothing yet); its audio finds the pool exhausted.
+    let (mut second, _) = connect_async(server.ws_url("/api/v1/stt").as_str())
         .await
-        .expect_err("second stream");
-    match err {
-        tokio_tungstenite::tungstenite::Error::Http(r) => {
-            assert_eq!(r.status().as_u16(), 429);
-            assert!(r.headers().contains_key("retry-after"));
-        }
-        other => panic!("{other}"),
-    }
+        .expect("second stream");
+    next(&mut second).await;
+    let events = turn(&mut second, &pcm(0.1)).await;
+    let error = events.last().unwrap();
+    assert_eq!(error["type"], "error", "{events:?}");
+    assert_eq!(error["status"], 429, "{events:?}");
+    assert_eq!(next(&mut second).await["code"], 1013);
     drop(first);
     stop(server).await;
 }
@@ -265,14 +270,13 @@ async fn a_second_stream_of_a_busy_session_is_refused_not_hung() {
     let server = start(&t.state).await;
     let url = server.ws_url("/api/v1/stt?session_id=busy");
     let (mut first, _) = connect_async(url.as_str()).await.expect("connect");
-    next(&mut first).await;
-    let err = connect_async(url.as_str())
-        .await
-        .expect_err("second stream");
-    match err {
-        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status().as_u16(), 409),
-        other => panic!("{other}"),
-    }
+    hold_a_turn(&mut first).await;
+    let (mut second, _) = connect_async(url.as_str()).await.expect("second stream");
+    next(&mut second).await;
+    let events = turn(&mut second, &pcm(0.1)).await;
+    let error = events.last().unwrap();
+    assert_eq!(error["status"], 409, "{events:?}");
+    assert_eq!(error["code"], "session_busy", "{events:?}");
     drop(first);
     stop(server).await;
 }

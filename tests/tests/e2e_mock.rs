@@ -54,8 +54,10 @@ async fn a_call_gets_dedicated_connections_and_everything_is_closed_at_the_end()
 
     // The caller speaks.
     let (mut ws, hello) = stt_connect(&running, "?session_id=call-1").await;
-    assert_eq!(hello["tier"], "warm");
+    // The socket takes its connection with the first audio, not at the upgrade.
+    assert_eq!(hello["tier"], serde_json::Value::Null);
     let events = stt_turn(&mut ws, &pcm(1.0)).await;
+    assert_eq!(events[0]["tier"], "warm", "{events:?}");
     assert_eq!(
         final_phrase(&events).as_deref(),
         Some("hello world"),

@@ -12,6 +12,7 @@
 //! Adding a command is one variant in [`Command`] (or [`BenchTarget`]) and one match arm in
 //! [`main`]; the implementation goes in its own module.
 
+mod abuse;
 mod bench_pool;
 mod bench_speech;
 mod ci;
@@ -78,6 +79,11 @@ enum Command {
     /// must be transparent). Runs from an optimised build,
     /// so recovery times are those of the real service.
     Faults(faults::Args),
+    /// Runs hostile but legal clients (session flood, slow readers, idle STT sockets,
+    /// slowloris) against the release service beside a well-behaved load; prints a table
+    /// and `abuse.<attack>.*` lines. Exits non-zero when a well-behaved client fails, its
+    /// first-audio p99 exceeds 1.5x the quiet run, or memory grows unbounded.
+    Abuse(abuse::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +120,12 @@ fn main() -> ExitCode {
                 return code;
             }
             soak::run(&args)
+        }
+        Command::Abuse(args) => {
+            if let Some(code) = reexec_in_release_if_debug() {
+                return code;
+            }
+            abuse::run(&args)
         }
         Command::Faults(args) => {
             if let Some(code) = reexec_in_release_if_debug() {

@@ -3,7 +3,9 @@
 use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse};
 
-/// The page: plain HTML and JavaScript, no build step, no external resource. It polls
+/// The page: plain HTML and JavaScript, no build step, no external resource. It holds no
+/// data, so it is served without authentication; with `SERVICE_API_KEY` set it asks for
+/// the key and sends it as a bearer header on its own requests. It polls
 /// `/api/v1/pools` and draws the warm level against its target per pool and the tier
 /// breakdown over time on canvases.
 pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
@@ -29,7 +31,7 @@ pub async fn dashboard() -> impl IntoResponse {
                 header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(
                     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                     connect-src 'self'; img-src 'self' data:",
+                     connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
                 ),
             ),
         ],

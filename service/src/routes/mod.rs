@@ -9,11 +9,16 @@ pub mod tts;
 
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderValue, StatusCode};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use pool_core::{Manager, Pool, Pooled};
 use speech_core::{ErrorClass, SpeechError};
 
 use crate::error::ApiError;
+use crate::limits::{ClientId, LogLimiter};
 use crate::state::AppState;
 
 /// Header naming the tier a request's connection came from (`dedicated`, `warm`, `cold`).
@@ -106,9 +111,74 @@ where
                     .metrics()
                     .record_upstream_error(pool.name(), se.class());
             }
-            tracing::warn!(pool = pool.name(), error = %e, status = api.status.as_u16(), "acquire failed");
+            // A flood of refused requests must not flood the log: one line a second, with
+            // the count of those held back.
+            static REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+            if let Some(held_back) = REFUSED.admit() {
+                tracing::warn!(pool = pool.name(), error = %e, status = api.status.as_u16(), held_back, "acquire failed");
+            }
             Err(api)
         }
+    }
+}
+
+/// The peer address axum was given for this connection, when served over a socket.
+pub(crate) type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// Who a request comes from, for per-client limits: every holder of the API key is one
+/// client when a key is configured, else each peer address is.
+pub(crate) fn client_id(state: &AppState, peer: &Peer) -> ClientId {
+    if state.options().api_key.is_some() {
+        return ClientId::ApiKey;
+    }
+    match peer {
+        Some(Extension(ConnectInfo(addr))) => ClientId::Peer(addr.ip()),
+        None => ClientId::Unknown,
+    }
+}
+
+/// Refuses a request that would open one session more than `MAX_SESSIONS_PER_CLIENT`
+/// allows its client. Nothing is recorded; [`AppState::session_cap`]'s `record` is
+/// called once the request was served, so refused requests leave no trace.
+pub(crate) fn check_session_cap(
+    state: &AppState,
+    client: &ClientId,
+    session: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(session) = session else {
+        return Ok(());
+    };
+    state.session_cap().check(client, session).map_err(|e| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "session_limit",
+            e.to_string(),
+        )
+        .with_retry_after(Duration::from_secs(1))
+    })
+}
+
+/// Refuses a body that is not declared as JSON: 415, so that a browser's "simple"
+/// cross-origin request (form or text/plain, sent without a preflight) cannot reach the
+/// speech backend.
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim());
+    match declared {
+        Some(essence) if essence.eq_ignore_ascii_case("application/json") => Ok(()),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "the body must be JSON sent with Content-Type: application/json (got {})",
+                other.map_or_else(
+                    || "none".to_owned(),
+                    |o| format!("{:?}", o.chars().take(60).collect::<String>())
+                )
+            ),
+        )),
     }
 }
 

@@ -43,6 +43,7 @@ pub async fn delete_session(
 ) -> Result<Json<Released>, ApiError> {
     validate_session_id(&id)?;
     let streams_closed = state.streams().cancel(&id);
+    state.session_cap().forget(&id);
     // Run the releases in their own task: a release waits for the session's current user
     // and must not be abandoned half-way if this client hangs up.
     let task = {

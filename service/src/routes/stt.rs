@@ -6,7 +6,7 @@
 //!   and `mode` (optional; must match `STT_FORMAT` / `STT_MODE`, because Azure fixes
 //!   language, mode and format when a connection opens, so a pool serves one combination);
 //! - the service first sends `{"type":"connected","pool":"speech-stt","tier":…,
-//!   "session_id":…,"language":…}`; the upgrade response also carries `x-pool-tier`;
+//!   "session_id":…,"language":…}` (`tier` is null: connections are taken per turn);
 //! - a turn starts with the client's first binary frame (16 kHz, 16-bit, mono,
 //!   little-endian PCM, no WAV header); the service answers `{"type":"turn_start",
 //!   "turn":N,"tier":…,"acquire_ms":…}`, then streams speech-core's `RecognitionEvent`s as JSON
@@ -15,11 +15,20 @@
 //!   closing the socket); after `turn_end` it may start the next turn;
 //! - failures arrive as `{"type":"error","status":…,"code":…,"message":…}`.
 //!
-//! The first turn's connection is taken before the upgrade, so an exhausted pool or a
-//! failing backend is an HTTP status (429, 502, 503) rather than a socket that opens and
-//! closes. Later turns take a connection when their audio starts and give it back at
-//! `turn_end`: between turns it is parked in the session (DEDICATED next time) or returned
-//! to the warm set.
+//! A socket holds no speech connection until its audio starts: each turn takes one when
+//! its first audio arrives and gives it back at `turn_end`; between turns it is parked in
+//! the session (DEDICATED next time) or returned to the warm set. So an open but silent
+//! socket costs the pools nothing. When no connection can be had the client gets an
+//! `error` message and the socket closes with 1013 (try again later).
+//!
+//! Limits: a turn whose audio stops for `STT_AUDIO_IDLE_TIMEOUT` is ended with what was
+//! said so far, giving its connection back while the socket stays open; a socket that
+//! sends nothing for `STT_IDLE_CLOSE_TIMEOUT` between turns is closed with 1001 and a
+//! reason naming the setting. Protocol violations close with their code: 1007 for a text
+//! message that is not UTF-8, 1009 for a message over 1 MiB, 1002 for other framing
+//! errors.
+//! Two streams of one session share its connection: a turn of the second waits (up to
+//! the pool's acquire timeout) for the first's turn to end, else gets `session_busy`.
 
 use std::time::{Duration, Instant};
 
@@ -27,24 +36,21 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::HeaderValue;
 use axum::response::Response;
 use bytes::Bytes;
-use pool_core::{Pooled, Tier};
+use pool_core::Tier;
 use serde::{Deserialize, Serialize};
 use speech_core::{
     RecognitionEvent, RecognitionFormat, RecognitionMode, RecognitionRequest, Recognizer,
-    RecognizerManager, SpeechError,
+    SpeechError,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{
-    SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing, keep_after_error,
-    validate_session_id,
-};
+use super::{Peer, acquire, check_session_cap, client_id, keep_after_error, validate_session_id};
 use crate::error::{ApiError, ErrorBody};
+use crate::limits::ClientId;
 use crate::state::{AppState, STT_POOL};
 
 /// Query parameters of `GET /api/v1/stt`.
@@ -76,7 +82,8 @@ const TURN_BUFFER: usize = 16;
 enum ServerMessage<'a> {
     Connected {
         pool: &'static str,
-        tier: Tier,
+        /// Always null: a stream takes a connection per turn, reported in `turn_start`.
+        tier: Option<Tier>,
         session_id: Option<&'a str>,
         language: &'a str,
     },
@@ -116,8 +123,9 @@ struct StreamContext {
     tag = "speech",
     params(SttParams),
     responses(
-        (status = 101, description = "Websocket: PCM audio in, recognition events out",
-         headers(("x-pool-tier" = String, description = "dedicated, warm or cold"))),
+        (status = 101, description = "Websocket: PCM audio in, recognition events out; \
+         each turn takes its connection when its first audio arrives and reports the tier in \
+         its turn_start event"),
         (status = 400, description = "Malformed parameters or not a websocket request", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 429, description = "Pool exhausted or speech service throttling", body = ErrorBody),
@@ -128,6 +136,7 @@ struct StreamContext {
 )]
 pub async fn stt(
     State(state): State<AppState>,
+    peer: Peer,
     params: Result<Query<SttParams>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -177,20 +186,21 @@ pub async fn stt(
         format: options.stt_format,
         mode: options.stt_mode,
     };
-    let (guard, waited) = acquire(&state, &state.pools().stt, context.session.as_deref()).await?;
-    let tier = guard.tier();
-    // Counts as tracked work until the socket ends, so shutdown waits for it (axum's
+    if state.is_draining() {
+        return Err(ApiError::draining());
+    }
+    let client = client_id(&state, &peer);
+    check_session_cap(&state, &client, context.session.as_deref())?;
+    // Counts as tracked work until the socket ends, so shutdown waits for it (the server's
     // graceful shutdown does not wait for upgraded connections).
     let token = state.tasks().token();
-    let mut response =
-        ws.max_message_size(MAX_MESSAGE_BYTES)
-            .on_upgrade(move |socket| async move {
-                let _token = token;
-                run_stream(socket, state, (guard, waited), context).await;
-            });
-    let headers = response.headers_mut();
-    headers.insert(TIER_HEADER, HeaderValue::from_static(tier.as_str()));
-    headers.insert(SERVER_TIMING_HEADER, acquire_timing(waited));
+    let response = ws
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| async move {
+            let _token = token;
+            run_stream(socket, state, client, context).await;
+        });
     Ok(response)
 }
 
@@ -222,15 +232,38 @@ fn is_end_message(text: &str) -> bool {
 enum NextTurn {
     Audio(Bytes),
     Done,
+    /// The stream must close with this code and reason.
+    Close(u16, String),
+}
+
+/// The close a client's read error calls for: a protocol violation gets its own code so
+/// the client learns what it did wrong; anything else (a reset, an abrupt end) means the
+/// client is gone.
+fn violation(e: &axum::Error) -> Option<(u16, String)> {
+    // axum does not expose the websocket library's error type, only its message.
+    let text = e.to_string();
+    if text.contains("UTF-8") {
+        Some((1007, "text messages must be valid UTF-8".to_owned()))
+    } else if text.contains("Space limit exceeded") || text.contains("too long") {
+        Some((
+            1009,
+            format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+        ))
+    } else if text.contains("protocol error") {
+        Some((1002, "websocket protocol error".to_owned()))
+    } else {
+        None
+    }
 }
 
 async fn run_stream(
     mut socket: WebSocket,
     state: AppState,
-    first: (Pooled<RecognizerManager>, Duration),
+    client: ClientId,
     context: StreamContext,
 ) {
-    let (first, first_waited) = first;
+    let limits = &state.options().limits;
+    let (audio_idle, idle_close) = (limits.stt_audio_idle_timeout, limits.stt_idle_close_timeout);
     let stop = state.drain_token().child_token();
     let _registration = context
         .session
@@ -238,37 +271,38 @@ async fn run_stream(
         .map(|s| state.streams().register(s, stop.clone()));
     let connected = ServerMessage::Connected {
         pool: STT_POOL,
-        tier: first.tier(),
+        tier: None,
         session_id: context.session.as_deref(),
         language: &context.language,
     };
     if send_json(&mut socket, &connected).await.is_err() {
         return;
     }
-    let mut held = Some((first, first_waited));
     let mut turn: u32 = 0;
-    let mut close = (1000, "done");
+    let mut close = (1000, "done".to_owned());
     loop {
-        let audio = match wait_for_audio(&mut socket, &stop).await {
+        let audio = match wait_for_audio(&mut socket, &stop, idle_close).await {
             NextTurn::Audio(chunk) => chunk,
             NextTurn::Done => break,
+            NextTurn::Close(code, reason) => {
+                close = (code, reason);
+                break;
+            }
         };
-        // A held connection that went stale while the client was silent (the server closes
-        // idle sockets) is dropped here, before a new one is asked for: a session's guard
-        // holds the session, and asking the pool for the same session while holding it
-        // would wait on ourselves.
-        let reusable = held.take().filter(|(g, _)| g.is_ready());
-        let (mut guard, waited) = match reusable {
-            Some(held) => held,
-            None => match acquire(&state, &state.pools().stt, context.session.as_deref()).await {
+        // The connection is taken only now that there is audio to recognise, and given
+        // back at the end of the turn.
+        let (mut guard, waited) =
+            match acquire(&state, &state.pools().stt, context.session.as_deref()).await {
                 Ok(acquired) => acquired,
                 Err(e) => {
                     send_error(&mut socket, &e).await;
-                    close = (1013, "no speech connection available");
+                    close = (1013, "no speech connection available".to_owned());
                     break;
                 }
-            },
-        };
+            };
+        if let Some(id) = &context.session {
+            state.session_cap().record(&client, id);
+        }
         turn += 1;
         let mut request = RecognitionRequest::new(context.language.clone());
         request.format = context.format;
@@ -294,9 +328,11 @@ async fn run_stream(
             tier = %guard.tier(),
             turn
         );
-        let (result, client_gone) = run_turn(&mut socket, &mut **guard, request, audio, &stop)
-            .instrument(span)
-            .await;
+        let (result, client_end) =
+            run_turn(&mut socket, &mut **guard, request, audio, &stop, audio_idle)
+                .instrument(span)
+                .await;
+        let client_gone = client_end.is_some();
         match result {
             Ok(()) => {
                 tracing::debug!(%request_id, turn, elapsed = ?started.elapsed(), "recognition turn done");
@@ -317,15 +353,20 @@ async fn run_stream(
                 }
             }
         }
-        if client_gone {
-            return;
+        match client_end {
+            None => {}
+            Some(None) => return,
+            Some(Some(violation)) => {
+                close = violation;
+                break;
+            }
         }
     }
     if stop.is_cancelled() {
         close = if state.is_draining() {
-            (1001, "server shutting down")
+            (1001, "server shutting down".to_owned())
         } else {
-            (1000, "session ended")
+            (1000, "session ended".to_owned())
         };
     }
     let frame = CloseFrame {
@@ -336,16 +377,31 @@ async fn run_stream(
 }
 
 /// Waits for the first audio of the next turn; `Done` when the client closes or the stream
-/// is stopped (drain or session deleted).
-async fn wait_for_audio(socket: &mut WebSocket, stop: &CancellationToken) -> NextTurn {
+/// is stopped (drain or session deleted), `Close` after `idle_close` without any message
+/// or on a protocol violation.
+async fn wait_for_audio(
+    socket: &mut WebSocket,
+    stop: &CancellationToken,
+    idle_close: Duration,
+) -> NextTurn {
+    let idle = tokio::time::sleep(idle_close);
+    tokio::pin!(idle);
     loop {
         let msg = tokio::select! {
             // Biased so a stopped stream does not start another turn because audio was
             // also ready.
             biased;
             () = stop.cancelled() => return NextTurn::Done,
+            () = &mut idle => {
+                return NextTurn::Close(
+                    1001,
+                    format!("closed after {idle_close:?} without audio (STT_IDLE_CLOSE_TIMEOUT)"),
+                );
+            }
             msg = socket.recv() => msg,
         };
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + idle_close);
         match msg {
             Some(Ok(Message::Binary(b))) if !b.is_empty() => return NextTurn::Audio(b),
             Some(Ok(Message::Text(t))) if !is_end_message(&t) => {
@@ -354,7 +410,13 @@ async fn wait_for_audio(socket: &mut WebSocket, stop: &CancellationToken) -> Nex
                 );
                 send_error(socket, &e).await;
             }
-            Some(Ok(Message::Close(_)) | Err(_)) | None => return NextTurn::Done,
+            Some(Err(e)) => {
+                return match violation(&e) {
+                    Some((code, reason)) => NextTurn::Close(code, reason),
+                    None => NextTurn::Done,
+                };
+            }
+            Some(Ok(Message::Close(_))) | None => return NextTurn::Done,
             // Pings are answered by axum; an `end` with no audio ends nothing.
             Some(Ok(_)) => {}
         }
@@ -368,6 +430,7 @@ enum Step {
     Forwarded,
     Client(Option<Result<Message, axum::Error>>),
     Stop,
+    AudioIdle,
 }
 
 /// Pends forever on `None`, so a `select!` branch over an ended channel stays quiet.
@@ -380,24 +443,32 @@ async fn reserve(
     }
 }
 
+/// How a client left a turn: `None` still there; `Some(None)` gone; `Some(Some(close))`
+/// broke the protocol, the stream must close with that code and reason.
+type ClientEnd = Option<Option<(u16, String)>>;
+
 /// Runs one recognition turn: forwards client audio to the connection and events back,
-/// until the backend ends the turn. Returns the turn's result and whether the client is
-/// gone. Never abandons the backend's future mid-turn (that would leave the connection in
-/// an unknown state); once the client is gone it ends the audio and lets the turn finish.
+/// until the backend ends the turn. Returns the turn's result and how the client left, if
+/// it did. Never abandons the backend's future mid-turn (that would leave the connection
+/// in an unknown state); once the client is gone, silent for `audio_idle`, or the stream
+/// is stopped, it ends the audio and lets the turn finish with what was said.
 async fn run_turn(
     socket: &mut WebSocket,
     conn: &mut dyn Recognizer,
     request: RecognitionRequest,
     first: Bytes,
     stop: &CancellationToken,
-) -> (Result<(), SpeechError>, bool) {
+    audio_idle: Duration,
+) -> (Result<(), SpeechError>, ClientEnd) {
     let (audio_tx, audio_rx) = mpsc::channel(TURN_BUFFER);
     let (events_tx, mut events_rx) = mpsc::channel::<RecognitionEvent>(TURN_BUFFER);
     let mut audio_tx = Some(audio_tx);
     let mut pending = Some(first);
-    let mut client_gone = false;
+    let mut client_end: ClientEnd = None;
     let mut result = None;
     let mut events_open = true;
+    let idle = tokio::time::sleep(audio_idle);
+    tokio::pin!(idle);
     let recognize = conn.recognize(request, audio_rx, events_tx);
     tokio::pin!(recognize);
     while result.is_none() || events_open {
@@ -412,17 +483,18 @@ async fn run_turn(
                 }
                 Step::Forwarded
             }
-            msg = socket.recv(), if pending.is_none() && audio_tx.is_some() && !client_gone => {
+            msg = socket.recv(), if pending.is_none() && audio_tx.is_some() && client_end.is_none() => {
                 Step::Client(msg)
             }
             () = stop.cancelled(), if audio_tx.is_some() => Step::Stop,
+            () = &mut idle, if audio_tx.is_some() => Step::AudioIdle,
         };
         match step {
             Step::Finished(r) => result = Some(r),
             Step::Event(Some(ev)) => {
-                if !client_gone && send_json(socket, &ev).await.is_err() {
+                if client_end.is_none() && send_json(socket, &ev).await.is_err() {
                     // Keep draining events so the backend is never blocked on us.
-                    client_gone = true;
+                    client_end = Some(None);
                     audio_tx = None;
                     pending = None;
                 }
@@ -430,6 +502,8 @@ async fn run_turn(
             Step::Event(None) => events_open = false,
             Step::Forwarded => {}
             Step::Client(Some(Ok(Message::Binary(b)))) => {
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + audio_idle);
                 if !b.is_empty() {
                     pending = Some(b);
                 }
@@ -439,21 +513,26 @@ async fn run_turn(
                     audio_tx = None;
                 }
             }
-            Step::Client(Some(Ok(Message::Close(_)) | Err(_)) | None) => {
-                client_gone = true;
+            Step::Client(Some(Err(e))) => {
+                client_end = Some(violation(&e));
+                audio_tx = None;
+            }
+            Step::Client(Some(Ok(Message::Close(_))) | None) => {
+                client_end = Some(None);
                 audio_tx = None;
             }
             Step::Client(Some(Ok(_))) => {}
-            Step::Stop => {
-                // Draining or session deleted: end the audio so the turn finishes with
-                // what was said so far.
+            Step::Stop | Step::AudioIdle => {
+                // Draining, session deleted, or the client stopped sending audio: end the
+                // audio so the turn finishes with what was said so far and its
+                // connection goes back to the pool.
                 audio_tx = None;
                 pending = None;
             }
         }
     }
     let result = result.unwrap_or(Err(SpeechError::Cancelled));
-    (result, client_gone)
+    (result, client_end)
 }
 
 #[cfg(test)]

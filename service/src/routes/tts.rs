@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pool_core::Tier;
 use serde::Deserialize;
@@ -17,10 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{
-    REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
-    keep_after_error, validate_session_id,
+    Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
+    check_session_cap, client_id, keep_after_error, require_json, validate_session_id,
 };
 use crate::error::{ApiError, ErrorBody};
+use crate::limits::LogLimiter;
 use crate::state::{AppState, TTS_POOL};
 
 /// The JSON body of `POST /api/v1/tts`. Exactly one of `text` and `ssml`.
@@ -122,8 +123,11 @@ fn build_request(
 )]
 pub async fn tts(
     State(state): State<AppState>,
+    peer: Peer,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    require_json(&headers)?;
     let body = body.map_err(|r| {
         let status = r.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -135,6 +139,8 @@ pub async fn tts(
     })?;
     let started = Instant::now();
     let (request, session) = build_request(&state, &body)?;
+    let client = client_id(&state, &peer);
+    check_session_cap(&state, &client, session.as_deref())?;
     let format = request.format;
 
     let mut waited = Duration::ZERO;
@@ -163,6 +169,9 @@ pub async fn tts(
     state
         .metrics()
         .record_first_audio(turn.tier, started.elapsed());
+    if let Some(id) = &session {
+        state.session_cap().record(&client, id);
+    }
 
     let StartedTurn {
         first,
@@ -208,7 +217,7 @@ fn retry_before_audio(class: ErrorClass) -> bool {
 struct StartedTurn {
     first: Bytes,
     events: mpsc::Receiver<SynthesisEvent>,
-    done: oneshot::Receiver<Result<SynthesisSummary, SpeechError>>,
+    done: oneshot::Receiver<TurnOutcome>,
     tier: Tier,
     request_id: RequestId,
 }
@@ -274,17 +283,27 @@ async fn start_turn(
 
     let (events_tx, mut events) = mpsc::channel(EVENT_BUFFER);
     let (done_tx, done) = oneshot::channel();
-    // The turn runs in its own task, tracked so shutdown waits for it: the response body
-    // only forwards what the task produces, and a client hanging up drops the receiver,
-    // which the backend sees as a cancelled turn.
+    let bounds = RelayBounds::from_limits(&state.options().limits);
+    // The turn runs in its own task, tracked so shutdown waits for it. The response body
+    // only forwards what the relay passes on; when the client stops reading or hangs up,
+    // the relay finishes the turn upstream (bounded) so the connection stays reusable.
     state.tasks().spawn(
         async move {
-            let result = guard.synthesize(request, events_tx).await;
+            let (upstream_tx, upstream_rx) = mpsc::channel(EVENT_BUFFER);
+            let (result, relayed) = tokio::join!(
+                guard.synthesize(request, upstream_tx),
+                relay_turn(upstream_rx, events_tx, bounds)
+            );
             match &result {
                 Err(e) if !keep_after_error(e.class()) => guard.discard(),
                 _ => drop(guard),
             }
-            let _ = done_tx.send(result);
+            relayed.log(&result);
+            let outcome = match relayed {
+                Relayed::Delivered => TurnOutcome::Done(result),
+                Relayed::Stopped { cause, .. } => TurnOutcome::CutOff(cause),
+            };
+            let _ = done_tx.send(outcome);
         }
         .instrument(span),
     );
@@ -304,9 +323,10 @@ async fn start_turn(
             // The turn ended before any audio: its outcome says why.
             None => {
                 return Err(match done.await {
-                    Ok(Err(e)) => TurnFailure::Upstream(e),
-                    Ok(Ok(_)) => TurnFailure::NoAudio,
-                    Err(_) => TurnFailure::TaskLost,
+                    Ok(TurnOutcome::Done(Err(e))) => TurnFailure::Upstream(e),
+                    Ok(TurnOutcome::Done(Ok(_))) => TurnFailure::NoAudio,
+                    // Nobody is waiting for a cut-off turn's answer any more.
+                    Ok(TurnOutcome::CutOff(_)) | Err(_) => TurnFailure::TaskLost,
                 });
             }
         }
@@ -316,7 +336,7 @@ async fn start_turn(
 struct BodyState {
     first: Option<Bytes>,
     events: mpsc::Receiver<SynthesisEvent>,
-    done: Option<oneshot::Receiver<Result<SynthesisSummary, SpeechError>>>,
+    done: Option<oneshot::Receiver<TurnOutcome>>,
     state: AppState,
 }
 
@@ -336,14 +356,159 @@ async fn next_chunk(mut st: BodyState) -> Option<(Result<Bytes, std::io::Error>,
     }
     let done = st.done.take()?;
     let error = match done.await {
-        Ok(Ok(_)) => return None,
-        Ok(Err(e)) => {
+        Ok(TurnOutcome::Done(Ok(_))) => return None,
+        Ok(TurnOutcome::Done(Err(e))) => {
             record_failure(&st.state, &e);
             std::io::Error::other(format!("synthesis failed mid-stream: {e}"))
         }
+        Ok(TurnOutcome::CutOff(cause)) => std::io::Error::other(cause.to_string()),
         Err(_) => std::io::Error::other("the synthesis task ended unexpectedly"),
     };
     Some((Err(error), st))
+}
+
+/// How a turn ended, as the response body sees it.
+enum TurnOutcome {
+    /// The client received everything the backend produced; the backend's result.
+    Done(Result<SynthesisSummary, SpeechError>),
+    /// The client stopped reading or hung up before the end: the body must not look
+    /// complete.
+    CutOff(StopCause),
+}
+
+/// Why a relay stopped passing events to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopCause {
+    /// The client accepted nothing for the write timeout.
+    Stalled(Duration),
+    /// The client went away (hung up, or barged in and dropped the stream).
+    Gone,
+}
+
+impl std::fmt::Display for StopCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stalled(d) => write!(
+                f,
+                "the client read no audio for {d:?} (HTTP_WRITE_TIMEOUT); cut off"
+            ),
+            Self::Gone => f.write_str("the client went away mid-stream"),
+        }
+    }
+}
+
+/// Bounds of a relay: how long the client may stall, and how much of an abandoned turn
+/// is drained from upstream to keep its connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RelayBounds {
+    pub(crate) write_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) drain_max_bytes: usize,
+}
+
+impl RelayBounds {
+    pub(crate) fn from_limits(limits: &crate::limits::Limits) -> Self {
+        Self {
+            write_timeout: limits.http_write_timeout,
+            drain_timeout: limits.tts_drain_timeout,
+            drain_max_bytes: limits.tts_drain_max_bytes,
+        }
+    }
+}
+
+/// What a relay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Relayed {
+    /// Everything reached the client.
+    Delivered,
+    /// The client stopped taking events; the rest of the turn was read and dropped
+    /// (`drained`), or the drain hit its bound and upstream was abandoned.
+    Stopped {
+        cause: StopCause,
+        drained: bool,
+        drained_bytes: usize,
+    },
+}
+
+impl Relayed {
+    fn log(&self, result: &Result<SynthesisSummary, SpeechError>) {
+        static STOPPED: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+        let Self::Stopped {
+            cause,
+            drained,
+            drained_bytes,
+        } = *self
+        else {
+            return;
+        };
+        let Some(held_back) = STOPPED.admit() else {
+            return;
+        };
+        let kept = drained && result.is_ok();
+        tracing::info!(
+            pool = TTS_POOL,
+            %cause,
+            drained_bytes,
+            connection_kept = kept,
+            held_back,
+            "a synthesis stream stopped before its end; the rest of the turn was {}",
+            if drained { "drained" } else { "abandoned (drain bound reached)" }
+        );
+    }
+}
+
+/// Passes a turn's events from the backend (`upstream`) to the client (`downstream`).
+///
+/// When the client stops taking events (no room for `write_timeout`) or goes away (the
+/// receiver is dropped), the relay stops forwarding and finishes the turn instead: it
+/// reads and drops the rest of it, at most `drain_timeout` and `drain_max_bytes` of
+/// audio, so the backend sees a normal turn end and its connection stays reusable
+/// (Azure's websocket is ready only if no turn was abandoned midway). Past either bound
+/// it drops `upstream`, which makes the backend stop the turn (and its connection be
+/// replaced). The same mechanism serves a caller that barges in and drops the stream.
+pub(crate) async fn relay_turn(
+    mut upstream: mpsc::Receiver<SynthesisEvent>,
+    downstream: mpsc::Sender<SynthesisEvent>,
+    bounds: RelayBounds,
+) -> Relayed {
+    let cause = loop {
+        let Some(event) = upstream.recv().await else {
+            return Relayed::Delivered;
+        };
+        match tokio::time::timeout(bounds.write_timeout, downstream.send(event)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break StopCause::Gone,
+            Err(_) => break StopCause::Stalled(bounds.write_timeout),
+        }
+    };
+    // The client gets no more: ending its channel lets the body finish (as cut off).
+    drop(downstream);
+    let deadline = tokio::time::Instant::now() + bounds.drain_timeout;
+    let mut drained_bytes = 0usize;
+    loop {
+        match tokio::time::timeout_at(deadline, upstream.recv()).await {
+            Ok(Some(SynthesisEvent::Audio(chunk))) => {
+                drained_bytes = drained_bytes.saturating_add(chunk.len());
+                if drained_bytes > bounds.drain_max_bytes {
+                    break;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Relayed::Stopped {
+                    cause,
+                    drained: true,
+                    drained_bytes,
+                };
+            }
+            Err(_) => break,
+        }
+    }
+    Relayed::Stopped {
+        cause,
+        drained: false,
+        drained_bytes,
+    }
 }
 
 fn record_failure(state: &AppState, e: &SpeechError) {
