@@ -7,13 +7,13 @@ use crate::manager::Manager;
 use crate::pool::Pool;
 
 /// Everything that shapes a pool's behaviour. Built with [`PoolBuilder`]; every field has
-/// a documented default chosen so that a pool with only a manager behaves like the seed's
-/// `OnDemandResourcePool` (no warm set, no background work, no sessions).
+/// a documented default chosen so that a pool with only a manager behaves like the Python
+/// `OnDemandResourcePool` this crate replaces (no warm set, no background work, no sessions).
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Name used in snapshots, metrics and logs (`speech-tts`, `speech-stt`). Default `"pool"`.
     pub name: String,
-    /// How many ready, idle resources the pool tries to hold (the seed's `warm_pool_size`).
+    /// How many ready, idle resources the pool tries to hold (`warm_pool_size` in the Python pool).
     /// Zero means every plain acquire is COLD. Default 0.
     pub warm_target: usize,
     /// Upper bound on all live resources: idle + handed out + bound to sessions + being
@@ -32,7 +32,7 @@ pub struct PoolConfig {
     /// means no limit beyond `create_concurrency`. [`Pool::prepare`] ignores it. Default
     /// `None`.
     pub create_rate_limit: Option<f64>,
-    /// Whether `acquire_for_session` binds a resource to a session id (the seed's
+    /// Whether `acquire_for_session` binds a resource to a session id (the Python pool's
     /// `session_awareness`). When off, every session acquire is a plain acquire. Default false.
     pub session_awareness: bool,
     /// A session not used for this long is evicted and its resource closed. Checked by the
@@ -47,11 +47,11 @@ pub struct PoolConfig {
     /// Finding the least recently used session scans the session map, which happens only
     /// when a caller waits on a full pool. Default false.
     pub reclaim_idle_sessions: bool,
-    /// Whether a background maintainer runs (the seed's `enable_background_warmup`): it
+    /// Whether a background maintainer runs (the Python pool's `enable_background_warmup`): it
     /// refills the idle set, refreshes idle resources before they expire and evicts stale
     /// sessions. Default false.
     pub background_warmup: bool,
-    /// Period of the maintainer's housekeeping pass (the seed's `warmup_interval_sec`).
+    /// Period of the maintainer's housekeeping pass (the Python pool's `warmup_interval_sec`).
     /// Refills are also triggered immediately when an acquire drains the idle set below
     /// target, so this period bounds only session eviction, retry cadence, and how long an
     /// idle resource that stopped being ready (e.g. closed by the server) goes unnoticed

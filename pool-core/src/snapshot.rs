@@ -6,8 +6,9 @@ use serde::Serialize;
 use crate::adaptive::TargetReason;
 use crate::tier::Tier;
 
-/// Everything a dashboard or health endpoint needs about one pool. Holds the seed's
-/// `PoolMetrics` fields under their original names, plus the fields the seed lacked.
+/// Everything a dashboard or health endpoint needs about one pool. Keeps the field names
+/// of the Python `WarmableResourcePool`'s `PoolMetrics` this crate replaces (dashboards
+/// built on it read them), plus the figures that pool lacked.
 ///
 /// Gauges (`warm_pool_size`, `in_use`, …) are read together under the pool's lock, so they
 /// are mutually consistent; counters are read one by one and may be a few operations apart.

@@ -1,4 +1,4 @@
-//! Defaults: a pool built from a manager alone behaves like the seed's
+//! Defaults: a pool built from a manager alone behaves like the Python
 //! `OnDemandResourcePool`, and the builder's documented defaults hold.
 
 mod common;
@@ -11,7 +11,7 @@ use pool_core::{BuildError, Pool, PoolConfig, Tier};
 #[test]
 fn config_defaults_are_the_documented_ones() {
     let c = PoolConfig::default();
-    // The seed's names and values.
+    // The Python pool's names and values.
     assert_eq!(c.name, "pool");
     assert_eq!(c.warm_target, 0, "warm size 0: every plain acquire is COLD");
     assert!(!c.session_awareness);

@@ -1,4 +1,4 @@
-//! `snapshot()` carries the seed's fields plus the additions, consistently, and its totals
+//! `snapshot()` carries the Python pool's `PoolMetrics` fields plus the additions, consistently, and its totals
 //! add up after a mixed sequence of operations.
 
 mod common;

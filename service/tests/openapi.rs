@@ -244,14 +244,22 @@ async fn error_responses_match_the_document() {
     assert_matches(&doc, "post", "/api/v1/tts", &r);
     t.state.shutdown(Duration::from_secs(1)).await;
 
-    // With an API key, a request without it is refused as documented.
+    // With an API key, a request without it is refused as documented. The dashboard page
+    // holds no data and is served to everyone; its own data requests carry the key.
     let keyed = build_with(&config(), MockConfig::default(), |mut o| {
         o.api_key = Some(Secret::new("k3y".to_owned()));
         o
     });
-    for (method, path) in [("get", "/api/v1/pools"), ("get", "/metrics"), ("get", "/")] {
+    for (method, path) in [("get", "/api/v1/pools"), ("get", "/metrics")] {
         let r = get(&keyed.state, path).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
         assert_matches(&doc, method, path, &r);
     }
+    let r = get(&keyed.state, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        doc.pointer("/paths/~1/get/responses/200/content/text~1html")
+            .is_some(),
+        "the document describes the page the service serves"
+    );
 }

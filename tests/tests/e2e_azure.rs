@@ -82,8 +82,11 @@ async fn a_call_over_tls_gets_dedicated_connections_and_nothing_stays_open() {
 
     // The caller speaks; the transcript comes back.
     let (mut ws, hello) = stt_connect(&running, "?session_id=az-1").await;
-    assert_eq!(hello["tier"], "warm");
+    // The socket takes its connection with the first audio, so the tier is the turn's.
+    assert_eq!(hello["tier"], serde_json::Value::Null);
     let events = stt_turn(&mut ws, &pcm(1.5)).await;
+    assert_eq!(events[0]["type"], "turn_start", "{events:?}");
+    assert_eq!(events[0]["tier"], "warm", "{events:?}");
     assert_eq!(
         final_phrase(&events).as_deref(),
         Some("what is the weather"),

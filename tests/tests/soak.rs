@@ -35,6 +35,10 @@ fn config() -> Config {
     c.pool_tts_max_size = 256;
     c.pool_stt_max_size = 256;
     c.pool_acquire_timeout = Duration::from_secs(10);
+    // Connections returned after the calls are kept as surplus rather than closed at once
+    // (no churn); housekeeping trims what nobody used, so run it often enough for the
+    // pools to settle back to their targets within the test.
+    c.warm_pool_refresh_interval = Duration::from_millis(200);
     c
 }
 
@@ -85,10 +89,8 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
                 let turns = 2 + (caller + call) % 2;
                 let (mut stt, hello) =
                     stt_connect_to(stt_target, &format!("?session_id={id}")).await;
-                assert!(
-                    matches!(hello["tier"].as_str(), Some("warm" | "cold")),
-                    "{id}: {hello}"
-                );
+                // The socket takes its connection with the first audio: no tier yet.
+                assert!(hello["tier"].is_null(), "{id}: {hello}");
                 for turn in 0..turns {
                     let events = stt_turn(&mut stt, &utterance).await;
                     let last = events.last().cloned().unwrap_or_default();
@@ -99,11 +101,13 @@ async fn two_hundred_concurrent_callers_leave_no_leak_and_the_pools_settle() {
                             .any(|e| matches!(e["type"].as_str(), Some("hypothesis" | "phrase"))),
                         "{id} stt turn {turn} ended without a recognition result: {events:?}"
                     );
+                    let start = events.iter().find(|e| e["type"] == "turn_start");
+                    let tier = start.and_then(|e| e["tier"].as_str());
                     if turn > 0 {
-                        let start = events.iter().find(|e| e["type"] == "turn_start");
-                        assert_eq!(
-                            start.map(|e| e["tier"].clone()),
-                            Some(json!("dedicated")),
+                        assert_eq!(tier, Some("dedicated"), "{id} stt turn {turn}: {events:?}");
+                    } else {
+                        assert!(
+                            matches!(tier, Some("warm" | "cold")),
                             "{id} stt turn {turn}: {events:?}"
                         );
                     }

@@ -70,8 +70,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building the release service failed");
     }
-    let bin = crate::workspace_root().join("target/release/speech-pool");
-    let logs = crate::workspace_root().join("target/abuse");
+    // Cargo puts the binary under CARGO_TARGET_DIR when that is set, else under target/.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    let bin = target.join("release/speech-pool");
+    let logs = target.join("abuse");
     std::fs::create_dir_all(&logs)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

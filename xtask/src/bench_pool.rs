@@ -1385,7 +1385,7 @@ impl Subject for Bb8Subject {
 }
 
 /// fastpool 1.1 marks itself deprecated (its successor is asyncband); it is still the
-/// released crate the issue asks us to compare with.
+/// released crate that users compare pools with.
 #[allow(deprecated)]
 mod fastpool_peer {
     use std::convert::Infallible;
