@@ -116,7 +116,7 @@ pub struct Limits {
     )]
     pub max_sessions_per_client: usize,
 
-    /// Origins (scheme://host[:port], comma-separated) allowed to call the API from a
+    /// Origins (`scheme://host` or `scheme://host:port`, comma-separated) allowed to call the API from a
     /// browser; CORS headers are sent for these only. Requests without an Origin header
     /// (non-browser clients) and same-origin requests are always allowed; `*` allows any
     /// origin. Empty by default: no cross-origin access.

@@ -96,7 +96,7 @@ async fn a_tts_client_that_stops_reading_is_cut_off_and_the_connection_kept() {
     // The kept connection serves the next request warm.
     let next = tts(&t.state, json!({ "text": "hi" })).await;
     assert_eq!(next.status, 200);
-    assert_eq!(next.header("x-pool-tier"), Some("warm"));
+    assert_eq!(next.header(service::TIER_HEADER), Some("warm"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -120,7 +120,7 @@ async fn a_tts_client_hanging_up_mid_stream_leaves_the_connection_reusable() {
     assert_eq!(t.tts.snapshot().turns_cancelled, 0);
     // The session's next turn gets its own connection back.
     let next = tts(&t.state, json!({ "text": "hi", "session_id": "barge" })).await;
-    assert_eq!(next.header("x-pool-tier"), Some("dedicated"));
+    assert_eq!(next.header(service::TIER_HEADER), Some("dedicated"));
 }
 
 #[tokio::test(start_paused = true)]
