@@ -75,6 +75,16 @@ fn steps() -> Vec<Step> {
                 c
             },
         },
+        Step {
+            // The same offline checks of the image recipe, the manifests and the HAProxy
+            // configuration that `.ci/run` makes (it installs what it needs or fails).
+            label: "bash deploy/validate.sh",
+            command: || {
+                let mut c = Command::new("bash");
+                c.arg("deploy/validate.sh").current_dir(workspace_root());
+                c
+            },
+        },
     ];
     if workspace_root().join("conformance/run.sh").is_file() {
         steps.push(Step {
