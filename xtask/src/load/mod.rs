@@ -281,20 +281,7 @@ async fn run_async(args: &Args, plan: Plan, remote: Option<String>) -> anyhow::R
             stats.finished.fetch_add(1, Ordering::Relaxed);
         });
     }
-    let drained = tokio::time::timeout(DRAIN_LIMIT, async {
-        while let Some(joined) = calls.join_next().await {
-            stats.call_task_ended(joined);
-        }
-    })
-    .await
-    .is_ok();
-    if !drained {
-        for _ in 0..calls.len() {
-            stats.error(Request::Call, ErrorClass::Unfinished);
-        }
-        calls.abort_all();
-        while calls.join_next().await.is_some() {}
-    }
+    drain_calls(&mut calls, &stats).await;
     let elapsed = began.elapsed();
     progress.abort();
     let _ = progress.await;
@@ -380,6 +367,26 @@ pub(crate) async fn progress(
                 line
             });
         }
+    }
+}
+
+/// Waits, at most [`DRAIN_LIMIT`], for every call task to end. A panicked call counts as an
+/// error and a call still running at the limit as unfinished (then it is aborted), so no
+/// call leaves the report silently.
+pub(crate) async fn drain_calls(calls: &mut tokio::task::JoinSet<()>, stats: &Stats) {
+    let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+        while let Some(joined) = calls.join_next().await {
+            stats.call_task_ended(joined);
+        }
+    })
+    .await
+    .is_ok();
+    if !drained {
+        for _ in 0..calls.len() {
+            stats.error(Request::Call, ErrorClass::Unfinished);
+        }
+        calls.abort_all();
+        while calls.join_next().await.is_some() {}
     }
 }
 

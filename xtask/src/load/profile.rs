@@ -31,8 +31,8 @@ use super::call::{self, CallPlan};
 use super::stats::{Recorded, Stats, round};
 use super::target::{InProcess, Setup};
 use super::timeline::{self, IdleRatio, Timeline};
-use super::{Args, DRAIN_LIMIT, Plan};
-use crate::client::{Client, ErrorClass, Request};
+use super::{Args, Plan};
+use crate::client::Client;
 
 /// The arrival rate of the first and last phase, calls per second.
 const LOW_RATE: f64 = 2.0;
@@ -366,20 +366,7 @@ async fn drive(
             stats.finished.fetch_add(1, Ordering::Relaxed);
         });
     }
-    let drained = tokio::time::timeout(DRAIN_LIMIT, async {
-        while let Some(joined) = calls.join_next().await {
-            stats.call_task_ended(joined);
-        }
-    })
-    .await
-    .is_ok();
-    if !drained {
-        for _ in 0..calls.len() {
-            stats.error(Request::Call, ErrorClass::Unfinished);
-        }
-        calls.abort_all();
-        while calls.join_next().await.is_some() {}
-    }
+    super::drain_calls(&mut calls, stats).await;
 }
 
 fn phase_of(t_s: f64, phase: Duration) -> usize {
