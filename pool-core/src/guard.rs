@@ -3,19 +3,18 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use tokio::sync::OwnedMutexGuard;
-
 use crate::manager::Manager;
 use crate::pool::{Entry, Holder, Inner};
-use crate::session::{SessionSlot, SessionState};
+use crate::session::{SessionClaim, SessionSlot};
 use crate::tier::Tier;
 
 #[derive(Debug)]
 enum Binding<R> {
     /// From a plain acquire: returned to the pool on drop.
     Plain,
-    /// Bound to a session: parked back in the session's slot on drop.
-    Session(OwnedMutexGuard<SessionState<R>>),
+    /// Bound to a session: parked back in the session's slot on drop, which also ends the
+    /// claim on the slot.
+    Session(SessionClaim<R>),
 }
 
 /// A resource handed out by a [`Pool`](crate::Pool). Dereferences to the resource; knows the
@@ -46,7 +45,7 @@ impl<M: Manager> Pooled<M> {
 
     pub(crate) fn session(
         inner: Arc<Inner<M>>,
-        state: OwnedMutexGuard<SessionState<M::Resource>>,
+        claim: SessionClaim<M::Resource>,
         entry: Entry<M::Resource>,
         tier: Tier,
     ) -> Self {
@@ -54,7 +53,7 @@ impl<M: Manager> Pooled<M> {
             inner,
             entry: Some(entry),
             tier,
-            binding: Binding::Session(state),
+            binding: Binding::Session(claim),
             broken: false,
         }
     }
@@ -73,7 +72,7 @@ impl<M: Manager> Pooled<M> {
     /// remember.
     pub(crate) fn session_slot(&self) -> Option<&Arc<SessionSlot<M::Resource>>> {
         match &self.binding {
-            Binding::Session(state) => Some(OwnedMutexGuard::mutex(state)),
+            Binding::Session(claim) => Some(claim.slot()),
             Binding::Plain => None,
         }
     }
@@ -130,31 +129,48 @@ impl<M: Manager> Drop for Pooled<M> {
                     inner.return_entry(entry);
                 }
             }
-            Binding::Session(mut state) => {
-                state.touched = true;
-                state.last_use = inner.next_use();
-                let keep = !self.broken
-                    && !state.evicted
+            Binding::Session(claim) => {
+                // Decided before the slot is locked: `is_ready` is user code, and a slot's
+                // lock is held only for a few moves.
+                let ready = !self.broken
                     && !inner.closed.load(std::sync::atomic::Ordering::Acquire)
                     && inner.manager.is_ready(&entry.resource);
-                if keep {
-                    state.entry = Some(entry);
-                    // Release the session before looking: a reclaim pass that ran while
-                    // this turn was in progress skipped it, and one that starts after the
-                    // flag is read can take it.
-                    drop(state);
-                    if inner
-                        .reclaim_wanted
-                        .load(std::sync::atomic::Ordering::SeqCst)
-                    {
-                        inner.reclaim_for_waiters();
-                    }
+                // The use order matters only to reclaim, so only a pool that reclaims pays
+                // for the shared counter.
+                let last_use = if inner.config.reclaim_idle_sessions {
+                    inner.next_use()
                 } else {
-                    // The session keeps no resource, so it stops existing: its next acquire
-                    // binds afresh, and until then it is not counted as active.
-                    inner.forget_session(&mut state);
-                    drop(state);
-                    inner.discard(entry, Holder::Session);
+                    0
+                };
+                let (slot, dropped) = claim.finish(|state| {
+                    state.touched = true;
+                    state.last_use = last_use;
+                    if ready && !state.evicted {
+                        state.entry = Some(entry);
+                        None
+                    } else {
+                        // The session keeps no resource, so it stops existing: its next
+                        // acquire binds afresh, and until then it is not counted as active.
+                        state.evicted = true;
+                        Some(entry)
+                    }
+                });
+                match dropped {
+                    None => {
+                        // The claim ended before looking: a reclaim pass that ran while this
+                        // turn was in progress skipped it, and one that starts after the
+                        // flag is read can take it.
+                        if inner
+                            .reclaim_wanted
+                            .load(std::sync::atomic::Ordering::SeqCst)
+                        {
+                            inner.reclaim_for_waiters();
+                        }
+                    }
+                    Some(entry) => {
+                        inner.detach_session(&slot);
+                        inner.discard(entry, Holder::Session);
+                    }
                 }
             }
         }

@@ -217,6 +217,9 @@ pub(crate) struct Inner<M: Manager> {
     /// Wakes the maintainer early: the idle set fell below target, or a backoff changed.
     /// Shared with the maintainer task, which waits on it holding only a `Weak` to the pool.
     pub maintainer_wake: Arc<Notify>,
+    /// Wakes callers queued behind a session's user when a session's claim ends (every
+    /// slot holds a clone; see `SessionSlot`), and at shutdown.
+    pub(crate) session_released: Arc<Notify>,
 }
 
 /// A cheap-to-clone handle to a pool of `M::Resource`.
@@ -296,6 +299,7 @@ impl<M: Manager> Pool<M> {
             estimator: Mutex::new(Estimator::new()),
             reaper_started: AtomicBool::new(false),
             reaper_wake: Arc::new(Notify::new()),
+            session_released: Arc::new(Notify::new()),
             sessions: Mutex::new(HashMap::default()),
             stats: Stats::default(),
             tasks: TaskTracker::new(),
@@ -859,22 +863,7 @@ impl<M: Manager> Inner<M> {
         for closing in idle {
             self.close(closing);
         }
-        let slots: Vec<_> = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, slot)| slot)
-            .collect();
-        for slot in slots {
-            // A session in use is closed by its guard's drop, which sees the pool closed.
-            if let Ok(mut state) = slot.try_lock_owned() {
-                state.evicted = true;
-                if let Some(entry) = state.entry.take() {
-                    self.discard(entry, Holder::Session);
-                }
-            }
-        }
+        self.close_sessions();
     }
 
     pub(crate) fn counts(&self) -> PoolCounts {

@@ -1,15 +1,23 @@
 //! Sessions: the per-session slot, the DEDICATED fast path, binding, eviction, release,
 //! and the [`SessionHandle`] that skips the session map.
 //!
-//! Lock order: a session's async mutex, then the sessions map, then the state mutex. Code
-//! that holds the sessions map only ever `try_lock`s a session's mutex, so it never waits
-//! behind a session user.
+//! A slot's state sits behind a `std::sync::Mutex` that is held only for a few moves and
+//! never across an await; whether the session is in a turn is the `in_use` flag inside it,
+//! set by whoever claims the slot ([`SessionClaim`]) and cleared only when that claim ends.
+//! A DEDICATED hit is therefore one uncontended lock and unlock to take the parked
+//! resource and one to park it again; callers that find the session in use wait on the
+//! pool's session `Notify`, which only a turn that ends with someone queued touches.
+//!
+//! Lock order: the sessions map, then a slot's state, then the pool state. A slot's state is
+//! never held while the map is taken (a slot is marked evicted under its own lock first and
+//! leaves the map afterwards), so code that holds the map may lock slots.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::{PoolError, SessionBusyDetails};
@@ -18,68 +26,199 @@ use crate::manager::Manager;
 use crate::pool::{Entry, Holder, Inner, sample_start};
 use crate::tier::Tier;
 
-/// A session's binding. The async mutex around it is what serialises concurrent users of
-/// one session (a websocket serves one turn at a time) and what makes concurrent *first*
-/// acquires create exactly one resource: the second caller waits for the first.
-pub(crate) type SessionSlot<R> = tokio::sync::Mutex<SessionState<R>>;
+/// One session: its id, its state, and the pool's session wake-up.
+#[derive(Debug)]
+pub(crate) struct SessionSlot<R> {
+    /// The session id, shared with the map key so forgetting the session needs no copy.
+    pub(crate) id: Arc<str>,
+    /// Wakes callers queued behind a session's user: shared by every slot of a pool, since
+    /// a second user of one session is rare and a per-slot `Notify` would cost every live
+    /// session its memory.
+    released: Arc<Notify>,
+    state: Mutex<SessionState<R>>,
+}
 
 #[derive(Debug)]
 pub(crate) struct SessionState<R> {
-    /// The session id, shared with the map key so forgetting the session needs no copy.
-    pub id: Arc<str>,
     /// The session's resource, absent while its user holds it or before the first bind.
     pub entry: Option<Entry<R>>,
+    /// A claim holds the slot: a turn, a first bind, or a release in progress.
+    pub in_use: bool,
+    /// Callers waiting for the claim to end; the claim's end wakes them only if there are
+    /// any, so a DEDICATED hit never touches the `Notify`.
+    pub waiting: u32,
     /// Set on every use; the maintainer clears it and stamps `last_seen`, so the hot path
     /// never reads the clock.
     pub touched: bool,
     /// When the maintainer last saw this session used (or when it was created).
     pub last_seen: Instant,
     /// Position in the pool's use order, stamped when a turn ends: the smallest parked
-    /// value is the least recently used session, the first one reclaimed.
+    /// value is the least recently used session, the first one reclaimed. Stamped only when
+    /// `reclaim_idle_sessions` is on, the only reader.
     pub last_use: u64,
     /// The slot was released, evicted, reclaimed or shut down, or its first bind failed;
     /// a caller that queued on it starts over with a fresh slot.
     pub evicted: bool,
 }
 
-/// Holds a session's slot while its first resource is being bound. If the bind fails or
+impl<R> SessionSlot<R> {
+    pub(crate) fn new(id: Arc<str>, released: Arc<Notify>, now: Instant) -> Self {
+        Self {
+            id,
+            released,
+            state: Mutex::new(SessionState {
+                entry: None,
+                in_use: false,
+                waiting: 0,
+                touched: true,
+                last_seen: now,
+                last_use: 0,
+                evicted: false,
+            }),
+        }
+    }
+
+    /// Locks the slot's state. No user code but the synchronous `is_ready` runs under it,
+    /// so a poisoned lock still guards a consistent state.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState<R>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The exclusive use of a session slot: made only by setting the slot's `in_use` flag, and
+/// the only way to clear it, either through [`finish`](SessionClaim::finish) or on drop. So
+/// a slot can never stay claimed after its holder is gone, and a waiting caller is always
+/// woken when a claim ends.
+#[derive(Debug)]
+#[must_use = "dropping a claim at once ends it"]
+pub(crate) struct SessionClaim<R> {
+    slot: Option<Arc<SessionSlot<R>>>,
+}
+
+impl<R> SessionClaim<R> {
+    /// Claims `slot`, whose state the caller has locked and found not in use.
+    fn claim(slot: Arc<SessionSlot<R>>, state: &mut SessionState<R>) -> Self {
+        Self::mark(state).into_claim(slot)
+    }
+
+    /// Sets the `in_use` flag of a locked slot that is not in use. The mark must become a
+    /// claim once the lock is released (so the fast path can move its `Arc` into the claim
+    /// rather than clone it while the state borrows it).
+    fn mark(state: &mut SessionState<R>) -> ClaimMark {
+        debug_assert!(!state.in_use, "claiming a slot already in use");
+        state.in_use = true;
+        state.touched = true;
+        ClaimMark(())
+    }
+
+    pub(crate) fn slot(&self) -> &Arc<SessionSlot<R>> {
+        match &self.slot {
+            Some(slot) => slot,
+            None => unreachable!("a claim holds its slot until finished"),
+        }
+    }
+
+    /// Ends the claim after running `f` on the slot's state, under one lock, and wakes the
+    /// session's waiters if there are any. Returns the slot and what `f` returned.
+    pub(crate) fn finish<T>(
+        mut self,
+        f: impl FnOnce(&mut SessionState<R>) -> T,
+    ) -> (Arc<SessionSlot<R>>, T) {
+        let Some(slot) = self.slot.take() else {
+            unreachable!("a claim is finished once")
+        };
+        let out = release(&slot, f);
+        (slot, out)
+    }
+}
+
+impl<R> Drop for SessionClaim<R> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            release(&slot, |_| ());
+        }
+    }
+}
+
+/// A slot's `in_use` flag was set; only [`into_claim`](ClaimMark::into_claim) consumes it.
+#[must_use = "a marked slot stays in use until its claim ends"]
+pub(crate) struct ClaimMark(());
+
+impl ClaimMark {
+    fn into_claim<R>(self, slot: Arc<SessionSlot<R>>) -> SessionClaim<R> {
+        SessionClaim { slot: Some(slot) }
+    }
+}
+
+/// Clears `in_use` after `f`, and wakes the waiters (who re-check the slot) if any.
+fn release<R, T>(slot: &SessionSlot<R>, f: impl FnOnce(&mut SessionState<R>) -> T) -> T {
+    let (out, wake) = {
+        let mut state = slot.lock();
+        let out = f(&mut state);
+        state.in_use = false;
+        (out, state.waiting > 0)
+    };
+    if wake {
+        slot.released.notify_waiters();
+    }
+    out
+}
+
+/// A caller counted in a slot's `waiting`; dropping it (woken, timed out or cancelled)
+/// uncounts it.
+struct Queued<'a, R>(&'a SessionSlot<R>);
+
+impl<R> Drop for Queued<'_, R> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
+/// Why waiting for a session's claim ended without one.
+enum WaitEnd {
+    /// The slot was released, evicted or reclaimed: start over with a fresh slot.
+    Evicted,
+    /// The deadline passed with the session still in use.
+    Busy,
+}
+
+/// Holds a session's claim while its first resource is being bound. If the bind fails or
 /// the acquire future is dropped, the slot is marked evicted and leaves the map, so a
 /// failed or refused acquire never leaves a session behind.
 struct Binding<M: Manager> {
     inner: Arc<Inner<M>>,
-    state: Option<OwnedMutexGuard<SessionState<M::Resource>>>,
+    claim: Option<SessionClaim<M::Resource>>,
 }
 
 impl<M: Manager> Binding<M> {
-    fn bound(mut self) -> OwnedMutexGuard<SessionState<M::Resource>> {
-        match self.state.take() {
-            Some(state) => state,
-            None => unreachable!("a binding holds its slot until bound or dropped"),
+    fn bound(mut self) -> SessionClaim<M::Resource> {
+        match self.claim.take() {
+            Some(claim) => claim,
+            None => unreachable!("a binding holds its claim until bound or dropped"),
         }
     }
 }
 
 impl<M: Manager> Drop for Binding<M> {
     fn drop(&mut self) {
-        if let Some(mut state) = self.state.take() {
-            self.inner.forget_session(&mut state);
+        if let Some(claim) = self.claim.take() {
+            let (slot, ()) = claim.finish(|state| state.evicted = true);
+            self.inner.detach_session(&slot);
         }
     }
 }
 
 impl<M: Manager> Inner<M> {
-    /// Marks a slot evicted and removes it from the map, unless another slot already
-    /// replaced it there. Called with the slot locked, so callers queued on it see the mark
-    /// and start over.
-    pub(crate) fn forget_session(&self, state: &mut OwnedMutexGuard<SessionState<M::Resource>>) {
-        state.evicted = true;
-        let slot = OwnedMutexGuard::mutex(state);
+    /// Removes a slot already marked evicted from the map, unless another slot already
+    /// replaced it there. Takes the map lock, so it must not be called with the slot's
+    /// state locked.
+    pub(crate) fn detach_session(&self, slot: &Arc<SessionSlot<M::Resource>>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions
-            .get(&*state.id)
+            .get(&*slot.id)
             .is_some_and(|mapped| Arc::ptr_eq(mapped, slot))
         {
-            sessions.remove(&*state.id);
+            sessions.remove(&*slot.id);
         }
     }
 
@@ -91,21 +230,18 @@ impl<M: Manager> Inner<M> {
     ) -> Result<Arc<SessionSlot<M::Resource>>, PoolError<M::Error>> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         // Checked under the map lock: shutdown sets the flag before draining the map.
-        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if self.closed.load(Acquire) {
             return Err(PoolError::Closed);
         }
         if let Some(slot) = sessions.get(session_id) {
             return Ok(slot.clone());
         }
         let id: Arc<str> = Arc::from(session_id);
-        let slot = Arc::new(tokio::sync::Mutex::new(SessionState {
-            id: id.clone(),
-            entry: None,
-            touched: true,
-            last_seen: Instant::now(),
-            last_use: 0,
-            evicted: false,
-        }));
+        let slot = Arc::new(SessionSlot::new(
+            id.clone(),
+            self.session_released.clone(),
+            Instant::now(),
+        ));
         sessions.insert(id, slot.clone());
         Ok(slot)
     }
@@ -132,43 +268,61 @@ impl<M: Manager> Inner<M> {
         slot: Arc<SessionSlot<M::Resource>>,
         started: Option<Instant>,
     ) -> Option<Pooled<M>> {
-        let mut state = slot.try_lock_owned().ok()?;
-        let entry = state.entry.as_ref()?;
-        if state.evicted || !self.usable(entry) {
-            return None;
-        }
-        let entry = state.entry.take()?;
-        state.touched = true;
+        let (mark, entry) = {
+            let mut state = slot.state.try_lock().ok()?;
+            if state.in_use || state.evicted || !self.usable(state.entry.as_ref()?) {
+                return None;
+            }
+            let entry = state.entry.take()?;
+            (SessionClaim::mark(&mut state), entry)
+        };
+        let claim = mark.into_claim(slot);
         self.record_hand_out(Tier::Dedicated, started);
-        Some(Pooled::session(self.clone(), state, entry, Tier::Dedicated))
+        Some(Pooled::session(self.clone(), claim, entry, Tier::Dedicated))
     }
 
-    /// Waits for the session's current user to let go, bounded by the deadline and cut
-    /// short by shutdown.
-    async fn wait_for_session(
+    /// Claims `slot`, waiting for its current user to let go, bounded by the deadline and
+    /// cut short by shutdown. Returns the claim and the session's parked resource.
+    async fn claim_session(
         &self,
         slot: &Arc<SessionSlot<M::Resource>>,
-        session_id: &str,
         deadline: Option<Instant>,
-        timeout: Option<Duration>,
-    ) -> Result<OwnedMutexGuard<SessionState<M::Resource>>, PoolError<M::Error>> {
-        let locked = slot.clone().lock_owned();
-        let bounded = async {
-            match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, locked).await.ok(),
-                None => Some(locked.await),
+    ) -> Result<Result<ClaimedSlot<M::Resource>, WaitEnd>, PoolError<M::Error>> {
+        loop {
+            let mut notified = std::pin::pin!(self.session_released.notified());
+            let queued = {
+                let mut state = slot.lock();
+                if state.evicted {
+                    return Ok(Err(WaitEnd::Evicted));
+                }
+                if !state.in_use {
+                    let entry = state.entry.take();
+                    return Ok(Ok((SessionClaim::claim(slot.clone(), &mut state), entry)));
+                }
+                state.waiting += 1;
+                // Registered before the lock is released: the claim's end, which reads
+                // `waiting` under this lock, then wakes this future for certain.
+                Pin::as_mut(&mut notified).enable();
+                Queued(slot)
+            };
+            let woken = async {
+                match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, notified).await.is_ok(),
+                    None => {
+                        notified.await;
+                        true
+                    }
+                }
+            };
+            let woken = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return Err(PoolError::Closed),
+                woken = woken => woken,
+            };
+            drop(queued);
+            if !woken {
+                return Ok(Err(WaitEnd::Busy));
             }
-        };
-        tokio::select! {
-            biased;
-            () = self.stop.cancelled() => Err(PoolError::Closed),
-            locked = bounded => locked.ok_or_else(|| {
-                PoolError::SessionBusy(Box::new(SessionBusyDetails {
-                    pool: self.config.name.clone(),
-                    session: session_id.to_owned(),
-                    waited: timeout.unwrap_or_default(),
-                }))
-            }),
         }
     }
 
@@ -183,23 +337,23 @@ impl<M: Manager> Inner<M> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let slot = self.session_slot(session_id)?;
-            let mut state = match slot.clone().try_lock_owned() {
-                Ok(state) => state,
-                Err(_) => {
-                    self.wait_for_session(&slot, session_id, deadline, timeout)
-                        .await?
-                }
-            };
-            if state.evicted {
+            let (claim, parked) = match self.claim_session(&slot, deadline).await? {
+                Ok(claimed) => claimed,
                 // Released, evicted or reclaimed while we queued for it: start over with a
                 // fresh slot.
-                continue;
-            }
-            state.touched = true;
-            if let Some(entry) = state.entry.take() {
+                Err(WaitEnd::Evicted) => continue,
+                Err(WaitEnd::Busy) => {
+                    return Err(PoolError::SessionBusy(Box::new(SessionBusyDetails {
+                        pool: self.config.name.clone(),
+                        session: session_id.to_owned(),
+                        waited: timeout.unwrap_or_default(),
+                    })));
+                }
+            };
+            if let Some(entry) = parked {
                 if self.usable(&entry) {
                     self.record_hand_out(Tier::Dedicated, started);
-                    return Ok(Pooled::session(self.clone(), state, entry, Tier::Dedicated));
+                    return Ok(Pooled::session(self.clone(), claim, entry, Tier::Dedicated));
                 }
                 // Its connection died or expired: close it and bind a new one, reporting
                 // the tier the replacement really came from.
@@ -207,7 +361,7 @@ impl<M: Manager> Inner<M> {
             }
             let binding = Binding {
                 inner: self.clone(),
-                state: Some(state),
+                claim: Some(claim),
             };
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let (entry, tier) = match self.try_take_idle(started) {
@@ -236,10 +390,24 @@ impl<M: Manager> Inner<M> {
         let Some(slot) = removed else {
             return false;
         };
-        let mut state = slot.lock_owned().await;
-        state.evicted = true;
-        if let Some(mut entry) = state.entry.take() {
-            drop(state);
+        // Waits for a user in a turn to finish, without a bound, as documented; shutdown
+        // ends such a turn's claim too (its guard's drop sees the pool closed).
+        let parked = loop {
+            match self.claim_session(&slot, None).await {
+                Ok(Ok((claim, entry))) => {
+                    let (_, ()) = claim.finish(|state| state.evicted = true);
+                    break entry;
+                }
+                Ok(Err(WaitEnd::Evicted)) => break None,
+                Ok(Err(WaitEnd::Busy)) => continue,
+                Err(_closed) => {
+                    // Shutdown: the session's resource is closed by shutdown or by its
+                    // guard; the session existed.
+                    return true;
+                }
+            }
+        };
+        if let Some(mut entry) = parked {
             let reset_ok = self.manager.reset(&mut entry.resource).await.is_ok();
             let ready = reset_ok && self.manager.is_ready(&entry.resource);
             let mut st = self.lock();
@@ -257,9 +425,10 @@ impl<M: Manager> Inner<M> {
         {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             sessions.retain(|_, slot| {
-                let Ok(mut state) = slot.try_lock() else {
+                let mut state = slot.lock();
+                if state.in_use {
                     return true;
-                };
+                }
                 if state.touched {
                     state.touched = false;
                     state.last_seen = now;
@@ -293,21 +462,20 @@ impl<M: Manager> Inner<M> {
             let st = self.lock();
             let needed = st.slot_waiters().saturating_sub(st.reclaiming);
             if needed == 0 || st.closed {
-                self.reclaim_wanted
-                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                self.reclaim_wanted.store(false, SeqCst);
                 return;
             }
             needed
         };
         // Candidates: sessions not in a turn with a resource parked. The map is held only
-        // while the slots are tried (never awaited), per the lock order.
+        // while the slots are read (never awaited), per the lock order.
         let mut candidates: Vec<(u64, Arc<SessionSlot<M::Resource>>)> = {
             let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             sessions
                 .values()
                 .filter_map(|slot| {
-                    let state = slot.try_lock().ok()?;
-                    (state.entry.is_some() && !state.evicted)
+                    let state = slot.lock();
+                    (!state.in_use && state.entry.is_some() && !state.evicted)
                         .then(|| (state.last_use, slot.clone()))
                 })
                 .collect()
@@ -319,17 +487,18 @@ impl<M: Manager> Inner<M> {
                 break;
             }
             // Re-checked: the session may have started a turn since the scan.
-            let Ok(mut state) = slot.try_lock_owned() else {
-                continue;
+            let entry = {
+                let mut state = slot.lock();
+                if state.in_use || state.evicted {
+                    continue;
+                }
+                let Some(entry) = state.entry.take() else {
+                    continue;
+                };
+                state.evicted = true;
+                entry
             };
-            if state.evicted {
-                continue;
-            }
-            let Some(entry) = state.entry.take() else {
-                continue;
-            };
-            self.forget_session(&mut state);
-            drop(state);
+            self.detach_session(&slot);
             self.lock().reclaiming += 1;
             taken += 1;
             self.spawn_reclaim(entry);
@@ -360,16 +529,45 @@ impl<M: Manager> Inner<M> {
         });
     }
 
+    /// Shutdown's part for sessions: every slot leaves the map and is marked evicted; the
+    /// resources of sessions not in a turn are closed (one in a turn is closed by its
+    /// guard's drop, which sees the pool closed), and every caller queued behind a
+    /// session's user is woken to find the pool closed.
+    pub(crate) fn close_sessions(self: &Arc<Self>) {
+        let parked: Vec<_> = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions
+                .drain()
+                .filter_map(|(_, slot)| {
+                    let mut state = slot.lock();
+                    state.evicted = true;
+                    if state.in_use {
+                        None
+                    } else {
+                        state.entry.take()
+                    }
+                })
+                .collect()
+        };
+        self.session_released.notify_waiters();
+        for entry in parked {
+            self.discard(entry, Holder::Session);
+        }
+    }
+
     /// The next position in the use order (see `SessionState::last_use`).
     pub(crate) fn next_use(&self) -> u64 {
         self.use_counter.fetch_add(1, Relaxed)
     }
 }
 
+/// A claimed slot and the resource that was parked in it, if any.
+type ClaimedSlot<R> = (SessionClaim<R>, Option<Entry<R>>);
+
 /// One session of a pool, kept by a caller that serves many turns of one call. It
-/// remembers the session's slot, so a DEDICATED acquire through it skips the session map;
-/// otherwise it behaves exactly like the string API with the same id. Cheap to clone;
-/// clones share nothing but the pool and the id.
+/// remembers the session's slot, so a DEDICATED acquire through it skips the session map
+/// (the id's hash and the map's lock); otherwise it behaves exactly like the string API with
+/// the same id. Cheap to clone; clones share nothing but the pool and the id.
 ///
 /// ```
 /// # use pool_core::{Manager, Pool, Tier};
@@ -437,7 +635,7 @@ impl<M: Manager> SessionHandle<M> {
             return Ok(Pooled::plain(inner.clone(), entry, tier));
         }
         let started = sample_start();
-        let cached = self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let cached = self.cached_slot();
         if let Some(slot) = cached
             && let Some(guard) = inner.try_dedicated_slot(slot, started)
         {
@@ -448,6 +646,10 @@ impl<M: Manager> SessionHandle<M> {
             *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot.clone());
         }
         Ok(guard)
+    }
+
+    fn cached_slot(&self) -> Option<Arc<SessionSlot<M::Resource>>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Ends the session: the same as
@@ -464,7 +666,7 @@ impl<M: Manager> Clone for SessionHandle<M> {
         Self {
             inner: self.inner.clone(),
             id: self.id.clone(),
-            slot: Mutex::new(self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            slot: Mutex::new(self.cached_slot()),
         }
     }
 }
