@@ -637,12 +637,15 @@ impl<M: Manager> Inner<M> {
                 self.wait(waiter, deadline, waited).await
             };
             if let Ok((_, tier)) = &result {
-                self.record_hand_out(*tier, Some(started));
+                // One clock read serves both the tier's latency and the wait histogram.
+                let elapsed = started.elapsed();
+                self.stats.record_allocation(*tier);
+                self.stats.record_latency(*tier, elapsed);
                 if *tier == Tier::Warm {
                     // On the slow path a WARM resource is one another caller gave back
                     // while this one waited: counted apart, so a full pool shows as such.
                     self.stats.waited_total.fetch_add(1, Relaxed);
-                    self.stats.wait_latency.record(started.elapsed());
+                    self.stats.wait_latency.record(elapsed);
                 }
             }
             return result;
