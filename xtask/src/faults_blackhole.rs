@@ -309,16 +309,20 @@ async fn mid_turn(turns: usize) -> anyhow::Result<Report> {
 
     // (b) Before the first audio, the service retries on a fresh connection.
     let stack = stack().await?;
-    stack.emulator.add_fault(
-        FaultRule::new(Fault::Blackhole {
-            at: TurnPoint::BeforeTurnStart,
-        })
-        .target(Target::TtsWs)
-        .times(u32::try_from(turns / 2).unwrap_or(1)),
-    );
     let mut failed_b = 0;
     for i in 0..turns {
         report.turns += 1;
+        if i % 2 == 0 {
+            // One fault per turn: the first attempt meets a blackhole, the retry a live
+            // connection.
+            stack.emulator.add_fault(
+                FaultRule::new(Fault::Blackhole {
+                    at: TurnPoint::BeforeTurnStart,
+                })
+                .target(Target::TtsWs)
+                .once(),
+            );
+        }
         match tokio::time::timeout(HANG, stack.client.tts(None, TEXT)).await {
             Err(_) => report.hangs += 1,
             Ok(Ok(_)) => {}
