@@ -23,6 +23,7 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
     let interval = inner.config.refresh_interval;
     let wake = inner.maintainer_wake.clone();
     let adaptive = inner.config.adaptive_warm_target;
+    let readiness = inner.manager.readiness_signal();
     inner.tasks.spawn(async move {
         let mut next_housekeeping = Instant::now() + interval;
         let mut wake_at = Instant::now();
@@ -33,6 +34,9 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep_until(wake_at) => false,
                 () = wake.notified() => true,
+                // A resource went bad on its own: prune and refill now (the pass below
+                // starts with the prune).
+                () = readiness_changed(readiness.as_deref()) => true,
             };
             let Some(inner) = weak.upgrade() else {
                 return;
@@ -69,6 +73,15 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
             inner.plan_maintenance(wake_at);
         }
     });
+}
+
+/// Resolves when the backend signals that an idle resource may no longer be ready; never,
+/// when it has no signal.
+async fn readiness_changed(signal: Option<&tokio::sync::Notify>) {
+    match signal {
+        Some(s) => s.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The maintainer's passes.

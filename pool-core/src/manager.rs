@@ -1,6 +1,9 @@
 //! The one seam between the pool and a backend.
 
 use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 /// What a backend implements so that [`Pool`](crate::Pool) can manage its resources.
 ///
@@ -53,6 +56,19 @@ pub trait Manager: Send + Sync + 'static {
     fn is_ready(&self, resource: &Self::Resource) -> bool {
         let _ = resource;
         true
+    }
+
+    /// A signal the backend fires (`notify_one`) when an idle resource may have stopped
+    /// being ready on its own, between the pool's looks at it: for example a background
+    /// liveness probe found that a pooled connection's peer vanished. The maintainer then
+    /// runs a pass at once, closing the resources [`is_ready`](Manager::is_ready) now
+    /// refuses and creating their replacements, instead of waiting for its next scheduled
+    /// pass (up to `refresh_interval` away) or for an acquire to stumble on them.
+    ///
+    /// Asked once, when the maintainer starts; `None` (the default) means the backend
+    /// never signals. One signal per pool: `notify_one` wakes a single waiter.
+    fn readiness_signal(&self) -> Option<Arc<Notify>> {
+        None
     }
 
     /// Clears per-session state before a session's resource serves someone else.

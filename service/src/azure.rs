@@ -1,8 +1,8 @@
 //! Wiring of the Azure backend (speech-azure) into the service's managers.
 
 use speech_azure::{
-    AzureSpeech, Credentials, Endpoint, Secret as AzureSecret, SttWsOptions, TlsOptions,
-    TtsWsOptions,
+    AzureSpeech, ConnectionPolicy, Credentials, Endpoint, Secret as AzureSecret, SttWsOptions,
+    TlsOptions, TtsWsOptions,
 };
 
 use crate::backend::{BackendKind, Managers, StartupError};
@@ -52,8 +52,13 @@ pub fn managers(config: &Config) -> Result<Managers, StartupError> {
             .with_root_pem(&pem)
             .map_err(|e| failed(format!("AZURE_SPEECH_CA_CERT ({}): {e}", path.display())))?;
     }
+    let policy = ConnectionPolicy {
+        liveness_gap: config.azure_speech_liveness_gap,
+        ..ConnectionPolicy::default()
+    };
     let client = AzureSpeech::builder(endpoint, credentials)
         .tls(tls)
+        .policy(policy)
         .user_agent(concat!("speech-pool/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| failed(e.to_string()))?;

@@ -428,6 +428,22 @@ pub struct Config {
     #[arg(long, env = "AZURE_SPEECH_CA_CERT", value_name = "PATH")]
     pub azure_speech_ca_cert: Option<std::path::PathBuf>,
 
+    /// Seconds a dead Azure websocket (its peer vanished without FIN or RST) may go
+    /// unnoticed, idle in a pool or mid-turn: after half of it without data the connection
+    /// is pinged, and declared dead if nothing answers by three quarters of it. An idle dead
+    /// connection is replaced in the background and never handed out; a turn on one fails
+    /// as a transient error (a TTS turn without audio yet is retried on a fresh connection).
+    /// Raise it if the Speech region is far (a healthy pong must come back within a
+    /// quarter of it).
+    #[arg(
+        long,
+        env = "AZURE_SPEECH_LIVENESS_GAP",
+        default_value = "1.2",
+        value_name = "SECONDS",
+        value_parser = positive_seconds()
+    )]
+    pub azure_speech_liveness_gap: Duration,
+
     /// Latency profile of the mock backend: realistic (400 ms connects, so WARM versus
     /// COLD shows) or instant.
     #[arg(

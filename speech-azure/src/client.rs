@@ -179,7 +179,7 @@ impl AzureSpeech {
 
     /// Opens a TTS websocket (not yet warmed: call `warm` or let the pool do it).
     pub async fn connect_tts_ws(&self, options: TtsWsOptions) -> Result<TtsWebSocket, SpeechError> {
-        TtsWebSocket::connect(Arc::clone(&self.inner), options).await
+        TtsWebSocket::connect(Arc::clone(&self.inner), options, None).await
     }
 
     /// Creates a TTS REST connection (its HTTP connection opens on warm-up or first use).
@@ -189,7 +189,7 @@ impl AzureSpeech {
 
     /// Opens an STT websocket for one (mode, language, format).
     pub async fn connect_stt_ws(&self, options: SttWsOptions) -> Result<SttWebSocket, SpeechError> {
-        SttWebSocket::connect(Arc::clone(&self.inner), options).await
+        SttWebSocket::connect(Arc::clone(&self.inner), options, None).await
     }
 
     /// A pool manager of TTS websockets.
@@ -197,6 +197,7 @@ impl AzureSpeech {
         SynthesizerManager::new(TtsWsFactory {
             client: self.clone(),
             options,
+            dead_signal: Arc::default(),
         })
     }
 
@@ -213,6 +214,7 @@ impl AzureSpeech {
         Ok(RecognizerManager::new(SttWsFactory {
             client: self.clone(),
             options,
+            dead_signal: Arc::default(),
         }))
     }
 }

@@ -35,6 +35,15 @@ pub struct ConnectionPolicy {
     pub frame_gap_timeout: Duration,
     /// Bound on sending one message. Default 10 s.
     pub send_timeout: Duration,
+    /// Bound on how long a dead websocket peer (blackholed: no FIN, no RST, no data) goes
+    /// unnoticed, idle in a pool or mid-turn. A connection that has received nothing for
+    /// half of it is sent a websocket ping; if nothing at all (pong or data) arrives within
+    /// a quarter more, it is declared dead: no longer ready (the pool replaces it in the
+    /// background and never hands it out) and a turn in flight fails with a `Transient`
+    /// error. Three quarters rather than the whole gap so the bound still holds when the
+    /// timer or the scheduler is late. A healthy peer must answer a ping within a quarter
+    /// of it (300 ms by default; raise it for a far region). Default 1.2 s.
+    pub liveness_gap: Duration,
     /// Bound on the close handshake. Default 1 s.
     pub close_timeout: Duration,
 }
@@ -50,6 +59,7 @@ impl Default for ConnectionPolicy {
             first_response_timeout: Duration::from_secs(10),
             frame_gap_timeout: Duration::from_secs(3),
             send_timeout: Duration::from_secs(10),
+            liveness_gap: Duration::from_millis(1200),
             close_timeout: Duration::from_secs(1),
         }
     }
@@ -68,6 +78,7 @@ impl ConnectionPolicy {
             ("frame_gap_timeout", self.frame_gap_timeout),
             ("send_timeout", self.send_timeout),
             ("close_timeout", self.close_timeout),
+            ("liveness_gap", self.liveness_gap),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Setting {

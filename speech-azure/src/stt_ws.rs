@@ -75,14 +75,25 @@ impl SttWsOptions {
 pub struct SttWsFactory {
     pub(crate) client: AzureSpeech,
     pub(crate) options: SttWsOptions,
+    /// Fired when a connection of this factory is found dead, so its pool replaces it.
+    pub(crate) dead_signal: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait]
 impl RecognizerFactory for SttWsFactory {
     async fn create(&self) -> Result<Box<dyn Recognizer>, SpeechError> {
         Ok(Box::new(
-            self.client.connect_stt_ws(self.options.clone()).await?,
+            SttWebSocket::connect(
+                Arc::clone(&self.client.inner),
+                self.options.clone(),
+                Some(Arc::clone(&self.dead_signal)),
+            )
+            .await?,
         ))
+    }
+
+    fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.dead_signal))
     }
 }
 
@@ -115,6 +126,7 @@ impl SttWebSocket {
     pub(crate) async fn connect(
         client: Arc<ClientInner>,
         options: SttWsOptions,
+        dead_signal: Option<Arc<tokio::sync::Notify>>,
     ) -> Result<Self, SpeechError> {
         options.validate()?;
         let url = client
@@ -126,6 +138,7 @@ impl SttWebSocket {
             tls: &client.tls.ws,
             policy: &client.policy,
             user_agent: &client.user_agent,
+            dead_signal,
         })
         .await?;
         tracing::debug!(connection_id = %conn.connection_id, "STT websocket connected");
@@ -253,7 +266,10 @@ impl SttWebSocket {
                         Incoming::Malformed(e) => {
                             return Err(SpeechError::protocol(format!("bad binary message: {e}")));
                         }
-                        Incoming::Closed { code, reason } => {
+                        Incoming::Unresponsive(reason) => {
+                    return Err(SpeechError::transient(reason));
+                }
+                Incoming::Closed { code, reason } => {
                             return Err(match code {
                                 Some(c) => SpeechError::from_close_code(c, reason),
                                 None => SpeechError::connection_closed(None, reason),

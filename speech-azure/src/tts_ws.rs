@@ -34,14 +34,25 @@ pub(crate) const PRIME_FORMAT: AudioFormat = AudioFormat::Raw16Khz16BitMonoPcm;
 pub struct TtsWsFactory {
     pub(crate) client: AzureSpeech,
     pub(crate) options: TtsWsOptions,
+    /// Fired when a connection of this factory is found dead, so its pool replaces it.
+    pub(crate) dead_signal: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait]
 impl SynthesizerFactory for TtsWsFactory {
     async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
         Ok(Box::new(
-            self.client.connect_tts_ws(self.options.clone()).await?,
+            TtsWebSocket::connect(
+                Arc::clone(&self.client.inner),
+                self.options.clone(),
+                Some(Arc::clone(&self.dead_signal)),
+            )
+            .await?,
         ))
+    }
+
+    fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.dead_signal))
     }
 }
 
@@ -78,6 +89,7 @@ impl TtsWebSocket {
     pub(crate) async fn connect(
         client: Arc<ClientInner>,
         options: TtsWsOptions,
+        dead_signal: Option<Arc<tokio::sync::Notify>>,
     ) -> Result<Self, SpeechError> {
         if let Some(v) = &options.prime_voice {
             speech_core::validate_voice_name(v)?;
@@ -88,6 +100,7 @@ impl TtsWebSocket {
             tls: &client.tls.ws,
             policy: &client.policy,
             user_agent: &client.user_agent,
+            dead_signal,
         })
         .await?;
         tracing::debug!(connection_id = %conn.connection_id, "TTS websocket connected");
@@ -248,6 +261,9 @@ impl TtsWebSocket {
                 }
                 Incoming::Malformed(e) => {
                     return Err(SpeechError::protocol(format!("bad binary message: {e}")));
+                }
+                Incoming::Unresponsive(reason) => {
+                    return Err(SpeechError::transient(reason));
                 }
                 Incoming::Closed { code, reason } => {
                     return Err(match code {

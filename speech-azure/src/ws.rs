@@ -2,7 +2,7 @@
 //! same-origin redirects, one retry with a fresh token after a 401), a reader task that
 //! notices server closes while the connection sits idle in a pool, and graceful close.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::ClientConfig;
 use speech_core::{RecognitionMode, SpeechError};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -28,6 +28,9 @@ use crate::policy::ConnectionPolicy;
 use crate::util::{connection_id, excerpt, retry_after, with_sources};
 
 type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The write half, shared by the connection's turns and its liveness prober (whose pings
+/// go out between messages; the async mutex is uncontended on the hot path).
+type Sink = Arc<AsyncMutex<SplitSink<Stream, Message>>>;
 
 /// Messages buffered between the reader task and a turn. Bounded so a peer cannot grow
 /// memory without limit while nobody reads (the reader then applies TCP back-pressure).
@@ -48,17 +51,50 @@ pub(crate) enum Incoming {
         code: Option<u16>,
         reason: String,
     },
+    /// The liveness prober found the peer dead (silent, ping unanswered): a `Transient`
+    /// failure, the connection is gone.
+    Unresponsive(String),
 }
 
 /// State the reader task shares with the connection, readable without awaiting (for the
 /// synchronous `is_ready`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     open: AtomicBool,
     closed: Mutex<Option<(Option<u16>, String)>>,
+    /// Set with `closed` when the prober declared the peer dead.
+    dead: AtomicBool,
+    /// The reader's clock origin, for `last_rx`.
+    base: Instant,
+    /// Nanoseconds after `base` of the last frame received (any frame, pongs included) or
+    /// of the last hand-over to a turn that had been waiting for room.
+    last_rx: AtomicU64,
+    /// The reader is parked on a full inbox: the turn is slow, not the peer, so silence
+    /// on the wire proves nothing.
+    handing_over: AtomicBool,
 }
 
 impl Shared {
+    fn new() -> Self {
+        Self {
+            open: AtomicBool::new(true),
+            closed: Mutex::new(None),
+            dead: AtomicBool::new(false),
+            base: Instant::now(),
+            last_rx: AtomicU64::new(0),
+            handing_over: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        let n = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_rx.store(n, Ordering::SeqCst);
+    }
+
+    fn last_rx(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_rx.load(Ordering::SeqCst))
+    }
+
     fn mark_closed(&self, code: Option<u16>, reason: String) -> bool {
         self.open.store(false, Ordering::SeqCst);
         let mut c = self
@@ -76,10 +112,11 @@ impl Shared {
 
 /// One open websocket.
 pub(crate) struct WsConn {
-    sink: SplitSink<Stream, Message>,
+    sink: Sink,
     rx: mpsc::Receiver<Incoming>,
     shared: Arc<Shared>,
     reader: JoinHandle<()>,
+    prober: JoinHandle<()>,
     pub(crate) opened_at: Instant,
     /// Last message we sent: the service's idle timer counts client messages.
     pub(crate) last_sent: Instant,
@@ -102,6 +139,7 @@ impl Drop for WsConn {
     fn drop(&mut self) {
         // Without this the reader would keep the socket half alive until the peer closes.
         self.reader.abort();
+        self.prober.abort();
     }
 }
 
@@ -112,6 +150,9 @@ pub(crate) struct Connect<'a> {
     pub(crate) tls: &'a Arc<ClientConfig>,
     pub(crate) policy: &'a ConnectionPolicy,
     pub(crate) user_agent: &'a str,
+    /// Fired when the prober finds this connection's peer dead (the pool's maintainer
+    /// listens, to replace it at once).
+    pub(crate) dead_signal: Option<Arc<Notify>>,
 }
 
 impl WsConn {
@@ -160,7 +201,13 @@ impl WsConn {
             };
             match result {
                 Ok((stream, _resp)) => {
-                    return Ok(Self::start(stream, header.expires_at, conn_id, c.policy));
+                    return Ok(Self::start(
+                        stream,
+                        header.expires_at,
+                        conn_id,
+                        c.policy,
+                        c.dead_signal.clone(),
+                    ));
                 }
                 Err(WsError::Http(resp)) => {
                     let status = resp.status().as_u16();
@@ -212,11 +259,19 @@ impl WsConn {
         token_expires: Option<Instant>,
         connection_id: String,
         policy: &ConnectionPolicy,
+        dead_signal: Option<Arc<Notify>>,
     ) -> Self {
         let (sink, read) = stream.split();
+        let sink: Sink = Arc::new(AsyncMutex::new(sink));
         let (tx, rx) = mpsc::channel(INBOX);
-        let shared = Arc::new(Shared::default());
-        shared.open.store(true, Ordering::SeqCst);
+        let shared = Arc::new(Shared::new());
+        let prober = tokio::spawn(probe_loop(
+            Arc::clone(&sink),
+            Arc::clone(&shared),
+            tx.clone(),
+            policy.liveness_gap,
+            dead_signal,
+        ));
         let reader = tokio::spawn(read_loop(read, tx, Arc::clone(&shared)));
         let now = Instant::now();
         Self {
@@ -224,6 +279,7 @@ impl WsConn {
             rx,
             shared,
             reader,
+            prober,
             opened_at: now,
             last_sent: now,
             token_expires,
@@ -259,6 +315,9 @@ impl WsConn {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         match c {
+            Some((_, reason)) if self.shared.dead.load(Ordering::SeqCst) => {
+                SpeechError::transient(reason)
+            }
             Some((Some(code), reason)) => SpeechError::from_close_code(code, reason),
             Some((None, reason)) => SpeechError::connection_closed(None, reason),
             None => SpeechError::connection_closed(None, "the websocket is closed"),
@@ -291,7 +350,9 @@ impl WsConn {
         if !self.is_open() {
             return Err(self.closed_error());
         }
-        match tokio::time::timeout(self.send_timeout, self.sink.send(msg)).await {
+        let sink = &self.sink;
+        let sending = async move { sink.lock().await.send(msg).await };
+        match tokio::time::timeout(self.send_timeout, sending).await {
             Ok(Ok(())) => {
                 self.last_sent = Instant::now();
                 Ok(())
@@ -340,7 +401,7 @@ impl WsConn {
     pub(crate) fn drain_stale(&mut self) {
         while let Ok(m) = self.rx.try_recv() {
             match m {
-                Incoming::Closed { .. } => break,
+                Incoming::Closed { .. } | Incoming::Unresponsive(_) => break,
                 other => {
                     tracing::debug!(message = ?kind(&other), "discarding a message received between turns")
                 }
@@ -355,7 +416,9 @@ impl WsConn {
                 code: CloseCode::Normal,
                 reason: "".into(),
             };
-            let sent = tokio::time::timeout(timeout, self.sink.send(Message::Close(Some(frame))))
+            let sink = &self.sink;
+            let closing = async move { sink.lock().await.send(Message::Close(Some(frame))).await };
+            let sent = tokio::time::timeout(timeout, closing)
                 .await
                 .is_ok_and(|r| r.is_ok());
             if sent {
@@ -367,10 +430,12 @@ impl WsConn {
                 }
             }
         }
-        let _ = tokio::time::timeout(timeout, self.sink.close()).await;
+        let sink = &self.sink;
+        let _ = tokio::time::timeout(timeout, async move { sink.lock().await.close().await }).await;
         self.shared
             .mark_closed(Some(1000), "closed by the client".into());
         self.reader.abort();
+        self.prober.abort();
     }
 }
 
@@ -380,12 +445,16 @@ fn kind(m: &Incoming) -> String {
         Incoming::Binary(b) => format!("binary {:?}", b.headers.path()),
         Incoming::Malformed(e) => format!("malformed: {e}"),
         Incoming::Closed { code, .. } => format!("closed {code:?}"),
+        Incoming::Unresponsive(_) => "unresponsive".to_owned(),
     }
 }
 
 async fn read_loop(mut read: SplitStream<Stream>, tx: mpsc::Sender<Incoming>, shared: Arc<Shared>) {
     loop {
-        let item = match read.next().await {
+        let next = read.next().await;
+        // Any frame, a pong or a ping included, proves the peer alive.
+        shared.touch();
+        let item = match next {
             Some(Ok(Message::Text(t))) => Incoming::Text(frame::parse_text(t.as_str())),
             Some(Ok(Message::Binary(b))) => match frame::parse_binary(b) {
                 Ok(m) => Incoming::Binary(m),
@@ -425,9 +494,88 @@ async fn read_loop(mut read: SplitStream<Stream>, tx: mpsc::Sender<Incoming>, sh
                 return;
             }
         };
-        if tx.send(item).await.is_err() {
+        let sent = match tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                // The turn is behind: while we wait for room nothing is read, so the
+                // prober must not take the silence for a dead peer.
+                shared.handing_over.store(true, Ordering::SeqCst);
+                let r = tx.send(item).await.map_err(|_| ());
+                shared.touch();
+                shared.handing_over.store(false, Ordering::SeqCst);
+                r
+            }
+        };
+        if sent.is_err() {
             return;
         }
+    }
+}
+
+/// Finds a dead peer (see `ConnectionPolicy::liveness_gap`): after `gap / 2` without a
+/// frame it sends a ping; if still nothing has arrived `gap / 4` later, the connection is
+/// marked closed as unresponsive, a turn waiting on it is told (a `Transient` error), and
+/// `dead_signal` wakes the pool's maintainer to replace it. Costs one 6-byte ping per
+/// `gap / 2` of silence and nothing on the hand-out path: `is_ready` reads the `open` flag
+/// this task clears. Ends when the connection closes (or is aborted with it).
+async fn probe_loop(
+    sink: Sink,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Incoming>,
+    gap: Duration,
+    dead_signal: Option<Arc<Notify>>,
+) {
+    let ping_after = gap / 2;
+    let pong_window = gap * 3 / 4 - ping_after;
+    loop {
+        if !shared.open.load(Ordering::SeqCst) {
+            return;
+        }
+        let last = shared.last_rx();
+        let now = Instant::now();
+        if shared.handing_over.load(Ordering::SeqCst) {
+            tokio::time::sleep(ping_after).await;
+            continue;
+        }
+        if now < last + ping_after {
+            tokio::time::sleep_until(last + ping_after).await;
+            continue;
+        }
+        // Woken late (a busy machine), the pong still gets its whole window.
+        let deadline = (last + ping_after + pong_window).max(now + pong_window);
+        let ping = async {
+            sink.lock()
+                .await
+                .send(Message::Ping(b"liveness".to_vec().into()))
+                .await
+        };
+        // A ping that cannot even be written in the window (the peer stopped reading and
+        // the buffers are full) counts as unanswered.
+        let _ = tokio::time::timeout_at(deadline, ping).await;
+        tokio::time::sleep_until(deadline).await;
+        if shared.last_rx() > last || shared.handing_over.load(Ordering::SeqCst) {
+            continue;
+        }
+        let silent = Instant::now().saturating_duration_since(last);
+        let reason = format!(
+            "no data and no pong from the service for {} ms: the connection is dead (no FIN, no RST)",
+            silent.as_millis()
+        );
+        shared.dead.store(true, Ordering::SeqCst);
+        if shared.mark_closed(None, reason.clone()) {
+            tracing::debug!(
+                silent_ms = silent.as_millis() as u64,
+                "websocket peer unresponsive; connection declared dead"
+            );
+            // A full inbox means the turn has plenty to read before it would wait; it
+            // then finds the connection closed at its next send or turn.
+            let _ = tx.try_send(Incoming::Unresponsive(reason));
+            if let Some(s) = &dead_signal {
+                s.notify_one();
+            }
+        }
+        return;
     }
 }
 

@@ -20,6 +20,12 @@ use crate::error::SpeechError;
 pub trait SynthesizerFactory: fmt::Debug + Send + Sync + 'static {
     /// Opens one connection. It is warmed separately ([`Connection::warm`](crate::Connection::warm)).
     async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError>;
+
+    /// Fired when one of this factory's idle connections stops being ready on its own (a
+    /// liveness probe found its peer dead); see `pool_core::Manager::readiness_signal`.
+    fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Opens new speech-to-text connections. See [`SynthesizerFactory`].
@@ -27,6 +33,11 @@ pub trait SynthesizerFactory: fmt::Debug + Send + Sync + 'static {
 pub trait RecognizerFactory: fmt::Debug + Send + Sync + 'static {
     /// Opens one connection. It is warmed separately ([`Connection::warm`](crate::Connection::warm)).
     async fn create(&self) -> Result<Box<dyn Recognizer>, SpeechError>;
+
+    /// See [`SynthesizerFactory::readiness_signal`].
+    fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Defines a type-erased `pool_core::Manager` over boxed connections of one kind. The two
@@ -94,6 +105,10 @@ macro_rules! erased_manager {
 
             fn close(&self, resource: Self::Resource) -> impl Future<Output = ()> + Send {
                 resource.close()
+            }
+
+            fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+                self.factory.readiness_signal()
             }
         }
     };

@@ -9,6 +9,7 @@
 //! | `PUT /_emulator/faults` | a rule or an array of rules | replaces all rules |
 //! | `DELETE /_emulator/faults` | | removes all rules |
 //! | `POST /_emulator/disconnect` | `{"target":"tts_ws","rst":false}` (both optional) | drops matching open websockets without a close frame |
+//! | `POST /_emulator/blackhole` | `{"target":"tts_ws"}` (optional) | makes matching open websockets go silent (no reads, no writes, no close) with the socket kept open |
 //! | `POST /_emulator/close` | `{"target":"any","code":1000,"reason":"…"}` (all optional) | closes matching open websockets |
 //! | `PUT /_emulator/transcript` | plain text | sets what STT recognises |
 //! | `GET /_emulator/ca.pem` | | the CA certificate to trust (404 in plain mode) |
@@ -44,6 +45,12 @@ enum FaultRules {
 struct DisconnectRequest {
     target: Target,
     rst: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct BlackholeRequest {
+    target: Target,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +109,7 @@ pub(crate) async fn handle(
                 "counters": "GET /_emulator/counters",
                 "faults": "GET|POST|PUT|DELETE /_emulator/faults",
                 "disconnect": "POST /_emulator/disconnect {\"target\":\"any\",\"rst\":false}",
+                "blackhole": "POST /_emulator/blackhole {\"target\":\"any\"}",
                 "close": "POST /_emulator/close {\"target\":\"any\",\"code\":1000,\"reason\":\"...\"}",
                 "transcript": "PUT /_emulator/transcript <text>",
                 "ca": "GET /_emulator/ca.pem",
@@ -142,6 +150,13 @@ pub(crate) async fn handle(
         (Method::POST, "/disconnect") => match read_json::<DisconnectRequest>(&mut req).await {
             Ok(d) => {
                 let n = server.broadcast(d.target, &SessionCommand::Disconnect { rst: d.rst });
+                h::json(StatusCode::OK, &serde_json::json!({"affected": n}))
+            }
+            Err(r) => r,
+        },
+        (Method::POST, "/blackhole") => match read_json::<BlackholeRequest>(&mut req).await {
+            Ok(b) => {
+                let n = server.broadcast(b.target, &SessionCommand::Blackhole);
                 h::json(StatusCode::OK, &serde_json::json!({"affected": n}))
             }
             Err(r) => r,

@@ -35,6 +35,10 @@ pub struct Counters {
     pub rest_requests: u64,
     /// Fault rules that fired.
     pub faults_injected: u64,
+    /// Websockets blackholed (by a fault or `blackhole_all`) since start.
+    pub blackholed: u64,
+    /// Blackholed websockets held open now (released at shutdown).
+    pub blackholed_open: u64,
 }
 
 macro_rules! counters {
@@ -67,6 +71,8 @@ counters!(
     tokens_issued,
     rest_requests,
     faults_injected,
+    blackholed,
+    blackholed_open,
 );
 
 impl LiveCounters {

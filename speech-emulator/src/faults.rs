@@ -79,6 +79,18 @@ pub enum Fault {
         #[serde(default)]
         rst: bool,
     },
+    /// Blackhole the websocket at a point of the turn: from then on the emulator neither
+    /// reads nor writes it (no data, no pong, no close frame, no FIN, no RST) and keeps the
+    /// socket open until it shuts down. Models a network path that died silently (a NAT or
+    /// load balancer that forgot the flow); only the client's own liveness checks can
+    /// notice. `at: after_turn_end` leaves a dead connection idle in the client's pool;
+    /// `after_frames` kills it mid-turn. To blackhole connections that are idle now, use
+    /// `EmulatorHandle::blackhole_all` or `POST /_emulator/blackhole`.
+    Blackhole {
+        /// When in the turn.
+        #[serde(default = "TurnPoint::default_disconnect")]
+        at: TurnPoint,
+    },
     /// Stop the turn after this many frames (TTS: audio frames sent; STT: audio frames
     /// received) and never send `turn.end`; the socket stays open.
     Stall {
@@ -440,6 +452,16 @@ impl FromStr for FaultRule {
                 },
                 rst: opt("rst").is_some_and(|v| v != "false"),
             },
+            "blackhole" => Fault::Blackhole {
+                at: match (at, value) {
+                    (Some(a), _) => a,
+                    (None, Some(v)) => TurnPoint::AfterFrames(to_u32(num(Some(v), "frames")?)?),
+                    (None, None) => TurnPoint::default_disconnect(),
+                },
+            },
+            "blackhole-between-turns" => Fault::Blackhole {
+                at: TurnPoint::AfterTurnEnd,
+            },
             "drop-between-turns" => Fault::Disconnect {
                 at: TurnPoint::AfterTurnEnd,
                 rst: opt("rst").is_some_and(|v| v != "false"),
@@ -534,6 +556,25 @@ mod tests {
                 ..
             }
         ));
+        let r: FaultRule = "blackhole,frames=2".parse().expect("valid");
+        assert_eq!(
+            r.fault,
+            Fault::Blackhole {
+                at: TurnPoint::AfterFrames(2)
+            }
+        );
+        let r: FaultRule = "blackhole-between-turns,target=tts-ws"
+            .parse()
+            .expect("valid");
+        assert_eq!(
+            (r.fault, r.target),
+            (
+                Fault::Blackhole {
+                    at: TurnPoint::AfterTurnEnd
+                },
+                Target::TtsWs
+            )
+        );
         assert!("nonsense".parse::<FaultRule>().is_err());
         assert!("handshake".parse::<FaultRule>().is_err());
         assert!("close=99999".parse::<FaultRule>().is_err());

@@ -466,6 +466,14 @@ impl EmulatorHandle {
             .broadcast(target, &SessionCommand::Disconnect { rst })
     }
 
+    /// Blackholes every open websocket matching `target`: from now on the emulator neither
+    /// reads nor writes them, sends no close frame, FIN or RST, and keeps the sockets open
+    /// until it shuts down. Returns how many. Models a network path that died silently
+    /// under warm, idle sockets (see `Fault::Blackhole` for mid-turn).
+    pub fn blackhole_all(&self, target: Target) -> usize {
+        self.server.broadcast(target, &SessionCommand::Blackhole)
+    }
+
     /// Closes every open websocket matching `target` with `code` and `reason`; returns how
     /// many.
     pub fn close_all(&self, target: Target, code: u16, reason: &str) -> usize {

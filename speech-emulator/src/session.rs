@@ -74,6 +74,8 @@ pub(crate) enum Outgoing {
         /// Reset rather than FIN.
         rst: bool,
     },
+    /// Stop reading and writing, and keep the socket open (see `Fault::Blackhole`).
+    Blackhole,
 }
 
 /// Outgoing messages in send order, each with the earliest time it may go. Times never
@@ -129,6 +131,9 @@ pub(crate) enum Stop {
         /// Reset rather than FIN.
         rst: bool,
     },
+    /// Go silent with the socket open until the server shuts down (see
+    /// `Fault::Blackhole`).
+    Blackhole,
     /// The client went away.
     Gone,
 }

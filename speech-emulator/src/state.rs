@@ -64,6 +64,8 @@ pub(crate) enum SessionCommand {
     Disconnect { rst: bool },
     /// Close with a code and reason.
     Close { code: u16, reason: String },
+    /// Go silent with the socket open (see `Fault::Blackhole`).
+    Blackhole,
 }
 
 /// One listening server, from start to shutdown: its tasks, its open websockets and its

@@ -12,6 +12,7 @@ use crate::session::{Outgoing, Stop};
 pub(crate) struct TurnFaults {
     close: Option<(u16, String, TurnPoint)>,
     disconnect: Option<(TurnPoint, bool)>,
+    blackhole: Option<TurnPoint>,
     /// Stall after this many frames.
     pub(crate) stall: Option<u32>,
     /// Extra delay before `turn.start`.
@@ -25,7 +26,8 @@ pub(crate) struct TurnFaults {
 }
 
 impl TurnFaults {
-    /// Folds the fired faults into one turn plan (the first close/disconnect wins).
+    /// Folds the fired faults into one turn plan (the first close/disconnect/blackhole of
+    /// each kind wins; at one point, a close goes before a disconnect before a blackhole).
     pub(crate) fn new(faults: Vec<Fault>) -> Self {
         let mut t = Self::default();
         for f in faults {
@@ -36,6 +38,9 @@ impl TurnFaults {
                 }
                 Fault::Disconnect { at, rst } => {
                     t.disconnect.get_or_insert((at, rst));
+                }
+                Fault::Blackhole { at } => {
+                    t.blackhole.get_or_insert(at);
                 }
                 Fault::Stall { after_frames } => {
                     t.stall.get_or_insert(after_frames);
@@ -66,8 +71,9 @@ impl TurnFaults {
         {
             return Some(Outgoing::Close(*code, reason.clone()));
         }
-        match self.disconnect {
-            Some((at, rst)) if at == point => Some(Outgoing::Disconnect { rst }),
+        match (self.disconnect, self.blackhole) {
+            (Some((at, rst)), _) if at == point => Some(Outgoing::Disconnect { rst }),
+            (_, Some(at)) if at == point => Some(Outgoing::Blackhole),
             _ => None,
         }
     }
@@ -77,6 +83,7 @@ impl TurnFaults {
         self.action_at(TurnPoint::BeforeTurnStart).map(|o| match o {
             Outgoing::Close(code, reason) => Stop::Close(code, reason),
             Outgoing::Disconnect { rst } => Stop::Disconnect { rst },
+            Outgoing::Blackhole => Stop::Blackhole,
             _ => Stop::Gone,
         })
     }

@@ -330,6 +330,7 @@ impl SessionDriver {
                 cmd = self.cmds.recv(), if cmds_open => match cmd {
                     Some(SessionCommand::Disconnect { rst }) => Err(Stop::Disconnect { rst }),
                     Some(SessionCommand::Close { code, reason }) => Err(Stop::Close(code, reason)),
+                    Some(SessionCommand::Blackhole) => Err(Stop::Blackhole),
                     None => {
                         cmds_open = false;
                         Ok(())
@@ -401,6 +402,7 @@ impl SessionDriver {
             None => return Ok(()),
             Some(Outgoing::Close(code, reason)) => return Err(Stop::Close(code, reason)),
             Some(Outgoing::Disconnect { rst }) => return Err(Stop::Disconnect { rst }),
+            Some(Outgoing::Blackhole) => return Err(Stop::Blackhole),
             Some(Outgoing::Text(t)) => Message::text(t),
             Some(Outgoing::TurnEnd(t)) => {
                 let c = &self.server.emulator.counters;
@@ -418,6 +420,19 @@ impl SessionDriver {
             Stop::Disconnect { rst } => {
                 // Dropping the socket without a close frame: the client sees 1006.
                 self.rst.store(rst, Ordering::SeqCst);
+            }
+            Stop::Blackhole => {
+                // Neither read nor write, and keep the socket: the client's pings go
+                // unanswered, its data piles up in the kernel's buffers, and no FIN or RST
+                // tells it anything. Only shutdown ends the hold, so the task stays on the
+                // tracker and shutdown still accounts for it.
+                // No more commands either: `blackhole_all` counts only live sessions.
+                self.cmds.close();
+                let c = &self.server.emulator.counters;
+                c.inc(&c.blackholed);
+                let _held = GaugeGuard::new(Arc::clone(c), |c| &c.blackholed_open);
+                tracing::debug!(conn = ?self.conn_no, "websocket blackholed");
+                self.server.cancel.cancelled().await;
             }
             Stop::Close(code, reason) => {
                 let reason = truncate(&reason, 120);

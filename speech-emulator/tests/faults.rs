@@ -593,3 +593,119 @@ async fn per_key_connection_limit() {
     b.close().await;
     assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }
+
+/// Sends a ping and reports whether a pong comes back within `d` (data messages are
+/// skipped: only the pong matters).
+async fn answers_ping(c: &mut Client, d: Duration) -> bool {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    c.ws.send(Message::Ping(b"probe".to_vec().into()))
+        .await
+        .expect("ping sent");
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        match tokio::time::timeout_at(deadline, c.ws.next()).await {
+            Err(_) => return false,
+            Ok(Some(Ok(Message::Pong(p)))) => return p.as_ref() == b"probe",
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("a blackholed socket neither closes nor drops: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn blackhole_mid_turn_goes_silent_with_the_socket_open() {
+    let emu = start_plain().await;
+    emu.add_fault(
+        FaultRule::new(Fault::Blackhole {
+            at: TurnPoint::AfterFrames(1),
+        })
+        .target(Target::TtsWs)
+        .once(),
+    );
+    let mut c = ready_tts(&emu).await;
+    assert!(
+        answers_ping(&mut c, PATIENCE).await,
+        "a live session answers pings"
+    );
+    c.synthesize(
+        &new_id(),
+        PCM,
+        false,
+        "a fairly long sentence to get several frames",
+    )
+    .await;
+    let mut audio = 0;
+    while let Some(m) = c.recv_within(Duration::from_millis(300)).await {
+        assert!(
+            !matches!(m, Got::Close(_) | Got::Dropped(_)),
+            "no close, no FIN, no RST: {m:?}"
+        );
+        assert_ne!(m.path(), Some("turn.end"));
+        if m.path() == Some("audio") {
+            audio += 1;
+        }
+    }
+    assert_eq!(audio, 1, "silent right after the first audio frame");
+    assert!(
+        !answers_ping(&mut c, Duration::from_millis(300)).await,
+        "a blackholed session answers nothing, not even pings"
+    );
+    let counters = emu.counters();
+    assert_eq!(
+        (
+            counters.blackholed,
+            counters.blackholed_open,
+            counters.connections_open,
+            counters.turns_served
+        ),
+        (1, 1, 1, 0),
+        "the socket stays open on the emulator's side"
+    );
+    // The client gives up on its side; the emulator still holds its end until shutdown,
+    // and shutdown still ends that task.
+    drop(c);
+    assert_eq!(emu.counters().blackholed_open, 1);
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
+}
+
+#[tokio::test]
+async fn blackhole_idle_connections_by_handle_and_control_api() {
+    let emu = start_plain().await;
+    let mut idle = ready_tts(&emu).await;
+    let mut stt = connect(&emu, STT).await;
+    stt.speech_config(&new_id()).await;
+    assert!(answers_ping(&mut idle, PATIENCE).await);
+    // Only the TTS socket is hit.
+    assert_eq!(emu.blackhole_all(Target::TtsWs), 1);
+    emu.wait_for_counters(|c| c.blackholed_open == 1, PATIENCE)
+        .await
+        .expect("the TTS session went dark");
+    assert!(!answers_ping(&mut idle, Duration::from_millis(300)).await);
+    assert!(
+        answers_ping(&mut stt, PATIENCE).await,
+        "other targets are untouched"
+    );
+    // A blackholed session takes no more commands, so it is not counted again.
+    assert_eq!(emu.blackhole_all(Target::TtsWs), 0);
+
+    // The control API does the same.
+    let r = http(&emu)
+        .post(format!("{}/_emulator/blackhole", emu.base_url_http()))
+        .json_body(&serde_json::json!({"target": "stt_ws"}))
+        .send()
+        .await
+        .expect("control API answers");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.into_json().await["affected"], 1);
+    emu.wait_for_counters(|c| c.blackholed_open == 2, PATIENCE)
+        .await
+        .expect("the STT session went dark");
+    assert!(!answers_ping(&mut stt, Duration::from_millis(300)).await);
+    // A turn on a blackholed socket gets nothing at all.
+    stt_turn(&mut stt, &new_id(), 200).await;
+    assert!(stt.recv_within(Duration::from_millis(300)).await.is_none());
+    assert_eq!(emu.counters().turns_started, 0);
+    assert_eq!(emu.counters().connections_open, 2);
+    assert_eq!(emu.shutdown().await, 0, "no task left behind");
+}

@@ -121,7 +121,7 @@ pub struct Args {
     quick: bool,
     /// Run only this scenario.
     #[arg(long, value_enum, value_name = "NAME")]
-    scenario: Option<Scenario>,
+    scenario: Option<Named>,
 }
 
 /// The fault scenarios, in the order they run (see the module docs).
@@ -139,6 +139,44 @@ enum Scenario {
     MidStreamDrops,
     #[value(name = "emulator-restart")]
     EmulatorRestart,
+}
+
+/// What `--scenario` names: one of the scenarios above, or one of the blackhole scenarios
+/// (`faults_blackhole`), which run only when named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Named {
+    #[value(name = "token-expiry")]
+    TokenExpiry,
+    #[value(name = "429-storm")]
+    Storm429,
+    #[value(name = "4429-closes")]
+    Closes4429,
+    #[value(name = "idle-closes-racing-acquires")]
+    IdleCloses,
+    #[value(name = "mid-stream-drops")]
+    MidStreamDrops,
+    #[value(name = "emulator-restart")]
+    EmulatorRestart,
+    #[value(name = "blackhole-idle")]
+    BlackholeIdle,
+    #[value(name = "blackhole-mid-turn")]
+    BlackholeMidTurn,
+}
+
+impl Named {
+    fn scenario(self) -> Result<Scenario, crate::faults_blackhole::Which> {
+        use crate::faults_blackhole::Which;
+        Ok(match self {
+            Self::TokenExpiry => Scenario::TokenExpiry,
+            Self::Storm429 => Scenario::Storm429,
+            Self::Closes4429 => Scenario::Closes4429,
+            Self::IdleCloses => Scenario::IdleCloses,
+            Self::MidStreamDrops => Scenario::MidStreamDrops,
+            Self::EmulatorRestart => Scenario::EmulatorRestart,
+            Self::BlackholeIdle => return Err(Which::Idle),
+            Self::BlackholeMidTurn => return Err(Which::MidTurn),
+        })
+    }
 }
 
 impl Scenario {
@@ -382,9 +420,17 @@ impl Phase {
 
 /// Entry point of `cargo xtask faults`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let scenarios: Vec<Scenario> = match args.scenario {
-        Some(s) => vec![s],
-        None => Scenario::ALL.to_vec(),
+    let named = args.scenario.map(Named::scenario);
+    if let Some(Err(which)) = named {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("building the tokio runtime")?;
+        return runtime.block_on(crate::faults_blackhole::run(which, args.quick));
+    }
+    let scenarios: Vec<Scenario> = match named {
+        Some(Ok(s)) => vec![s],
+        _ => Scenario::ALL.to_vec(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
