@@ -120,8 +120,8 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only this scenario.
-    #[arg(long, value_enum, value_name = "NAME")]
-    scenario: Option<Scenario>,
+    #[arg(long, value_name = "NAME", value_parser = parse_choice)]
+    scenario: Option<Choice>,
 }
 
 /// The fault scenarios, in the order they run (see the module docs).
@@ -139,6 +139,26 @@ enum Scenario {
     MidStreamDrops,
     #[value(name = "emulator-restart")]
     EmulatorRestart,
+}
+
+/// A `--scenario` value: one of the fault loops above, or a scenario with its own run
+/// (`barge-in`, in `faults_barge_in.rs`; not part of the full run).
+#[derive(Debug, Clone, Copy)]
+enum Choice {
+    Loop(Scenario),
+    BargeIn,
+}
+
+fn parse_choice(s: &str) -> Result<Choice, String> {
+    if s == "barge-in" {
+        return Ok(Choice::BargeIn);
+    }
+    <Scenario as clap::ValueEnum>::from_str(s, false)
+        .map(Choice::Loop)
+        .map_err(|_| {
+            let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+            format!("unknown scenario; one of {}, barge-in", names.join(", "))
+        })
 }
 
 impl Scenario {
@@ -383,7 +403,8 @@ impl Phase {
 /// Entry point of `cargo xtask faults`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let scenarios: Vec<Scenario> = match args.scenario {
-        Some(s) => vec![s],
+        Some(Choice::BargeIn) => return crate::faults_barge_in::run(),
+        Some(Choice::Loop(s)) => vec![s],
         None => Scenario::ALL.to_vec(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
