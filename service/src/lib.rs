@@ -60,6 +60,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/tts", post(routes::tts::tts))
+        .route("/api/v1/tts/{request_id}", delete(routes::tts::cancel_tts))
         .route("/api/v1/stt", get(routes::stt::stt))
         .route(
             "/api/v1/sessions/{id}",

@@ -28,6 +28,7 @@ use crate::routes;
         routes::health::readyz,
         routes::pools::pools,
         routes::tts::tts,
+        routes::tts::cancel_tts,
         routes::stt::stt,
         routes::sessions::delete_session,
         routes::dashboard::dashboard,

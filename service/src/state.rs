@@ -157,6 +157,7 @@ struct Inner {
     /// shutdown can wait for it before closing the pools.
     tasks: TaskTracker,
     streams: StreamRegistry,
+    tts_turns: crate::routes::tts::TurnRegistry,
     session_cap: crate::limits::SessionCap,
 }
 
@@ -171,6 +172,7 @@ impl AppState {
                 drain: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 streams: StreamRegistry::default(),
+                tts_turns: Default::default(),
                 session_cap: crate::limits::SessionCap::new(
                     options.limits.max_sessions_per_client,
                     options.session_max_age,
@@ -236,6 +238,11 @@ impl AppState {
     /// Live STT streams, by session.
     pub(crate) fn streams(&self) -> &StreamRegistry {
         &self.inner.streams
+    }
+
+    /// TTS turns in flight, by request id, for `DELETE /api/v1/tts/{request_id}`.
+    pub(crate) fn tts_turns(&self) -> &crate::routes::tts::TurnRegistry {
+        &self.inner.tts_turns
     }
 
     /// Fills both pools to their warm targets, concurrently. Failures are logged, not

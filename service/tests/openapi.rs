@@ -12,6 +12,7 @@ use common::{Reply, build, build_with, config, get, send, tts, warm_app};
 use serde_json::{Value, json};
 use service::secret::Secret;
 use speech_mock::backend::MockConfig;
+use tower::ServiceExt;
 
 /// The document as served.
 async fn document() -> Value {
@@ -106,6 +107,7 @@ async fn the_document_lists_every_endpoint_and_each_is_routed() {
         operations,
         [
             "DELETE /api/v1/sessions/{id}",
+            "DELETE /api/v1/tts/{request_id}",
             "GET /",
             "GET /api/v1/openapi.json",
             "GET /api/v1/pools",
@@ -121,7 +123,9 @@ async fn the_document_lists_every_endpoint_and_each_is_routed() {
     let t = build(&config(), MockConfig::default());
     for operation in &operations {
         let (method, path) = operation.split_once(' ').unwrap();
-        let uri = path.replace("{id}", "some-session");
+        let uri = path
+            .replace("{id}", "some-session")
+            .replace("{request_id}", "0123456789abcdef0123456789abcdef");
         let request = Request::builder()
             .method(method)
             .uri(&uri)
@@ -223,6 +227,52 @@ async fn health_and_session_responses_match_the_document() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_matches(&doc, "delete", "/api/v1/sessions/{id}", &r);
     t.state.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn tts_cancel_responses_match_the_document() {
+    let doc = document().await;
+    // Slow chunks (7 s of audio in 67 chunks, 10 ms apart): the turn is still streaming
+    // when the cancel comes.
+    let mock = MockConfig {
+        chunk_interval: Duration::from_millis(10),
+        ..MockConfig::default()
+    };
+    let t = build(&config(), mock);
+    t.state.warm_up().await;
+    let post = Request::post("/api/v1/tts")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"text": "a long answer ".repeat(8)}).to_string(),
+        ))
+        .unwrap();
+    // Headers come with the first chunk; the body is left unread, so the turn is in flight.
+    let response = service::app(t.state.clone())
+        .oneshot(post)
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = response.headers()[service::REQUEST_ID_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let delete = |id: &str| {
+        Request::delete(format!("/api/v1/tts/{id}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let path = "/api/v1/tts/{request_id}";
+    let r = send(&t.state, delete(&id)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_matches(&doc, "delete", path, &r);
+    drop(response);
+    let r = send(&t.state, delete(&"0".repeat(32))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_matches(&doc, "delete", path, &r);
+    let r = send(&t.state, delete("nope")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_matches(&doc, "delete", path, &r);
+    t.state.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]

@@ -208,6 +208,9 @@ impl Connection for TtsRest {
     }
 }
 
+// No `synthesize_stoppable` override: REST has no stop message. A caller that barges in
+// can only read the rest of the response (the service drains it, bounded) or abandon it,
+// which breaks this connection's HTTP stream and makes the pool replace it.
 #[async_trait]
 impl Synthesizer for TtsRest {
     /// Word boundaries are not available over REST (the response is only audio); a request

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use speech_core::{
-    AudioFormat, Connection, MAX_SSML_BYTES, SpeechError, SynthesisEvent, SynthesisInput,
-    SynthesisRequest, SynthesisSummary, Synthesizer, SynthesizerFactory, ticks_to_duration,
-    wav_header_with_tag,
+    AudioFormat, Connection, MAX_SSML_BYTES, SpeechError, StopSignal, SynthesisEvent,
+    SynthesisInput, SynthesisRequest, SynthesisSummary, Synthesizer, SynthesizerFactory,
+    ticks_to_duration, wav_header_with_tag,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -135,10 +135,25 @@ impl TtsWebSocket {
         Ok(())
     }
 
+    /// Asks the service to stop the turn `request_id` (docs/protocol.md#tts-over-websocket):
+    /// it stops producing audio and ends the turn with `turn.end`, so the connection
+    /// serves the next turn without reading the rest of this one.
+    async fn send_stop(&mut self, request_id: &str) -> Result<(), SpeechError> {
+        let h = Headers::new()
+            .with("Path", "synthesis.control")
+            // Scopes the stop to this turn: a stop that crosses the turn's end on the wire
+            // must not stop the next one.
+            .with("X-RequestId", request_id)
+            .with("X-Timestamp", now_timestamp())
+            .with("Content-Type", "application/json");
+        self.conn.send_text(&h, r#"{"action":"stop"}"#).await
+    }
+
     async fn run_turn(
         &mut self,
         request: &SynthesisRequest,
         events: &mpsc::Sender<SynthesisEvent>,
+        stop: &StopSignal,
     ) -> Result<SynthesisSummary, SpeechError> {
         let ssml = request.to_ssml();
         if ssml.len() > MAX_SSML_BYTES {
@@ -201,9 +216,31 @@ impl TtsWebSocket {
         let mut out = TurnOutput::new(request, &ssml);
         let mut stream_id: Option<String> = None;
         let mut started = false;
+        // Once the stop is sent, audio still on its way is dropped: the caller wants no
+        // more, and the turn only has to reach its `turn.end`.
+        let mut stop_sent = false;
         let mut deadline = Instant::now() + policy.first_response_timeout;
         loop {
-            let Some(msg) = self.conn.recv_until(deadline).await else {
+            let next = tokio::select! {
+                m = self.conn.recv_until(deadline) => Next::Message(m),
+                () = stop.stopped(), if !stop_sent => Next::Stop,
+                // The caller dropped the receiver without a stop (or gave up waiting for
+                // the stopped turn to end): the turn is abandoned, `in_turn` stays set and
+                // the pool replaces the connection.
+                () = events.closed() => return Err(SpeechError::Cancelled),
+            };
+            let msg = match next {
+                Next::Stop => {
+                    self.send_stop(rid).await?;
+                    stop_sent = true;
+                    // The service now owes only the end of the turn; give it the usual
+                    // gap (or what is left of the first-response wait, if longer).
+                    deadline = deadline.max(Instant::now() + policy.frame_gap_timeout);
+                    continue;
+                }
+                Next::Message(m) => m,
+            };
+            let Some(msg) = msg else {
                 return Err(SpeechError::timeout(if started {
                     format!(
                         "no message from the service for {} ms mid-turn",
@@ -233,7 +270,7 @@ impl TtsWebSocket {
                                         .map(str::to_owned)
                                 });
                         }
-                        "audio.metadata" if request.word_boundaries => {
+                        "audio.metadata" if request.word_boundaries && !stop_sent => {
                             out.metadata(&t.body, events).await?;
                         }
                         "turn.end" => break,
@@ -255,7 +292,7 @@ impl TtsWebSocket {
                     {
                         continue;
                     }
-                    if !b.payload.is_empty() {
+                    if !b.payload.is_empty() && !stop_sent {
                         out.audio(b.payload, events).await?;
                     }
                 }
@@ -274,7 +311,11 @@ impl TtsWebSocket {
             }
             deadline = Instant::now() + policy.frame_gap_timeout;
         }
-        out.finish(events).await?;
+        if stop_sent {
+            tracing::debug!(request_id = rid, "TTS turn stopped; the connection is kept");
+        } else {
+            out.finish(events).await?;
+        }
         self.in_turn = false;
         self.turns += 1;
         Ok(SynthesisSummary {
@@ -283,6 +324,14 @@ impl TtsWebSocket {
             request_id: request.request_id.clone(),
         })
     }
+}
+
+/// What woke a turn up.
+enum Next {
+    /// A message from the service, or `None` past the deadline.
+    Message(Option<Incoming>),
+    /// The caller fired the turn's stop signal.
+    Stop,
 }
 
 /// Does a message belong to this turn? A message without an id is accepted (lenient);
@@ -428,7 +477,7 @@ impl Connection for TtsWebSocket {
             let (tx, mut rx) = mpsc::channel(64);
             let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
             let req = SynthesisRequest::text(".", voice, PRIME_FORMAT);
-            let result = self.run_turn(&req, &tx).await;
+            let result = self.run_turn(&req, &tx, &StopSignal::new()).await;
             drop(tx);
             let _ = drain.await;
             result?;
@@ -459,8 +508,21 @@ impl Synthesizer for TtsWebSocket {
         request: SynthesisRequest,
         events: mpsc::Sender<SynthesisEvent>,
     ) -> Result<SynthesisSummary, SpeechError> {
+        self.synthesize_stoppable(request, events, StopSignal::new())
+            .await
+    }
+
+    /// Stops through the protocol: `synthesis.control` `{"action":"stop"}` for this turn's
+    /// request id, then the rest of the turn up to `turn.end` is read and dropped (what was
+    /// already in flight: the service stops producing), and the connection stays ready.
+    async fn synthesize_stoppable(
+        &mut self,
+        request: SynthesisRequest,
+        events: mpsc::Sender<SynthesisEvent>,
+        stop: StopSignal,
+    ) -> Result<SynthesisSummary, SpeechError> {
         request.validate()?;
-        let result = self.run_turn(&request, &events).await;
+        let result = self.run_turn(&request, &events, &stop).await;
         if let Err(e) = &result {
             tracing::debug!(error = %e, request_id = %request.request_id, "TTS turn failed");
         }

@@ -9,9 +9,10 @@ use common::*;
 use speech_azure::{ConnectionPolicy, Credentials, TokenPolicy, TtsWsOptions};
 use speech_core::{
     AudioFormat, Connection, ErrorClass, RecognitionEvent, RecognitionFormat, RecognitionMode,
-    RecognitionRequest, SynthesisEvent, SynthesisRequest,
+    RecognitionRequest, StopSignal, SynthesisEvent, SynthesisRequest, Synthesizer,
 };
 use speech_emulator::{EmulatorConfig, Fault, FaultRule, Target};
+use tokio::sync::mpsc;
 
 #[tokio::test]
 async fn tts_websocket_streams_riff_audio_and_word_boundaries() {
@@ -103,6 +104,86 @@ async fn hundred_sequential_turns_on_one_websocket() {
     assert_eq!(c.connections_opened, 1, "one websocket for all turns");
     assert_eq!(c.turns_served, 100);
     assert_eq!(tts.turns(), 100);
+    Box::new(tts).close().await;
+    wait_all_closed(&emu).await;
+    emu.shutdown().await;
+}
+
+/// Barge-in: the caller stops a long turn after its first chunk. The stop goes out as
+/// `synthesis.control`, the turn ends at the service's `turn.end` without the rest of the
+/// audio, and the same websocket serves the next turn. A caller that just drops the
+/// receiver instead abandons the turn, and the connection says it is no longer ready.
+#[tokio::test]
+async fn tts_websocket_stop_ends_the_turn_and_keeps_the_connection() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let azure = client(&emu, Credentials::key(KEY));
+    let mut tts = azure
+        .connect_tts_ws(TtsWsOptions::default())
+        .await
+        .expect("connect");
+    tts.warm().await.expect("warm");
+    // Minutes of audio: far more than can be in flight when the stop lands.
+    let long = "word ".repeat(2000);
+    // 8 kHz 16-bit: 16 bytes per millisecond of the emulator's speech.
+    let full = 16 * speech_emulator::timing::synthesized_ms(long.trim());
+
+    let stop = StopSignal::new();
+    let (tx, mut rx) = mpsc::channel(16);
+    let reader = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut after_stop = 0usize;
+            while let Some(e) = rx.recv().await {
+                if let SynthesisEvent::Audio(b) = e {
+                    if stop.stop() {
+                        continue;
+                    }
+                    after_stop += b.len();
+                }
+            }
+            after_stop
+        })
+    };
+    let req = SynthesisRequest::text(long.clone(), VOICE, AudioFormat::Raw8Khz16BitMonoPcm);
+    let summary = tokio::time::timeout(PATIENCE, tts.synthesize_stoppable(req, tx, stop))
+        .await
+        .expect("the stopped turn ends")
+        .expect("a stopped turn is a clean end");
+    let after_stop = reader.await.expect("reader");
+    assert!(
+        summary.audio_bytes < full,
+        "{} of {full} bytes",
+        summary.audio_bytes
+    );
+    // Chunks already handed over before the stop was seen may still arrive; nothing is
+    // forwarded once the stop went out, so this stays far below the turn.
+    assert!((after_stop as u64) < full / 2, "{after_stop} of {full}");
+    assert!(tts.is_ready(), "the connection survives the stop");
+    assert_eq!(emu.counters().turns_stopped, 1);
+
+    // The next turn on the same socket is whole.
+    let (res, events) = synth(&mut tts, text("After the barge-in.")).await;
+    res.expect("next turn");
+    assert!(audio(&events).len() > 44);
+
+    // Dropping the receiver without a stop abandons the turn: the state of the socket is
+    // unknown, so the pool must not reuse it.
+    let (tx, mut rx) = mpsc::channel(1);
+    let dropper = tokio::spawn(async move {
+        let _ = rx.recv().await;
+    });
+    let req = SynthesisRequest::text(long, VOICE, AudioFormat::Raw8Khz16BitMonoPcm);
+    let res = tokio::time::timeout(PATIENCE, tts.synthesize(req, tx))
+        .await
+        .expect("the abandoned turn returns");
+    dropper.await.expect("dropper");
+    assert_eq!(
+        res.map(|_| ()).map_err(|e| e.class()),
+        Err(ErrorClass::Cancelled)
+    );
+    assert!(!tts.is_ready());
+    assert_eq!(emu.counters().connections_opened, 1);
+
     Box::new(tts).close().await;
     wait_all_closed(&emu).await;
     emu.shutdown().await;

@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use crate::error::SpeechError;
 use crate::event::{RecognitionEvent, SynthesisEvent, SynthesisSummary};
 use crate::request::{RecognitionRequest, SynthesisRequest};
+use crate::stop::StopSignal;
 
 /// Lifecycle shared by every pooled speech connection (one websocket, or one REST client
 /// with its auth state).
@@ -88,6 +89,26 @@ pub trait Synthesizer: Connection {
         request: SynthesisRequest,
         events: mpsc::Sender<SynthesisEvent>,
     ) -> Result<SynthesisSummary, SpeechError>;
+
+    /// [`synthesize`](Self::synthesize) with a way to end the turn early (a caller that
+    /// barged in): once `stop` fires, a backend whose protocol can stop a synthesis asks
+    /// the service to stop, drops whatever audio is still on its way, and returns `Ok` at
+    /// the service's end of turn, leaving the connection ready for the next turn.
+    ///
+    /// The default cannot stop anything and ignores `stop`: the turn runs to its end and
+    /// the caller decides whether to read the rest (keeping the connection) or abandon it.
+    /// That is the right default for a backend whose protocol has no stop, such as TTS over
+    /// REST, where an HTTP response can only be read to its end or dropped.
+    async fn synthesize_stoppable(
+        &mut self,
+        request: SynthesisRequest,
+        events: mpsc::Sender<SynthesisEvent>,
+        stop: StopSignal,
+    ) -> Result<SynthesisSummary, SpeechError> {
+        // No protocol stop: nothing to listen for.
+        drop(stop);
+        self.synthesize(request, events).await
+    }
 }
 
 /// A speech-to-text connection: several recognition turns, one at a time.

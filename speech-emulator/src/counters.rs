@@ -29,6 +29,9 @@ pub struct Counters {
     pub turns_started: u64,
     /// Turns completed with `turn.end`.
     pub turns_served: u64,
+    /// TTS turns ended early by a `synthesis.control` stop (also counted as served when
+    /// their `turn.end` goes out).
+    pub turns_stopped: u64,
     /// Tokens issued by the token endpoint.
     pub tokens_issued: u64,
     /// REST requests received on service routes (the control API is not counted).
@@ -68,6 +71,7 @@ counters!(
     handshakes_rejected,
     turns_started,
     turns_served,
+    turns_stopped,
     tokens_issued,
     rest_requests,
     faults_injected,

@@ -531,6 +531,7 @@ impl EmulatorHandle {
             (&c.handshakes_rejected, old.handshakes_rejected),
             (&c.turns_started, old.turns_started),
             (&c.turns_served, old.turns_served),
+            (&c.turns_stopped, old.turns_stopped),
             (&c.tokens_issued, old.tokens_issued),
             (&c.rest_requests, old.rest_requests),
             (&c.faults_injected, old.faults_injected),

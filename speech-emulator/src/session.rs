@@ -110,6 +110,13 @@ impl Outbox {
         self.queue.clear();
     }
 
+    /// Drops the binary messages queued (a stopped TTS turn's audio that has not gone
+    /// yet), keeping text messages and scheduled actions.
+    pub(crate) fn drop_binary(&mut self) {
+        self.queue
+            .retain(|(_, o)| !matches!(o, Outgoing::Binary(_)));
+    }
+
     /// When the next message may go, if any is queued.
     pub(crate) fn next_at(&self) -> Option<Instant> {
         self.queue.front().map(|(t, _)| *t)

@@ -437,8 +437,41 @@ impl TtsSession {
     }
 }
 
+impl TtsSession {
+    /// `synthesis.control` stop, as the service answers it: no more audio for the turn
+    /// (frames already scheduled but not yet written are dropped too), then the normal end
+    /// of turn (empty audio frame, `turn.end`), and the connection serves the next turn.
+    /// A stop naming another request (one that already ended: the stop crossed its
+    /// `turn.end` on the wire) is ignored, so it cannot cut the next turn short.
+    fn on_stop(&mut self, out: &mut Outbox, request_id: Option<&str>) {
+        let names = |t: &TtsTurn| {
+            request_id
+                .filter(|r| !r.is_empty())
+                .is_none_or(|r| r.eq_ignore_ascii_case(&t.request_id))
+        };
+        // Only the current turn has messages in the outbox; a queued one has none yet.
+        let (turn, current) = match &mut self.current {
+            Some(t) if names(t) => (Some(t), true),
+            _ => (self.queue.iter_mut().find(|t| names(t)), false),
+        };
+        let Some(turn) = turn else {
+            tracing::debug!(request_id, "stop for no running turn; ignored");
+            return;
+        };
+        if turn.stopped || matches!(turn.stage, Stage::Tail | Stage::Done) {
+            return;
+        }
+        turn.stopped = true;
+        if current && turn.stage == Stage::Audio {
+            out.drop_binary();
+        }
+        let c = &self.server.emulator.counters;
+        c.inc(&c.turns_stopped);
+    }
+}
+
 impl Protocol for TtsSession {
-    fn on_text(&mut self, _out: &mut Outbox, msg: TextMessage) -> Result<(), Stop> {
+    fn on_text(&mut self, out: &mut Outbox, msg: TextMessage) -> Result<(), Stop> {
         let Some(path) = msg.headers.path().map(str::to_ascii_lowercase) else {
             return self.violation("missing Path header");
         };
@@ -480,8 +513,8 @@ impl Protocol for TtsSession {
                     .ok()
                     .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned))
                     .is_some_and(|a| a.eq_ignore_ascii_case("stop"));
-                if stop && let Some(t) = &mut self.current {
-                    t.stopped = true;
+                if stop {
+                    self.on_stop(out, msg.headers.request_id());
                 }
                 Ok(())
             }

@@ -220,9 +220,39 @@ async fn synthesis_control_stop_ends_the_turn_early() {
         (audio as u64) < 96 * synthesized_ms(text.trim()),
         "stopped before the end"
     );
-    // The socket is still good for the next turn.
-    let (_, a) = turn(&mut c, "raw-16khz-16bit-mono-pcm", false, "after stop").await;
-    assert_eq!(a.len() as u64, 32 * synthesized_ms("after stop"));
+    // The stopped turn still ends the normal way: the terminal empty frame, then turn.end.
+    let n = msgs.len();
+    assert_eq!(msgs[n - 1].path(), Some("turn.end"));
+    assert_eq!(msgs[n - 2].path(), Some("audio"));
+    assert!(
+        msgs[n - 2].payload().is_empty(),
+        "terminal empty audio frame"
+    );
+    assert_eq!(emu.counters().turns_stopped, 1);
+    // The socket is still good for the next turn, and a late stop naming the finished
+    // turn (it crossed turn.end on the wire) does not cut the next one short.
+    let next = new_id();
+    c.synthesize(&next, "raw-16khz-16bit-mono-pcm", false, "after stop")
+        .await;
+    c.text(
+        "synthesis.control",
+        &rid,
+        "application/json",
+        r#"{"action":"stop"}"#,
+    )
+    .await;
+    let msgs = c.until_turn_end().await;
+    let a: usize = msgs
+        .iter()
+        .filter(|m| m.path() == Some("audio"))
+        .map(|m| m.payload().len())
+        .sum();
+    assert_eq!(a as u64, 32 * synthesized_ms("after stop"));
+    assert_eq!(
+        emu.counters().turns_stopped,
+        1,
+        "the stale stop was ignored"
+    );
     c.close().await;
     assert_eq!(emu.shutdown().await, 0, "no task left behind");
 }

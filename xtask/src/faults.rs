@@ -120,8 +120,8 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only this scenario.
-    #[arg(long, value_enum, value_name = "NAME")]
-    scenario: Option<Named>,
+    #[arg(long, value_name = "NAME", value_parser = parse_choice)]
+    scenario: Option<Choice>,
 }
 
 /// The fault scenarios, in the order they run (see the module docs).
@@ -141,42 +141,34 @@ enum Scenario {
     EmulatorRestart,
 }
 
-/// What `--scenario` names: one of the scenarios above, or one of the blackhole scenarios
-/// (`faults_blackhole`), which run only when named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Named {
-    #[value(name = "token-expiry")]
-    TokenExpiry,
-    #[value(name = "429-storm")]
-    Storm429,
-    #[value(name = "4429-closes")]
-    Closes4429,
-    #[value(name = "idle-closes-racing-acquires")]
-    IdleCloses,
-    #[value(name = "mid-stream-drops")]
-    MidStreamDrops,
-    #[value(name = "emulator-restart")]
-    EmulatorRestart,
-    #[value(name = "blackhole-idle")]
-    BlackholeIdle,
-    #[value(name = "blackhole-mid-turn")]
-    BlackholeMidTurn,
+/// A `--scenario` value: one of the fault loops above, or a scenario with its own run
+/// (`barge-in` in `faults_barge_in.rs`, the blackhole ones in `faults_blackhole.rs`).
+#[derive(Debug, Clone, Copy)]
+enum Choice {
+    Loop(Scenario),
+    BargeIn,
+    Blackhole(crate::faults_blackhole::Which),
 }
 
-impl Named {
-    fn scenario(self) -> Result<Scenario, crate::faults_blackhole::Which> {
-        use crate::faults_blackhole::Which;
-        Ok(match self {
-            Self::TokenExpiry => Scenario::TokenExpiry,
-            Self::Storm429 => Scenario::Storm429,
-            Self::Closes4429 => Scenario::Closes4429,
-            Self::IdleCloses => Scenario::IdleCloses,
-            Self::MidStreamDrops => Scenario::MidStreamDrops,
-            Self::EmulatorRestart => Scenario::EmulatorRestart,
-            Self::BlackholeIdle => return Err(Which::Idle),
-            Self::BlackholeMidTurn => return Err(Which::MidTurn),
-        })
+/// The scenarios that run only when named, with their `--scenario` names.
+const NAMED_ONLY: [(&str, Choice); 3] = [
+    ("barge-in", Choice::BargeIn),
+    ("blackhole-idle", Choice::Blackhole(crate::faults_blackhole::Which::Idle)),
+    ("blackhole-mid-turn", Choice::Blackhole(crate::faults_blackhole::Which::MidTurn)),
+];
+
+fn parse_choice(s: &str) -> Result<Choice, String> {
+    if let Some((_, choice)) = NAMED_ONLY.iter().find(|(name, _)| *name == s) {
+        return Ok(*choice);
     }
+    <Scenario as clap::ValueEnum>::from_str(s, false)
+        .map(Choice::Loop)
+        .map_err(|_| {
+            let mut names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+            names.extend(NAMED_ONLY.iter().map(|(name, _)| *name));
+            format!("unknown scenario; one of {}", names.join(", "))
+        })
+}
 }
 
 impl Scenario {
@@ -420,17 +412,17 @@ impl Phase {
 
 /// Entry point of `cargo xtask faults`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let named = args.scenario.map(Named::scenario);
-    if let Some(Err(which)) = named {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("building the tokio runtime")?;
-        return runtime.block_on(crate::faults_blackhole::run(which, args.quick));
-    }
-    let scenarios: Vec<Scenario> = match named {
-        Some(Ok(s)) => vec![s],
-        _ => Scenario::ALL.to_vec(),
+    let scenarios: Vec<Scenario> = match args.scenario {
+        Some(Choice::BargeIn) => return crate::faults_barge_in::run(),
+        Some(Choice::Blackhole(which)) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("building the tokio runtime")?;
+            return runtime.block_on(crate::faults_blackhole::run(which, args.quick));
+        }
+        Some(Choice::Loop(s)) => vec![s],
+        None => Scenario::ALL.to_vec(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,16 +1,20 @@
-//! `POST /api/v1/tts`: text or SSML in, audio streamed out.
+//! `POST /api/v1/tts`: text or SSML in, audio streamed out; `DELETE /api/v1/tts/{request_id}`
+//! stops a turn whose audio is still streaming (barge-in).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pool_core::Tier;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use speech_core::{
-    AudioFormat, ErrorClass, RequestId, SpeechError, SynthesisEvent, SynthesisRequest,
+    AudioFormat, ErrorClass, RequestId, SpeechError, StopSignal, SynthesisEvent, SynthesisRequest,
     SynthesisSummary,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -101,6 +105,12 @@ fn build_request(
 /// caller has received nothing yet, so the retry is invisible but for the time it takes.
 /// Throttling is not retried (that would add load exactly when the service asks for less),
 /// nor is anything after the first audio byte.
+///
+/// Barge-in: a client that hangs up mid-stream, or cancels the turn with
+/// `DELETE /api/v1/tts/{request_id}` (the id is in `x-request-id`), ends the turn without
+/// losing its connection: over the websocket transport the speech service is told to stop
+/// (`synthesis.control`), otherwise the rest of the turn is read and dropped, bounded by
+/// `TTS_DRAIN_TIMEOUT` and `TTS_DRAIN_MAX_BYTES`. The session's next turn is DEDICATED.
 #[utoipa::path(
     post,
     path = "/api/v1/tts",
@@ -109,7 +119,11 @@ fn build_request(
     responses(
         (status = 200, description = "The audio, streamed in the requested format",
          content_type = "application/octet-stream",
-         headers(("x-pool-tier" = String, description = "dedicated, warm or cold"))),
+         headers(
+             ("x-pool-tier" = String, description = "dedicated, warm or cold"),
+             ("x-request-id" = String, description = "The turn's id (32 hex digits): \
+              `DELETE /api/v1/tts/{request_id}` stops it"),
+         )),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 409, description = "The session is in use by another request", body = ErrorBody),
@@ -284,16 +298,26 @@ async fn start_turn(
     let (events_tx, mut events) = mpsc::channel(EVENT_BUFFER);
     let (done_tx, done) = oneshot::channel();
     let bounds = RelayBounds::from_limits(&state.options().limits);
-    // The turn runs in its own task, tracked so shutdown waits for it. The response body
-    // only forwards what the relay passes on; when the client stops reading or hangs up,
-    // the relay finishes the turn upstream (bounded) so the connection stays reusable.
+    let stop = StopSignal::new();
+    // Registered for the turn's whole life (the task owns the registration), so a cancel
+    // finds it until its connection is back in the pool.
+    let registration = TurnRegistry::register(state, &request_id, stop.clone());
+    // The turn runs in its own task, tracked so shutdown waits for it, and owns the
+    // connection. The response body only forwards what the relay passes on. When the
+    // client hangs up (hyper drops the body, and with it the relay's receiver), stops
+    // reading, or cancels, the relay fires `stop`: the backend stops the synthesis
+    // through its protocol where it can, and the relay reads what is left of the turn
+    // (bounded), so the connection goes back to the session ready for the next turn.
     state.tasks().spawn(
         async move {
             let (upstream_tx, upstream_rx) = mpsc::channel(EVENT_BUFFER);
             let (result, relayed) = tokio::join!(
-                guard.synthesize(request, upstream_tx),
-                relay_turn(upstream_rx, events_tx, bounds)
+                guard.synthesize_stoppable(request, upstream_tx, stop.clone()),
+                relay_turn(upstream_rx, events_tx, bounds, &stop)
             );
+            // The turn is over: from here a cancel answers 404, even before the session's
+            // next turn can take the connection.
+            drop(registration);
             match &result {
                 Err(e) if !keep_after_error(e.class()) => guard.discard(),
                 _ => drop(guard),
@@ -383,6 +407,8 @@ pub(crate) enum StopCause {
     Stalled(Duration),
     /// The client went away (hung up, or barged in and dropped the stream).
     Gone,
+    /// The turn was cancelled with `DELETE /api/v1/tts/{request_id}`.
+    Cancelled,
 }
 
 impl std::fmt::Display for StopCause {
@@ -393,6 +419,7 @@ impl std::fmt::Display for StopCause {
                 "the client read no audio for {d:?} (HTTP_WRITE_TIMEOUT); cut off"
             ),
             Self::Gone => f.write_str("the client went away mid-stream"),
+            Self::Cancelled => f.write_str("the turn was cancelled (DELETE /api/v1/tts/{id})"),
         }
     }
 }
@@ -451,36 +478,55 @@ impl Relayed {
             drained_bytes,
             connection_kept = kept,
             held_back,
-            "a synthesis stream stopped before its end; the rest of the turn was {}",
-            if drained { "drained" } else { "abandoned (drain bound reached)" }
+            "a synthesis stream stopped before its end; the turn was {}",
+            if drained {
+                "stopped and what was left of it drained"
+            } else {
+                "abandoned (drain bound reached)"
+            }
         );
     }
 }
 
 /// Passes a turn's events from the backend (`upstream`) to the client (`downstream`).
 ///
-/// When the client stops taking events (no room for `write_timeout`) or goes away (the
-/// receiver is dropped), the relay stops forwarding and finishes the turn instead: it
-/// reads and drops the rest of it, at most `drain_timeout` and `drain_max_bytes` of
-/// audio, so the backend sees a normal turn end and its connection stays reusable
-/// (Azure's websocket is ready only if no turn was abandoned midway). Past either bound
-/// it drops `upstream`, which makes the backend stop the turn (and its connection be
-/// replaced). The same mechanism serves a caller that barges in and drops the stream.
+/// When the client stops taking events (no room for `write_timeout`), goes away (the
+/// receiver is dropped: a hang-up, a barge-in), or the turn is cancelled (`stop` fired
+/// by `DELETE /api/v1/tts/{request_id}`), the relay stops forwarding and finishes the turn
+/// instead. It fires `stop`, so a backend that can stop the synthesis through its
+/// protocol does (Azure's websocket: `synthesis.control`), and reads and drops what is
+/// left of the turn, at most `drain_timeout` and `drain_max_bytes` of audio, so the
+/// backend sees a normal turn end and its connection stays reusable (Azure's websocket
+/// is ready only if no turn was abandoned midway). Past either bound it drops
+/// `upstream`, which makes the backend abandon the turn (and its connection be replaced).
 pub(crate) async fn relay_turn(
     mut upstream: mpsc::Receiver<SynthesisEvent>,
     downstream: mpsc::Sender<SynthesisEvent>,
     bounds: RelayBounds,
+    stop: &StopSignal,
 ) -> Relayed {
     let cause = loop {
-        let Some(event) = upstream.recv().await else {
-            return Relayed::Delivered;
+        // Watching the receiver too notices a hang-up while the backend is between
+        // chunks, so the stop goes out at once rather than with the next chunk.
+        let event = tokio::select! {
+            event = upstream.recv() => match event {
+                Some(event) => event,
+                None => return Relayed::Delivered,
+            },
+            () = downstream.closed() => break StopCause::Gone,
+            () = stop.stopped() => break StopCause::Cancelled,
         };
-        match tokio::time::timeout(bounds.write_timeout, downstream.send(event)).await {
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(bounds.write_timeout, downstream.send(event)) => sent,
+            () = stop.stopped() => break StopCause::Cancelled,
+        };
+        match sent {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break StopCause::Gone,
             Err(_) => break StopCause::Stalled(bounds.write_timeout),
         }
     };
+    stop.stop();
     // The client gets no more: ending its channel lets the body finish (as cut off).
     drop(downstream);
     let deadline = tokio::time::Instant::now() + bounds.drain_timeout;
@@ -509,6 +555,110 @@ pub(crate) async fn relay_turn(
         drained: false,
         drained_bytes,
     }
+}
+
+/// The TTS turns in flight, by request id (lowercase), so that
+/// `DELETE /api/v1/tts/{request_id}` can stop one.
+#[derive(Debug, Default)]
+pub(crate) struct TurnRegistry {
+    turns: Mutex<HashMap<String, StopSignal>>,
+}
+
+impl TurnRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, StopSignal>> {
+        // Only plain map operations run under this lock; a poisoned map is still valid.
+        self.turns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers the turn `id` of `state`, stopped by `stop`, until the registration drops.
+    fn register(state: &AppState, id: &RequestId, stop: StopSignal) -> TurnRegistration {
+        let key = id.as_str().to_ascii_lowercase();
+        state.tts_turns().lock().insert(key.clone(), stop);
+        TurnRegistration {
+            state: state.clone(),
+            key,
+        }
+    }
+
+    /// Stops the turn `id`: `None` when no such turn is in flight, else whether this call
+    /// was the one to stop it.
+    fn stop(&self, id: &RequestId) -> Option<bool> {
+        let stop = self
+            .lock()
+            .get(&id.as_str().to_ascii_lowercase())
+            .cloned()?;
+        Some(stop.stop())
+    }
+
+    fn remove(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
+/// A turn's entry in the [`TurnRegistry`]; removes it when dropped (with the turn's task,
+/// which it moves into, hence the owned state rather than a borrow).
+struct TurnRegistration {
+    state: AppState,
+    key: String,
+}
+
+impl Drop for TurnRegistration {
+    fn drop(&mut self) {
+        self.state.tts_turns().remove(&self.key);
+    }
+}
+
+/// What `DELETE /api/v1/tts/{request_id}` did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TtsCancelled {
+    /// The turn.
+    pub request_id: String,
+    /// Whether the turn had already been told to stop (an earlier cancel, or its client
+    /// hung up) and is finishing.
+    pub already_stopping: bool,
+}
+
+/// `DELETE /api/v1/tts/{request_id}`: stops a TTS turn whose audio is still streaming,
+/// for a caller that barged in. The stream ends early (cut off, not complete); the turn's
+/// connection is kept: the speech service is told to stop where the transport allows it
+/// (websocket), otherwise what is left of the turn is drained (bounded). Answers 202 at
+/// once (the turn ends shortly after), 404 for a turn that is unknown or already over.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tts/{request_id}",
+    tag = "speech",
+    params(("request_id" = String, Path,
+        description = "The turn's id, from the `x-request-id` header of its response")),
+    responses(
+        (status = 202, description = "The turn is being stopped", body = TtsCancelled),
+        (status = 400, description = "Malformed request id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such turn in flight", body = ErrorBody),
+    ),
+    security((), ("api_key" = []))
+)]
+pub async fn cancel_tts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<TtsCancelled>), ApiError> {
+    let request_id: RequestId = id
+        .parse()
+        .map_err(|e: speech_core::InvalidRequestId| ApiError::bad_request(e.to_string()))?;
+    let Some(first) = state.tts_turns().stop(&request_id) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_turn",
+            format!("no TTS turn {request_id} is in flight (unknown, or already over)"),
+        ));
+    };
+    tracing::info!(request_id = %request_id, already_stopping = !first, "TTS turn cancelled");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TtsCancelled {
+            request_id: request_id.to_string(),
+            already_stopping: !first,
+        }),
+    ))
 }
 
 fn record_failure(state: &AppState, e: &SpeechError) {
