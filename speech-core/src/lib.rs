@@ -23,6 +23,7 @@ mod event;
 mod format;
 mod manager;
 mod request;
+mod text_stream;
 mod time;
 
 pub use connection::{Connection, Recognizer, Synthesizer};
@@ -42,6 +43,7 @@ pub use request::{
     RecognitionMode, RecognitionRequest, RequestId, SynthesisInput, SynthesisRequest, build_ssml,
     escape_xml, validate_voice_name,
 };
+pub use text_stream::{MAX_STREAMED_TEXT_BYTES, validate_text_stream_request};
 pub use time::rfc3339_millis;
 
 /// Re-exported so that backends name the same `async_trait` attribute the traits were
