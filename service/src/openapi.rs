@@ -29,6 +29,7 @@ use crate::routes;
         routes::pools::pools,
         routes::tts::tts,
         routes::stt::stt,
+        routes::tts_stream::tts_stream,
         routes::sessions::delete_session,
         routes::dashboard::dashboard,
         crate::metrics_handler,
