@@ -5,6 +5,8 @@ use speech_azure::{
     TlsOptions, TtsWsOptions,
 };
 
+use speech_core::SynthesizerManager;
+
 use crate::backend::{BackendKind, Managers, StartupError};
 use crate::config::{AzureAuth, Config, TtsTransport};
 
@@ -18,6 +20,32 @@ fn failed(message: String) -> StartupError {
 /// Builds the Azure TTS and STT managers from the configuration. No network I/O: the
 /// first connections open when the pools warm up. Every error names the variable to fix.
 pub fn managers(config: &Config) -> Result<Managers, StartupError> {
+    let client = client(config)?;
+    let tts = match config.azure_tts_transport {
+        TtsTransport::Websocket => client.tts_ws_manager(TtsWsOptions::default()),
+        TtsTransport::Rest => client.tts_rest_manager(),
+    };
+    let mut stt_options = SttWsOptions::new(config.stt_language.clone());
+    stt_options.mode = config.stt_mode;
+    stt_options.format = config.stt_format;
+    let stt = client
+        .stt_ws_manager(stt_options)
+        .map_err(|e| failed(format!("STT_LANGUAGE / STT_MODE / STT_FORMAT: {e}")))?;
+    Ok(Managers {
+        kind: BackendKind::Azure,
+        tts,
+        stt,
+    })
+}
+
+/// The manager of the text-streaming pool: Azure's v2 TTS websocket, whatever
+/// `AZURE_TTS_TRANSPORT` says (only v2 takes text as it is written).
+pub fn tts_stream_manager(config: &Config) -> Result<SynthesizerManager, StartupError> {
+    Ok(client(config)?.tts_stream_manager())
+}
+
+/// The Azure client the configuration describes.
+fn client(config: &Config) -> Result<AzureSpeech, StartupError> {
     let key = config
         .azure_speech_key
         .as_ref()
@@ -56,27 +84,12 @@ pub fn managers(config: &Config) -> Result<Managers, StartupError> {
         liveness_gap: config.azure_speech_liveness_gap,
         ..ConnectionPolicy::default()
     };
-    let client = AzureSpeech::builder(endpoint, credentials)
+    AzureSpeech::builder(endpoint, credentials)
         .tls(tls)
         .policy(policy)
         .user_agent(concat!("speech-pool/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| failed(e.to_string()))?;
-    let tts = match config.azure_tts_transport {
-        TtsTransport::Websocket => client.tts_ws_manager(TtsWsOptions::default()),
-        TtsTransport::Rest => client.tts_rest_manager(),
-    };
-    let mut stt_options = SttWsOptions::new(config.stt_language.clone());
-    stt_options.mode = config.stt_mode;
-    stt_options.format = config.stt_format;
-    let stt = client
-        .stt_ws_manager(stt_options)
-        .map_err(|e| failed(format!("STT_LANGUAGE / STT_MODE / STT_FORMAT: {e}")))?;
-    Ok(Managers {
-        kind: BackendKind::Azure,
-        tts,
-        stt,
-    })
+        .map_err(|e| failed(e.to_string()))
 }
 
 /// Installs the process-wide rustls crypto provider (ring). Idempotent.

@@ -130,6 +130,28 @@ pub fn build(config: &Config, kind: BackendKind) -> Result<Managers, StartupErro
     }
 }
 
+/// Builds the manager of the text-streaming TTS pool (`GET /api/v1/tts/stream`): Azure's
+/// v2 websocket, or the mock (which gathers the text, then speaks it).
+pub fn build_tts_stream(
+    config: &Config,
+    kind: BackendKind,
+) -> Result<SynthesizerManager, StartupError> {
+    match kind {
+        BackendKind::Mock => build_mock(config).map(|m| m.tts),
+        BackendKind::Azure => build_azure_stream(config),
+    }
+}
+
+#[cfg(feature = "azure")]
+fn build_azure_stream(config: &Config) -> Result<SynthesizerManager, StartupError> {
+    crate::azure::tts_stream_manager(config)
+}
+
+#[cfg(not(feature = "azure"))]
+fn build_azure_stream(_: &Config) -> Result<SynthesizerManager, StartupError> {
+    Err(StartupError::NotCompiled("azure"))
+}
+
 #[cfg(feature = "mock")]
 fn build_mock(config: &Config) -> Result<Managers, StartupError> {
     use speech_mock::backend::{MockConfig, mock_stt_manager, mock_tts_manager};

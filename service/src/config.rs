@@ -73,17 +73,21 @@ pub enum PoolKind {
     Tts,
     /// Speech-to-text connections.
     Stt,
+    /// Text-to-speech connections that take text as it is written (Azure's v2 websocket),
+    /// serving `GET /api/v1/tts/stream`.
+    TtsStream,
 }
 
 impl PoolKind {
-    /// Both pools, TTS first (the order of `/api/v1/pools` and the snapshots).
-    pub const ALL: [Self; 2] = [Self::Tts, Self::Stt];
+    /// Every pool, TTS first (the order of `/api/v1/pools` and the snapshots).
+    pub const ALL: [Self; 3] = [Self::Tts, Self::Stt, Self::TtsStream];
 
     /// The pool's name: its key in `/api/v1/pools` and its metrics label.
     pub const fn name(self) -> &'static str {
         match self {
             Self::Tts => "speech-tts",
             Self::Stt => "speech-stt",
+            Self::TtsStream => "speech-tts-stream",
         }
     }
 }
@@ -167,6 +171,17 @@ pub struct Config {
     )]
     pub warm_pool_tts_size: usize,
 
+    /// Pre-warmed text-streaming TTS connections (Azure's v2 websocket, serving
+    /// `GET /api/v1/tts/stream`) to keep idle.
+    #[arg(
+        long,
+        env = "WARM_POOL_TTS_STREAM_SIZE",
+        default_value = "1",
+        value_name = "N",
+        value_parser = count()
+    )]
+    pub warm_pool_tts_stream_size: usize,
+
     /// Pre-warmed STT connections to keep idle.
     #[arg(
         long,
@@ -245,6 +260,17 @@ pub struct Config {
         value_parser = count()
     )]
     pub pool_tts_max_size: usize,
+
+    /// Most text-streaming TTS connections open at once (same accounting and quota
+    /// reasoning as `POOL_TTS_MAX_SIZE`).
+    #[arg(
+        long,
+        env = "POOL_TTS_STREAM_MAX_SIZE",
+        default_value = "200",
+        value_name = "N",
+        value_parser = count()
+    )]
+    pub pool_tts_stream_max_size: usize,
 
     /// Most STT connections open at once. Azure's default for a Standard (S0) resource
     /// is 100 concurrent real-time recognitions; one more connection is refused with 429.
@@ -493,6 +519,7 @@ impl Config {
         match pool {
             PoolKind::Tts => self.warm_pool_tts_size,
             PoolKind::Stt => self.warm_pool_stt_size,
+            PoolKind::TtsStream => self.warm_pool_tts_stream_size,
         }
     }
 
@@ -501,6 +528,7 @@ impl Config {
         match pool {
             PoolKind::Tts => self.pool_tts_max_size,
             PoolKind::Stt => self.pool_stt_max_size,
+            PoolKind::TtsStream => self.pool_tts_stream_max_size,
         }
     }
 
@@ -511,6 +539,7 @@ impl Config {
             let (warm_field, max_field) = match pool {
                 PoolKind::Tts => ("warm_pool_tts_size", "pool_tts_max_size"),
                 PoolKind::Stt => ("warm_pool_stt_size", "pool_stt_max_size"),
+                PoolKind::TtsStream => ("warm_pool_tts_stream_size", "pool_tts_stream_max_size"),
             };
             let (size, max) = (self.warm_size(pool), self.max_size(pool));
             if max == 0 {

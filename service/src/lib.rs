@@ -50,7 +50,7 @@ pub use config::Config;
 pub use error::ApiError;
 pub use lifecycle::{serve, shutdown_signal};
 pub use routes::{REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER};
-pub use state::{AppState, Pools, STT_POOL, ServiceOptions, TTS_POOL};
+pub use state::{AppState, Pools, STT_POOL, ServiceOptions, TTS_POOL, TTS_STREAM_POOL};
 
 /// The service's router over `state`. Used by `main` and by the tests
 /// (`app(state).oneshot(request)`).
@@ -62,6 +62,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/tts", post(routes::tts::tts))
         .route("/api/v1/tts/{request_id}", delete(routes::tts::cancel_tts))
         .route("/api/v1/stt", get(routes::stt::stt))
+        .route("/api/v1/tts/stream", get(routes::tts_stream::tts_stream))
         .route(
             "/api/v1/sessions/{id}",
             delete(routes::sessions::delete_session),
@@ -93,20 +94,33 @@ pub fn build_state(config: &Config) -> Result<AppState, StartupError> {
         .map_err(|e| StartupError::Config(e.to_string()))?;
     let kind = backend::choose(config)?;
     let managers = backend::build(config, kind)?;
+    let tts_stream = backend::build_tts_stream(config, kind)?;
     backend::log_choice(config, kind);
-    state_from_managers(config, managers)
+    state_from_parts(config, managers, Some(tts_stream))
 }
 
 /// Builds the state over managers the caller made (e.g. mock managers whose counters a
 /// test keeps), with every other setting from `config`. Must run inside a tokio runtime.
+///
+/// The text-streaming pool uses the TTS manager's factory (see [`Pools::build`]).
 pub fn state_from_managers(
     config: &Config,
     managers: backend::Managers,
 ) -> Result<AppState, StartupError> {
+    state_from_parts(config, managers, None)
+}
+
+/// [`state_from_managers`] with the text-streaming pool's own manager when given.
+pub fn state_from_parts(
+    config: &Config,
+    managers: backend::Managers,
+    tts_stream: Option<speech_core::SynthesizerManager>,
+) -> Result<AppState, StartupError> {
     config
         .validate()
         .map_err(|e| StartupError::Config(e.to_string()))?;
-    let pools = Pools::build(config, managers.tts, managers.stt)?;
+    let stream = tts_stream.unwrap_or_else(|| managers.tts.clone());
+    let pools = Pools::build_with_stream(config, managers.tts, managers.stt, stream)?;
     Ok(AppState::new(
         pools,
         ServiceOptions::from_config(config, managers.kind.as_str()),

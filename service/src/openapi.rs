@@ -30,6 +30,7 @@ use crate::routes;
         routes::tts::tts,
         routes::tts::cancel_tts,
         routes::stt::stt,
+        routes::tts_stream::tts_stream,
         routes::sessions::delete_session,
         routes::dashboard::dashboard,
         crate::metrics_handler,

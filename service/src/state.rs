@@ -21,24 +21,45 @@ use crate::secret::Secret;
 pub const TTS_POOL: &str = PoolKind::Tts.name();
 /// Name of the speech-to-text pool.
 pub const STT_POOL: &str = PoolKind::Stt.name();
+/// Name of the text-streaming TTS pool.
+pub const TTS_STREAM_POOL: &str = PoolKind::TtsStream.name();
 
-/// The service's two pools.
+/// The service's pools.
 #[derive(Debug, Clone)]
 pub struct Pools {
     /// Text-to-speech connections.
     pub tts: Pool<SynthesizerManager>,
     /// Speech-to-text connections.
     pub stt: Pool<RecognizerManager>,
+    /// Text-to-speech connections that take text as it is written
+    /// (`GET /api/v1/tts/stream`).
+    pub tts_stream: Pool<SynthesizerManager>,
 }
 
 impl Pools {
-    /// Builds both pools from the configuration (warm targets, sizes, timeouts, refresh).
+    /// Builds the pools from the configuration (warm targets, sizes, timeouts, refresh).
     /// With background refresh on this spawns the maintainers, so it must run inside a
     /// tokio runtime. The pools start empty; [`AppState::warm_up`] fills them.
+    ///
+    /// The text-streaming pool opens its connections with `tts`'s factory too, whose
+    /// connections serve a streamed turn by gathering the text first (speech-core's
+    /// default). Use [`build_with_stream`](Self::build_with_stream) to give it a backend
+    /// that speaks while the text arrives.
     pub fn build(
         config: &Config,
         tts: SynthesizerManager,
         stt: RecognizerManager,
+    ) -> Result<Self, BuildError> {
+        let stream = tts.clone();
+        Self::build_with_stream(config, tts, stt, stream)
+    }
+
+    /// Builds the pools with a separate manager for the text-streaming pool.
+    pub fn build_with_stream(
+        config: &Config,
+        tts: SynthesizerManager,
+        stt: RecognizerManager,
+        tts_stream: SynthesizerManager,
     ) -> Result<Self, BuildError> {
         Ok(Self {
             tts: Pool::builder(tts)
@@ -46,6 +67,9 @@ impl Pools {
                 .build()?,
             stt: Pool::builder(stt)
                 .config(pool_config(config, PoolKind::Stt))
+                .build()?,
+            tts_stream: Pool::builder(tts_stream)
+                .config(pool_config(config, PoolKind::TtsStream))
                 .build()?,
         })
     }
@@ -197,9 +221,13 @@ impl AppState {
         &self.inner.metrics
     }
 
-    /// Snapshots of both pools, TTS first.
+    /// Snapshots of every pool, TTS first.
     pub fn snapshots(&self) -> Vec<PoolSnapshot> {
-        vec![self.pools().tts.snapshot(), self.pools().stt.snapshot()]
+        vec![
+            self.pools().tts.snapshot(),
+            self.pools().stt.snapshot(),
+            self.pools().tts_stream.snapshot(),
+        ]
     }
 
     /// Ready to take traffic: not draining, and every pool has reached its warm target
@@ -248,8 +276,12 @@ impl AppState {
     /// Fills both pools to their warm targets, concurrently. Failures are logged, not
     /// returned: the maintainer keeps retrying and `/readyz` stays 503 meanwhile.
     pub async fn warm_up(&self) {
-        let (tts, stt) = tokio::join!(self.pools().tts.prepare(), self.pools().stt.prepare());
-        for (name, result) in [(TTS_POOL, tts), (STT_POOL, stt)] {
+        let (tts, stt, stream) = tokio::join!(
+            self.pools().tts.prepare(),
+            self.pools().stt.prepare(),
+            self.pools().tts_stream.prepare()
+        );
+        for (name, result) in [(TTS_POOL, tts), (STT_POOL, stt), (TTS_STREAM_POOL, stream)] {
             match result {
                 Ok(()) => tracing::info!(pool = name, "pool warm"),
                 Err(e) => tracing::warn!(
@@ -275,7 +307,11 @@ impl AppState {
                 "in-flight speech work did not finish within the shutdown grace period"
             );
         }
-        tokio::join!(self.pools().tts.shutdown(), self.pools().stt.shutdown());
+        tokio::join!(
+            self.pools().tts.shutdown(),
+            self.pools().stt.shutdown(),
+            self.pools().tts_stream.shutdown()
+        );
         drained
     }
 }

@@ -112,6 +112,7 @@ async fn the_document_lists_every_endpoint_and_each_is_routed() {
             "GET /api/v1/openapi.json",
             "GET /api/v1/pools",
             "GET /api/v1/stt",
+            "GET /api/v1/tts/stream",
             "GET /livez",
             "GET /metrics",
             "GET /readyz",

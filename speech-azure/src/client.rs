@@ -13,6 +13,7 @@ use crate::policy::ConnectionPolicy;
 use crate::stt_ws::{SttWebSocket, SttWsFactory, SttWsOptions};
 use crate::tls::{TlsConfigs, TlsOptions};
 use crate::tts_rest::{TtsRest, TtsRestFactory};
+use crate::tts_stream::{TtsStreamFactory, TtsStreamWebSocket};
 use crate::tts_ws::{TtsWebSocket, TtsWsFactory, TtsWsOptions};
 
 /// The default `User-Agent`.
@@ -182,6 +183,12 @@ impl AzureSpeech {
         TtsWebSocket::connect(Arc::clone(&self.inner), options, None).await
     }
 
+    /// Opens a v2 TTS websocket, the one that takes text as it is written (not yet
+    /// warmed: call `warm` or let the pool do it).
+    pub async fn connect_tts_stream_ws(&self) -> Result<TtsStreamWebSocket, SpeechError> {
+        TtsStreamWebSocket::connect(Arc::clone(&self.inner)).await
+    }
+
     /// Creates a TTS REST connection (its HTTP connection opens on warm-up or first use).
     pub async fn connect_tts_rest(&self) -> Result<TtsRest, SpeechError> {
         TtsRest::connect(Arc::clone(&self.inner)).await
@@ -198,6 +205,14 @@ impl AzureSpeech {
             client: self.clone(),
             options,
             dead_signal: Arc::default(),
+        })
+    }
+
+    /// A pool manager of v2 TTS websockets, for text streaming
+    /// ([`Synthesizer::synthesize_text_stream`](speech_core::Synthesizer::synthesize_text_stream)).
+    pub fn tts_stream_manager(&self) -> SynthesizerManager {
+        SynthesizerManager::new(TtsStreamFactory {
+            client: self.clone(),
         })
     }
 

@@ -30,6 +30,9 @@ pub enum Endpoint {
 /// native SDK 1.53 still uses it and every third-party client does (docs/protocol.md#endpoints).
 const TTS_WS_PATH: &str = "/cognitiveservices/websocket/v1";
 
+/// The websocket path of TTS with text streaming (docs/protocol.md#endpoints).
+const TTS_STREAM_WS_PATH: &str = "/cognitiveservices/websocket/v2";
+
 impl Endpoint {
     /// A public-cloud region. Lowercased; must be ASCII letters and digits only, because it
     /// becomes part of a host name.
@@ -110,6 +113,12 @@ impl Endpoint {
     /// The TTS websocket URL.
     pub fn tts_ws_url(&self) -> Url {
         self.service_url("tts", TTS_WS_PATH, true)
+    }
+
+    /// The v2 TTS websocket URL, the one that takes text as it is written
+    /// (`text.piece` / `text.end`).
+    pub fn tts_stream_ws_url(&self) -> Url {
+        self.service_url("tts", TTS_STREAM_WS_PATH, true)
     }
 
     /// The STT websocket URL for a recognition mode, language and output format, which
@@ -259,6 +268,10 @@ mod tests {
             "wss://westeurope.tts.speech.microsoft.com/cognitiveservices/websocket/v1"
         );
         assert_eq!(
+            e.tts_stream_ws_url().as_str(),
+            "wss://westeurope.tts.speech.microsoft.com/cognitiveservices/websocket/v2"
+        );
+        assert_eq!(
             e.stt_ws_url(
                 RecognitionMode::Conversation,
                 "en-US",
@@ -310,6 +323,10 @@ mod tests {
         assert_eq!(
             e.tts_ws_url().as_str(),
             "wss://my-res.cognitiveservices.azure.com/tts/cognitiveservices/websocket/v1"
+        );
+        assert_eq!(
+            e.tts_stream_ws_url().as_str(),
+            "wss://my-res.cognitiveservices.azure.com/tts/cognitiveservices/websocket/v2"
         );
         assert_eq!(
             e.stt_ws_url(

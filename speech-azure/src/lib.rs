@@ -27,7 +27,8 @@
 //! - [`Endpoint`]: region (with sovereign-cloud suffixes), custom domain, explicit host.
 //! - [`TlsOptions`], [`install_crypto_provider`]: one rustls configuration, ring only.
 //! - [`frame`]: the websocket message codec.
-//! - [`TtsWebSocket`], [`TtsRest`], [`SttWebSocket`]: the connections.
+//! - [`TtsWebSocket`], [`TtsRest`], [`SttWebSocket`]: the connections; [`TtsStreamWebSocket`]
+//!   (the v2 path) speaks text while it is being written.
 //! - [`ConnectionPolicy`]: when a connection counts as ready, and the timeouts.
 //!
 //! Error mapping (handshake statuses, close codes, in-band statuses) follows
@@ -47,6 +48,7 @@ mod secret;
 mod stt_ws;
 mod tls;
 mod tts_rest;
+mod tts_stream;
 mod tts_ws;
 mod util;
 mod ws;
@@ -63,4 +65,5 @@ pub use secret::Secret;
 pub use stt_ws::{SttWebSocket, SttWsFactory, SttWsOptions};
 pub use tls::{TlsConfigs, TlsOptions, install_crypto_provider};
 pub use tts_rest::{TtsRest, TtsRestFactory};
+pub use tts_stream::{TtsStreamFactory, TtsStreamWebSocket};
 pub use tts_ws::{TtsWebSocket, TtsWsFactory, TtsWsOptions};

@@ -109,6 +109,32 @@ pub trait Synthesizer: Connection {
         drop(stop);
         self.synthesize(request, events).await
     }
+
+    /// Synthesizes text that is still being written (an LLM's tokens): `text` delivers the
+    /// pieces in order and **closing it (dropping its sender) ends the text**. Audio and
+    /// word boundaries go to `events` as in [`synthesize`](Self::synthesize); word
+    /// boundaries' `text_offset` counts bytes into the concatenation of all pieces.
+    ///
+    /// `request` carries the voice, format, word-boundary choice and request id; its input
+    /// must be empty text (the pieces are the input).
+    ///
+    /// A backend that can speak before the text is complete (Azure's v2 text-streaming
+    /// websocket) overrides this. The default gathers every piece and then runs one
+    /// ordinary [`synthesize`](Self::synthesize) turn, so every backend serves the
+    /// streaming endpoint, only without the latency benefit.
+    ///
+    /// Cancellation: dropping the `events` receiver cancels the turn, even while no text
+    /// arrives; the contract of [`synthesize`](Self::synthesize) then applies (return
+    /// `Err(SpeechError::Cancelled)`, leave the connection reusable or not ready).
+    async fn synthesize_text_stream(
+        &mut self,
+        request: SynthesisRequest,
+        text: mpsc::Receiver<String>,
+        events: mpsc::Sender<SynthesisEvent>,
+    ) -> Result<SynthesisSummary, SpeechError> {
+        let request = crate::text_stream::gather(request, text, &events).await?;
+        self.synthesize(request, events).await
+    }
 }
 
 /// A speech-to-text connection: several recognition turns, one at a time.

@@ -24,6 +24,7 @@ mod format;
 mod manager;
 mod request;
 mod stop;
+mod text_stream;
 mod time;
 
 pub use connection::{Connection, Recognizer, Synthesizer};
@@ -44,6 +45,7 @@ pub use request::{
     escape_xml, validate_voice_name,
 };
 pub use stop::StopSignal;
+pub use text_stream::{MAX_STREAMED_TEXT_BYTES, validate_text_stream_request};
 pub use time::rfc3339_millis;
 
 /// Re-exported so that backends name the same `async_trait` attribute the traits were

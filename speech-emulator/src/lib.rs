@@ -10,7 +10,7 @@
 //! Layout: `server` (listener, routing, [`EmulatorHandle`]) sits on `state` (what survives a
 //! restart, and what one listening server owns); `rest` and `control` answer HTTP routes;
 //! `ws` upgrades websockets and drives each session through the `session` types, with the
-//! protocols in `tts` and `stt` (and `recognition`, shared with STT REST); `turn` folds
+//! protocols in `tts`, `tts_v2` (text streaming) and `stt` (and `recognition`, shared with STT REST); `turn` folds
 //! injected faults into one turn's plan.
 //!
 //! ```no_run
@@ -32,6 +32,8 @@
 //! - `POST /cognitiveservices/v1`, `POST /tts/cognitiveservices/v1`: TTS REST;
 //! - `GET /cognitiveservices/voices/list` (also under `/tts`): the voices list;
 //! - `GET /cognitiveservices/websocket/v1`, `GET /tts/cognitiveservices/websocket/v1`: TTS;
+//! - `GET /cognitiveservices/websocket/v2` (also under `/tts`): TTS with text streaming
+//!   (`text.piece` / `text.end`), spoken as the text arrives, not at its end;
 //! - `GET /speech/recognition/{interactive,conversation,dictation}/cognitiveservices/v1`,
 //!   the same under `/stt`, and `/stt/speech/universal/v2`: STT websocket (a `POST` there is
 //!   STT REST for short audio);
@@ -61,6 +63,7 @@ mod stt;
 mod time;
 mod tls;
 mod tts;
+mod tts_v2;
 mod turn;
 mod ws;
 

@@ -258,7 +258,10 @@ async fn route(
         };
     }
     match path {
-        "/cognitiveservices/websocket/v1" | "/tts/cognitiveservices/websocket/v1" => {
+        "/cognitiveservices/websocket/v1"
+        | "/tts/cognitiveservices/websocket/v1"
+        | "/cognitiveservices/websocket/v2"
+        | "/tts/cognitiveservices/websocket/v2" => {
             if method == Method::GET {
                 ws::upgrade(server, info, req, Endpoint::TtsWs, None).await
             } else {

@@ -31,12 +31,12 @@ const REMEMBERED_IDS: usize = 256;
 
 /// Output options of one request.
 #[derive(Debug, Clone, Copy)]
-struct TtsOptions {
-    format: &'static OutputFormat,
-    word: bool,
+pub(crate) struct TtsOptions {
+    pub(crate) format: &'static OutputFormat,
+    pub(crate) word: bool,
     punctuation: bool,
     sentence: bool,
-    session_end: bool,
+    pub(crate) session_end: bool,
     viseme: bool,
     bookmark: bool,
 }
@@ -68,7 +68,7 @@ fn truthy(v: Option<&Value>) -> Option<bool> {
 
 impl TtsOptions {
     /// Applies a `synthesis.audio` object (`outputFormat`, `metadataOptions`) over `self`.
-    fn apply(mut self, audio: &Value) -> Result<Self, String> {
+    pub(crate) fn apply(mut self, audio: &Value) -> Result<Self, String> {
         if let Some(f) = audio.get("outputFormat").and_then(Value::as_str) {
             self.format =
                 OutputFormat::by_name(f).ok_or_else(|| format!("Unsupported output format {f}"))?;

@@ -33,7 +33,7 @@ use crate::http::{self as h, Body};
 use crate::session::{Outbox, Outgoing, Protocol, SessionParams, Stop, SttMode};
 use crate::state::{ConnectionInfo, ServerState, SessionCommand, lock};
 use crate::time::deadline_after;
-use crate::{stt, tts};
+use crate::{stt, tts, tts_v2};
 
 /// The upgraded socket a session driver owns.
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -74,6 +74,13 @@ pub(crate) async fn upgrade(
     };
 
     let query = h::query_pairs(req.uri().query());
+    // The v2 path is the text-streaming one (docs/protocol.md#tts-over-websocket).
+    let tts_v2 = req
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .to_ascii_lowercase()
+        .ends_with("/websocket/v2");
     let presented = auth::presented(|n| h::header(&req, n), &query);
     let checked = auth::check(presented.as_ref(), emulator.config.key.as_deref());
     let identity = checked.as_ref().ok().cloned();
@@ -226,6 +233,7 @@ pub(crate) async fn upgrade(
         };
         match endpoint {
             Endpoint::SttWs => driver.run(stt::SttSession::new(server2, params)).await,
+            _ if tts_v2 => driver.run(tts_v2::TtsV2Session::new(server2, params)).await,
             _ => driver.run(tts::TtsSession::new(server2, params)).await,
         }
     });

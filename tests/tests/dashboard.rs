@@ -268,7 +268,10 @@ async fn dashboard_paints_every_data_series_in_chromium() {
     let _ = std::fs::remove_dir_all(&profile);
 
     eprintln!("dashboard pixels: {report}");
-    assert_eq!(report["pools"], "speech-stt,speech-tts", "{report:#}");
+    assert_eq!(
+        report["pools"], "speech-stt,speech-tts,speech-tts-stream",
+        "{report:#}"
+    );
     assert!(
         report["status"].as_str().unwrap_or("").contains("healthy"),
         "{report:#}"

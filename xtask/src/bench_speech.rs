@@ -97,6 +97,7 @@ async fn run_async(samples: usize) -> anyhow::Result<()> {
         };
         rows.push((kind, cold, warm));
     }
+    let streamed = crate::bench_stream::run(&emu, &pem, KEY, samples).await?;
 
     println!();
     println!(
@@ -141,6 +142,34 @@ async fn run_async(samples: usize) -> anyhow::Result<()> {
             pct(warm, 50) / pct(cold, 50)
         );
     }
+    // LLM text streamed into TTS, through the service (bench_stream.rs).
+    let (stream, full) = (pct(&streamed.stream, 50), pct(&streamed.full_text, 50));
+    println!();
+    println!(
+        "LLM-paced text ({} tokens/s, a 40-token answer), through the service, warm \
+         connections, RTT {} ms service <-> speech service; first token -> first audio at the client:",
+        crate::bench_stream::TOKENS_PER_SECOND,
+        RTT.as_millis()
+    );
+    println!("{:<44} {:>12} {:>12}", "path", "p50 ms", "p90 ms");
+    println!(
+        "{:<44} {:>12.1} {:>12.1}",
+        "stream (GET /api/v1/tts/stream, per token)",
+        stream,
+        pct(&streamed.stream, 90)
+    );
+    println!(
+        "{:<44} {:>12.1} {:>12.1}",
+        "full text (last token, then POST /api/v1/tts)",
+        full,
+        pct(&streamed.full_text, 90)
+    );
+    println!("bench.tts_stream_first_audio_ms: {stream:.1}");
+    println!("bench.tts_full_text_first_audio_ms: {full:.1}");
+    println!(
+        "ratio.stream_vs_full_text.first_audio: {:.2}",
+        stream / full
+    );
     let left = emu.shutdown().await;
     if left != 0 {
         bail!("{left} emulator tasks still running after shutdown");

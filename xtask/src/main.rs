@@ -15,6 +15,7 @@
 mod abuse;
 mod bench_pool;
 mod bench_speech;
+mod bench_stream;
 mod ci;
 mod client;
 mod faults;

@@ -6,6 +6,7 @@ pub mod pools;
 pub mod sessions;
 pub mod stt;
 pub mod tts;
+pub mod tts_stream;
 
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::validate_session_id;
 use crate::error::{ApiError, ErrorBody};
-use crate::state::{AppState, STT_POOL, TTS_POOL};
+use crate::state::{AppState, STT_POOL, TTS_POOL, TTS_STREAM_POOL};
 
 /// What a release did.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -52,28 +52,35 @@ pub async fn delete_session(
         state.clone().tasks().spawn(async move {
             tokio::join!(
                 state.pools().tts.release_for_session(&id),
-                state.pools().stt.release_for_session(&id)
+                state.pools().stt.release_for_session(&id),
+                state.pools().tts_stream.release_for_session(&id)
             )
         })
     };
-    let (tts, stt) = task.await.map_err(|_| {
+    let (tts, stt, tts_stream) = task.await.map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "releasing the session failed unexpectedly",
         )
     })?;
-    if !tts && !stt && streams_closed == 0 {
+    if !tts && !stt && !tts_stream && streams_closed == 0 {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_session",
             format!("no pool holds session {id}"),
         ));
     }
-    tracing::info!(session = %id, tts, stt, streams_closed, "session released");
+    tracing::info!(session = %id, tts, stt, tts_stream, streams_closed, "session released");
     Ok(Json(Released {
         session_id: id,
-        released: [(TTS_POOL, tts), (STT_POOL, stt)].into_iter().collect(),
+        released: [
+            (TTS_POOL, tts),
+            (STT_POOL, stt),
+            (TTS_STREAM_POOL, tts_stream),
+        ]
+        .into_iter()
+        .collect(),
         streams_closed,
     }))
 }
