@@ -186,7 +186,7 @@ impl AzureSpeech {
     /// Opens a v2 TTS websocket, the one that takes text as it is written (not yet
     /// warmed: call `warm` or let the pool do it).
     pub async fn connect_tts_stream_ws(&self) -> Result<TtsStreamWebSocket, SpeechError> {
-        TtsStreamWebSocket::connect(Arc::clone(&self.inner)).await
+        TtsStreamWebSocket::connect(Arc::clone(&self.inner), None).await
     }
 
     /// Creates a TTS REST connection (its HTTP connection opens on warm-up or first use).
@@ -213,6 +213,7 @@ impl AzureSpeech {
     pub fn tts_stream_manager(&self) -> SynthesizerManager {
         SynthesizerManager::new(TtsStreamFactory {
             client: self.clone(),
+            dead_signal: Arc::default(),
         })
     }
 

@@ -25,12 +25,24 @@ use crate::ws::{Connect, Incoming, WsConn, now_timestamp, speech_config_body};
 #[derive(Debug)]
 pub struct TtsStreamFactory {
     pub(crate) client: crate::AzureSpeech,
+    /// Fired when a connection of this factory is found dead, so its pool replaces it.
+    pub(crate) dead_signal: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait]
 impl SynthesizerFactory for TtsStreamFactory {
     async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
-        Ok(Box::new(self.client.connect_tts_stream_ws().await?))
+        Ok(Box::new(
+            TtsStreamWebSocket::connect(
+                Arc::clone(&self.client.inner),
+                Some(Arc::clone(&self.dead_signal)),
+            )
+            .await?,
+        ))
+    }
+
+    fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.dead_signal))
     }
 }
 
@@ -69,13 +81,17 @@ impl std::fmt::Debug for TtsStreamWebSocket {
 }
 
 impl TtsStreamWebSocket {
-    pub(crate) async fn connect(client: Arc<ClientInner>) -> Result<Self, SpeechError> {
+    pub(crate) async fn connect(
+        client: Arc<ClientInner>,
+        dead_signal: Option<Arc<tokio::sync::Notify>>,
+    ) -> Result<Self, SpeechError> {
         let conn = WsConn::connect(Connect {
             url: client.endpoint.tts_stream_ws_url(),
             auth: &client.auth,
             tls: &client.tls.ws,
             policy: &client.policy,
             user_agent: &client.user_agent,
+            dead_signal,
         })
         .await?;
         tracing::debug!(connection_id = %conn.connection_id, "TTS v2 websocket connected");
@@ -310,6 +326,9 @@ impl TtsStreamWebSocket {
                 Incoming::Malformed(e) => {
                     return Err(SpeechError::protocol(format!("bad binary message: {e}")));
                 }
+                Incoming::Unresponsive(reason) => {
+                    return Err(SpeechError::transient(reason));
+                }
                 Incoming::Closed { code, reason } => {
                     return Err(match code {
                         Some(c) => SpeechError::from_close_code(c, reason),
@@ -366,7 +385,7 @@ impl TtsStreamWebSocket {
                     self.in_turn = false;
                     break;
                 }
-                Incoming::Closed { .. } => break,
+                Incoming::Closed { .. } | Incoming::Unresponsive(_) => break,
                 _ => {}
             }
         }

@@ -169,7 +169,6 @@ fn parse_choice(s: &str) -> Result<Choice, String> {
             format!("unknown scenario; one of {}", names.join(", "))
         })
 }
-}
 
 impl Scenario {
     const ALL: [Self; 6] = [
