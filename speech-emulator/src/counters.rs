@@ -35,6 +35,11 @@ pub struct Counters {
     pub rest_requests: u64,
     /// Fault rules that fired.
     pub faults_injected: u64,
+    /// Websockets the emulator closed because they reached the maximum connection age
+    /// (a client that moves its stream off a connection in time never sees one).
+    pub closed_max_age: u64,
+    /// Websockets the emulator closed after the idle timeout.
+    pub closed_idle: u64,
 }
 
 macro_rules! counters {
@@ -67,6 +72,8 @@ counters!(
     tokens_issued,
     rest_requests,
     faults_injected,
+    closed_max_age,
+    closed_idle,
 );
 
 impl LiveCounters {

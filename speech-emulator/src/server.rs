@@ -526,6 +526,8 @@ impl EmulatorHandle {
             (&c.tokens_issued, old.tokens_issued),
             (&c.rest_requests, old.rest_requests),
             (&c.faults_injected, old.faults_injected),
+            (&c.closed_max_age, old.closed_max_age),
+            (&c.closed_idle, old.closed_idle),
         ] {
             dst.store(v, Ordering::SeqCst);
         }
