@@ -40,6 +40,9 @@ pub struct Counters {
     pub closed_max_age: u64,
     /// Websockets the emulator closed after the idle timeout.
     pub closed_idle: u64,
+    /// Of `closed_max_age`, those closed in the middle of a turn (STT): a stream that was
+    /// cut rather than moved to a fresh connection in time.
+    pub turns_cut_by_max_age: u64,
 }
 
 macro_rules! counters {
@@ -74,6 +77,7 @@ counters!(
     faults_injected,
     closed_max_age,
     closed_idle,
+    turns_cut_by_max_age,
 );
 
 impl LiveCounters {

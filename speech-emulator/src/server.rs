@@ -528,6 +528,7 @@ impl EmulatorHandle {
             (&c.faults_injected, old.faults_injected),
             (&c.closed_max_age, old.closed_max_age),
             (&c.closed_idle, old.closed_idle),
+            (&c.turns_cut_by_max_age, old.turns_cut_by_max_age),
         ] {
             dst.store(v, Ordering::SeqCst);
         }

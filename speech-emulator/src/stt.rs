@@ -431,6 +431,10 @@ impl SttSession {
 }
 
 impl Protocol for SttSession {
+    fn in_turn(&self) -> bool {
+        self.turn.is_some()
+    }
+
     fn on_text(&mut self, _out: &mut Outbox, msg: TextMessage) -> Result<(), Stop> {
         let Some(path) = msg.headers.path().map(str::to_ascii_lowercase) else {
             return self.violation("missing Path header");
