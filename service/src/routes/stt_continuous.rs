@@ -75,6 +75,9 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Pause before asking again for the next connection of a planned switch that could not
 /// get one (the current connection still has time left).
 const NEXT_RETRY: Duration = Duration::from_millis(500);
+/// Old connections given up in a row while looking for a fresh one for a switch; after
+/// that the next one is used whatever its age (the pool may only have old ones).
+const MAX_STALE_NEXT: u32 = 3;
 
 type Guard = Pooled<RecognizerManager>;
 type Acquired = Result<(Guard, Duration), ApiError>;
@@ -150,6 +153,8 @@ struct Stream<'a> {
     /// Inside a phrase (speech started, no final phrase yet): not a place to switch.
     in_speech: bool,
     failures: usize,
+    /// Connections given up in a row for a switch because they were already old.
+    stale_nexts: u32,
     last_error: Option<SpeechError>,
     client_done: bool,
     started: bool,
@@ -182,6 +187,7 @@ pub(super) async fn run(
         retry_at: None,
         in_speech: false,
         failures: 0,
+        stale_nexts: 0,
         last_error: None,
         client_done: false,
         started: false,
@@ -433,6 +439,16 @@ impl Stream<'_> {
         };
         match (purpose, acquired) {
             (Purpose::Next, Ok((guard, _))) => {
+                let plan = self.plan();
+                if guard.age().is_some_and(|a| a >= plan / 2) && self.stale_nexts < MAX_STALE_NEXT {
+                    // Past half its life already: it would need replacing again soon.
+                    // Give it up for a younger one (the pool creates one if it has none).
+                    self.stale_nexts += 1;
+                    guard.discard();
+                    self.start_acquire(Purpose::Next);
+                    return Ok(None);
+                }
+                self.stale_nexts = 0;
                 self.next = Some(guard);
                 self.maybe_switch();
                 Ok(None)
@@ -464,6 +480,14 @@ impl Stream<'_> {
                 Ok(None)
             }
         }
+    }
+
+    /// The connection age at which a leg is replaced.
+    fn plan(&self) -> Duration {
+        self.state
+            .options()
+            .stt_continuous
+            .stt_continuous_max_connection_age
     }
 
     fn attempts(&self) -> usize {
