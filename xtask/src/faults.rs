@@ -119,9 +119,9 @@ pub struct Args {
     /// Shorter phases (about half the run time).
     #[arg(long)]
     quick: bool,
-    /// Run only this scenario.
+    /// Run only this scenario (the call-long STT ones live in `faults_stt`).
     #[arg(long, value_enum, value_name = "NAME")]
-    scenario: Option<Scenario>,
+    scenario: Option<crate::faults_stt::Pick<Scenario>>,
 }
 
 /// The fault scenarios, in the order they run (see the module docs).
@@ -382,15 +382,23 @@ impl Phase {
 
 /// Entry point of `cargo xtask faults`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    use crate::faults_stt::{Pick, SttScenario};
     let scenarios: Vec<Scenario> = match args.scenario {
-        Some(s) => vec![s],
+        Some(Pick::Stt(s)) => return crate::faults_stt::run(&[s], args.quick),
+        Some(Pick::Classic(s)) => vec![s],
         None => Scenario::ALL.to_vec(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    runtime.block_on(run_all(scenarios, args.quick))
+    let classic = runtime.block_on(run_all(scenarios, args.quick));
+    drop(runtime);
+    if args.scenario.is_none() {
+        let stt = crate::faults_stt::run(&SttScenario::ALL, args.quick);
+        return classic.and(stt);
+    }
+    classic
 }
 
 async fn run_all(scenarios: Vec<Scenario>, quick: bool) -> anyhow::Result<()> {

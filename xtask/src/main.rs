@@ -18,6 +18,7 @@ mod bench_speech;
 mod ci;
 mod client;
 mod faults;
+mod faults_stt;
 mod load;
 mod soak;
 
