@@ -62,8 +62,8 @@ pub(crate) fn bytes_to_ticks(bytes: u64) -> u64 {
 
 /// Bytes of 16 kHz 16-bit mono audio in `ticks`, rounded down to a whole sample.
 pub(crate) fn ticks_to_bytes(ticks: u64) -> u64 {
-    let bytes = u128::from(ticks) * u128::from(RECOGNITION_BYTES_PER_SECOND)
-        / u128::from(TICKS_PER_SECOND);
+    let bytes =
+        u128::from(ticks) * u128::from(RECOGNITION_BYTES_PER_SECOND) / u128::from(TICKS_PER_SECOND);
     u64::try_from(bytes).unwrap_or(u64::MAX) & !1
 }
 
@@ -224,7 +224,10 @@ mod tests {
                 status: "Success".into()
             }
         );
-        assert_eq!(rebase(RecognitionEvent::TurnEnd, 9), RecognitionEvent::TurnEnd);
+        assert_eq!(
+            rebase(RecognitionEvent::TurnEnd, 9),
+            RecognitionEvent::TurnEnd
+        );
     }
 
     #[test]

@@ -115,7 +115,9 @@ async fn stream_call(running: &LoopbackServer, on_hypothesis: impl Fn(&Value)) -
             let mut tick = tokio::time::interval(pace);
             for piece in audio.chunks(chunk) {
                 tick.tick().await;
-                tx.send(Message::binary(piece.to_vec())).await.expect("send");
+                tx.send(Message::binary(piece.to_vec()))
+                    .await
+                    .expect("send");
             }
             tx.send(Message::text(r#"{"type":"end"}"#))
                 .await
@@ -179,7 +181,12 @@ fn check_transcript(messages: &[Value]) {
         );
     }
     let n = messages.len();
-    assert_eq!(messages[n - 2]["type"], "turn_end", "{:?}", &messages[n - 2]);
+    assert_eq!(
+        messages[n - 2]["type"],
+        "turn_end",
+        "{:?}",
+        &messages[n - 2]
+    );
     assert_eq!(messages[n - 1]["code"], 1000, "{:?}", &messages[n - 1]);
 }
 
@@ -245,7 +252,10 @@ async fn connections_dropped_mid_phrase_are_recovered_by_replay() {
     // Each drop cut the stream's connection mid-turn, and a fresh one took over.
     let after = s.emulator.counters();
     let legs = after.turns_started - before.turns_started;
-    assert!(legs >= 4, "expected a new connection after each drop: {after:?}");
+    assert!(
+        legs >= 4,
+        "expected a new connection after each drop: {after:?}"
+    );
     eprintln!("counters before {before:?}\nafter {after:?}");
     teardown(s).await;
 }

@@ -260,7 +260,9 @@ async fn run_scenario(scenario: SttScenario, quick: bool) -> anyhow::Result<Row>
         phrases_expected: u64::from(phrases) * CALLS as u64,
         ..Row::default()
     };
-    let expected: Vec<String> = (1..=phrases).map(|k| format!("Caller phrase {k}.")).collect();
+    let expected: Vec<String> = (1..=phrases)
+        .map(|k| format!("Caller phrase {k}."))
+        .collect();
     for r in &results {
         let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
         for (text, _, _) in &r.phrases {
@@ -279,10 +281,12 @@ async fn run_scenario(scenario: SttScenario, quick: bool) -> anyhow::Result<Row>
             .map(|(_, n)| n)
             .sum::<u64>();
         let misplaced = r.phrases.iter().any(|(text, offset, duration)| {
-            let k = expected.iter().position(|e| e == text).unwrap_or(usize::MAX) as u64;
+            let k = expected
+                .iter()
+                .position(|e| e == text)
+                .unwrap_or(usize::MAX) as u64;
             let cycle = u64::from(SPEECH_MS + GAP_MS) * TICKS_PER_MS;
-            *offset != k.saturating_mul(cycle)
-                || *duration != u64::from(SPEECH_MS) * TICKS_PER_MS
+            *offset != k.saturating_mul(cycle) || *duration != u64::from(SPEECH_MS) * TICKS_PER_MS
         });
         let ordered = r.phrases.windows(2).all(|w| w[0].1 < w[1].1);
         if let Some(e) = &r.error {
@@ -376,7 +380,9 @@ async fn call(
             Some(Ok(Message::Close(f))) => {
                 let code = f.map(|f| u16::from(f.code));
                 if code != Some(1000) || !saw_turn_end {
-                    result.error = Some(format!("closed with {code:?} (turn_end seen: {saw_turn_end})"));
+                    result.error = Some(format!(
+                        "closed with {code:?} (turn_end seen: {saw_turn_end})"
+                    ));
                 }
                 break;
             }
@@ -397,7 +403,9 @@ async fn call(
                 v["duration"].as_u64().unwrap_or(u64::MAX),
             )),
             "error" => {
-                result.error.get_or_insert_with(|| format!("error message: {v}"));
+                result
+                    .error
+                    .get_or_insert_with(|| format!("error message: {v}"));
             }
             "turn_end" => saw_turn_end = true,
             "hypothesis" => {
@@ -418,10 +426,14 @@ async fn call(
     match sender.await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
-            result.error.get_or_insert_with(|| format!("sending audio: {e}"));
+            result
+                .error
+                .get_or_insert_with(|| format!("sending audio: {e}"));
         }
         Err(e) => {
-            result.error.get_or_insert_with(|| format!("sender task: {e}"));
+            result
+                .error
+                .get_or_insert_with(|| format!("sender task: {e}"));
         }
     }
     result

@@ -50,9 +50,7 @@ use tracing::Instrument;
 
 use super::acquire;
 use super::stt::{StreamContext, is_end_message, send_error, send_json, violation};
-use crate::continuous::{
-    ReplayBuffer, bytes_to_ticks, is_failure_status, rebase, ticks_to_bytes,
-};
+use crate::continuous::{ReplayBuffer, bytes_to_ticks, is_failure_status, rebase, ticks_to_bytes};
 use crate::error::ApiError;
 use crate::state::{AppState, STT_POOL};
 
@@ -241,14 +239,10 @@ pub(super) async fn run(
         };
         match step {
             Step::Client(msg) => {
-                idle_close_sleep
-                    .as_mut()
-                    .reset(Instant::now() + idle_close);
+                idle_close_sleep.as_mut().reset(Instant::now() + idle_close);
                 match msg {
                     Some(Ok(Message::Binary(b))) if !b.is_empty() => {
-                        audio_idle_sleep
-                            .as_mut()
-                            .reset(Instant::now() + audio_idle);
+                        audio_idle_sleep.as_mut().reset(Instant::now() + audio_idle);
                         s.audio(b);
                     }
                     Some(Ok(Message::Text(t))) if is_end_message(&t) => s.end_audio(),
@@ -420,10 +414,11 @@ impl Stream<'_> {
         let state = self.state.clone();
         // Only the first leg may use the session's own connection: during a switch two
         // legs run at once, and a session's connection serves one user at a time.
-        let session = (!self.started).then(|| self.context.session.clone()).flatten();
-        let future: AcquireFuture = Box::pin(async move {
-            acquire(&state, &state.pools().stt, session.as_deref()).await
-        });
+        let session = (!self.started)
+            .then(|| self.context.session.clone())
+            .flatten();
+        let future: AcquireFuture =
+            Box::pin(async move { acquire(&state, &state.pools().stt, session.as_deref()).await });
         self.acquiring = Some((purpose, future));
     }
 
@@ -637,7 +632,9 @@ impl Stream<'_> {
             }
             Err(e) => {
                 guard.discard();
-                self.state.metrics().record_upstream_error(STT_POOL, e.class());
+                self.state
+                    .metrics()
+                    .record_upstream_error(STT_POOL, e.class());
                 tracing::warn!(
                     pool = STT_POOL,
                     request_id = %leg.request_id,
@@ -688,7 +685,9 @@ impl Stream<'_> {
 
     /// The pause before the next attempt.
     fn backoff(&self, e: Option<&SpeechError>) -> Duration {
-        let n = u32::try_from(self.failures.saturating_sub(1)).unwrap_or(u32::MAX).min(8);
+        let n = u32::try_from(self.failures.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(8);
         match e {
             Some(e) if e.class() == ErrorClass::Throttled => e
                 .retry_after()
@@ -722,8 +721,7 @@ impl Stream<'_> {
 
     /// Switches when a fresh connection is waiting and the stream is between phrases.
     fn maybe_switch(&mut self) {
-        if self.next.is_some() && !self.in_speech && self.active.is_some() && !self.client_done
-        {
+        if self.next.is_some() && !self.in_speech && self.active.is_some() && !self.client_done {
             self.switch();
         }
     }
@@ -762,7 +760,10 @@ fn retire(state: &AppState, leg: Leg) {
         ..
     } = leg;
     drop(audio);
-    let plan = state.options().stt_continuous.stt_continuous_max_connection_age;
+    let plan = state
+        .options()
+        .stt_continuous
+        .stt_continuous_max_connection_age;
     state.tasks().spawn(async move {
         let finish = async {
             while events.recv().await.is_some() {}
