@@ -770,7 +770,7 @@ fn retire(state: &AppState, leg: Leg) {
             task.await
         };
         match tokio::time::timeout(RETIRE_LIMIT, finish).await {
-            Ok(Ok((guard, Ok(())))) if !guard.age().is_some_and(|a| a >= plan) => drop(guard),
+            Ok(Ok((guard, Ok(())))) if guard.age().is_none_or(|a| a < plan) => drop(guard),
             Ok(Ok((guard, _))) => guard.discard(),
             // Timed out or panicked: the turn is abandoned mid-way, which makes the
             // connection report not ready, so the pool discards it when it comes back.
