@@ -14,7 +14,9 @@ use service::config::BackendChoice;
 use service::secret::Secret;
 use service::test_support::{LoopbackServer, install_crypto_provider};
 use service::{Config, build_state};
-use speech_emulator::{Emulator, EmulatorConfig, EmulatorHandle, Target, scripted};
+use speech_emulator::{
+    Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target, TurnPoint, scripted,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "continuous-test-key";
@@ -257,5 +259,46 @@ async fn connections_dropped_mid_phrase_are_recovered_by_replay() {
         "expected a new connection after each drop: {after:?}"
     );
     eprintln!("counters before {before:?}\nafter {after:?}");
+    teardown(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_close_mid_stream_backs_off_and_resumes_without_loss() {
+    let s = setup().await;
+    // The next two recognition turns are closed with 4429 after 30 frames (600 ms of
+    // audio: inside a phrase), as Azure closes a connection over its concurrency quota.
+    s.emulator.add_fault(
+        FaultRule::new(Fault::Close {
+            code: 4429,
+            reason: None,
+            at: TurnPoint::AfterFrames(30),
+        })
+        .target(Target::SttWs)
+        .times(2),
+    );
+    let before = s.emulator.counters();
+    let messages = stream_call(&s.running, |_| {}).await;
+    check_transcript(&messages);
+    let after = s.emulator.counters();
+    assert_eq!(
+        after.faults_injected - before.faults_injected,
+        2,
+        "both closes fired: {after:?}"
+    );
+    // The stream did not give up: it waited (1 s, then 2 s: no Retry-After on a close)
+    // and went on; no client saw the throttling.
+    // The throttling is not hidden from the operator: the upstream error counter has it
+    // (the series exists from the start at 0, so its value is what counts).
+    let metrics = s.state.metrics().render(&s.state.snapshots());
+    let throttled: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("speech_upstream_errors_total")
+                && l.contains("class=\"throttled\"")
+                && l.contains("speech-stt")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(throttled, 2.0, "{metrics}");
     teardown(s).await;
 }

@@ -332,11 +332,7 @@ type Dropper = (Arc<EmulatorHandle>, Arc<Mutex<Vec<u16>>>);
 
 /// One call: streams the script and collects the phrases. With a dropper, drops every
 /// STT websocket in the middle of the phrases `DROP_AT`.
-async fn call(
-    url: &str,
-    phrases: u16,
-    dropper: Option<Dropper>,
-) -> CallResult {
+async fn call(url: &str, phrases: u16, dropper: Option<Dropper>) -> CallResult {
     let mut result = CallResult::default();
     let ws = match tokio::time::timeout(HANG, tokio_tungstenite::connect_async(url)).await {
         Ok(Ok((ws, _))) => ws,
