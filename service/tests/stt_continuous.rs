@@ -59,6 +59,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(adjust: impl FnOnce(&mut Config)) -> Setup {
     install_crypto_provider();
     let mut config = EmulatorConfig::default()
         .with_key(KEY)
@@ -86,6 +90,7 @@ async fn setup() -> Setup {
     // pool's own age refresh (5 s ahead) cannot work with a 2 s limit.
     c.pool_max_age = Duration::ZERO;
     c.stt_continuous.stt_continuous_max_connection_age = PLANNED_AGE;
+    adjust(&mut c);
     let state = build_state(&c).expect("azure state");
     state.warm_up().await;
     let running = LoopbackServer::start(&state, Duration::from_secs(5))
@@ -102,6 +107,15 @@ async fn setup() -> Setup {
 /// Streams the script over one continuous socket and returns every message received,
 /// up to and including the close. `on_hypothesis` runs for each hypothesis received.
 async fn stream_call(running: &LoopbackServer, on_hypothesis: impl Fn(&Value)) -> Vec<Value> {
+    stream_call_pausing(running, None, on_hypothesis).await
+}
+
+/// [`stream_call`], sending nothing for `pause.1` once `pause.0` bytes are sent.
+async fn stream_call_pausing(
+    running: &LoopbackServer,
+    pause: Option<(usize, Duration)>,
+    on_hypothesis: impl Fn(&Value),
+) -> Vec<Value> {
     let url = running.ws_url("/api/v1/stt?stream=continuous&session_id=call-7");
     let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
@@ -115,7 +129,12 @@ async fn stream_call(running: &LoopbackServer, on_hypothesis: impl Fn(&Value)) -
             let chunk = (32 * CHUNK_MS) as usize;
             let pace = Duration::from_millis(u64::from(CHUNK_MS / SPEEDUP).max(1));
             let mut tick = tokio::time::interval(pace);
-            for piece in audio.chunks(chunk) {
+            for (i, piece) in audio.chunks(chunk).enumerate() {
+                if let Some((at, pause)) = pause
+                    && i * chunk == at
+                {
+                    tokio::time::sleep(pause).await;
+                }
                 tick.tick().await;
                 tx.send(Message::binary(piece.to_vec()))
                     .await
@@ -300,5 +319,19 @@ async fn a_throttling_close_mid_stream_backs_off_and_resumes_without_loss() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(throttled, 2.0, "{metrics}");
+    teardown(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_longer_than_the_audio_idle_limit_loses_nothing() {
+    let s = setup_with(|c| c.limits.stt_audio_idle_timeout = Duration::from_millis(300)).await;
+    // The caller is silent (sends nothing) for 1 s after phrase 10 and its gap: longer
+    // than the audio-idle limit, so the stream ends its connection's audio and takes a
+    // new connection when audio comes again. Offsets count audio, not wall time, so the
+    // phrases after the pause keep their places.
+    let at = (32 * (SPEECH_MS + GAP_MS) * 10) as usize;
+    let messages =
+        stream_call_pausing(&s.running, Some((at, Duration::from_secs(1))), |_| {}).await;
+    check_transcript(&messages);
     teardown(s).await;
 }

@@ -204,7 +204,10 @@ pub(super) async fn run(
         }
         s.maybe_switch();
         let has_leg = s.active.is_some();
-        let switch_at = s.active.as_ref().and_then(|l| {
+        // A leg whose audio is ending neither switches nor idles: it only finishes. (Both
+        // timers stay armed otherwise, so they must not be polled once past.)
+        let live_leg = s.active.as_ref().is_some_and(|l| !l.ending) && !s.client_done;
+        let switch_at = s.active.as_ref().filter(|_| live_leg).and_then(|l| {
             if s.next.is_some() {
                 Some(l.force_at)
             } else if s.acquiring.is_none() {
@@ -233,7 +236,7 @@ pub(super) async fn run(
             msg = socket.recv(), if !s.client_done && s.pending.len() < MAX_PENDING => Step::Client(msg),
             () = sleep_opt(switch_at) => Step::SwitchDue,
             () = sleep_opt(s.retry_at), if s.acquiring.is_none() && !has_leg => Step::RetryDue,
-            () = &mut audio_idle_sleep, if has_leg && !s.client_done => Step::AudioIdle,
+            () = &mut audio_idle_sleep, if live_leg => Step::AudioIdle,
             () = &mut idle_close_sleep, if !has_leg && !s.client_done => Step::IdleClose,
             () = stop.cancelled(), if !stopped => Step::Stop,
         };
