@@ -484,6 +484,10 @@ pub struct Config {
     /// Limits that keep one client from starving the others (timeouts, caps, origins).
     #[command(flatten)]
     pub limits: crate::limits::Limits,
+
+    /// Continuous (call-long) STT streams: when they change connections, what they replay.
+    #[command(flatten)]
+    pub stt_continuous: crate::continuous::ContinuousSettings,
 }
 
 /// A configuration that parsed but is inconsistent (for example a warm target above the

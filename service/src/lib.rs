@@ -22,6 +22,7 @@ pub mod auth;
 mod azure;
 pub mod backend;
 pub mod config;
+pub mod continuous;
 pub mod error;
 pub mod lifecycle;
 pub mod limits;

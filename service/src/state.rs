@@ -134,6 +134,8 @@ pub struct ServiceOptions {
     pub limits: crate::limits::Limits,
     /// How long a session is remembered unused (the pools' session age limit).
     pub session_max_age: Duration,
+    /// Continuous STT streams: connection age of a switch, replay bound, attempts.
+    pub stt_continuous: crate::continuous::ContinuousSettings,
 }
 
 impl Default for ServiceOptions {
@@ -158,6 +160,7 @@ impl ServiceOptions {
             // pool reports itself (429) before the session wait gives up (409).
             session_wait: config.pool_acquire_timeout + Duration::from_millis(500),
             limits: config.limits.clone(),
+            stt_continuous: config.stt_continuous.clone(),
             session_max_age: config.warm_pool_session_max_age,
         }
     }

@@ -366,6 +366,10 @@ impl Connection for SttWebSocket {
         !self.in_turn && self.conn.lifecycle_ok(&self.client.policy)
     }
 
+    fn age(&self) -> Option<std::time::Duration> {
+        Some(self.conn.opened_at.elapsed())
+    }
+
     async fn warm(&mut self) -> Result<(), SpeechError> {
         if !self.config_sent {
             self.send_config().await?;

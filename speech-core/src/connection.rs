@@ -32,6 +32,16 @@ pub trait Connection: Send {
         true
     }
 
+    /// How long ago the connection to the service was opened, when the backend knows it.
+    ///
+    /// A caller that keeps one connection for minutes (a call-long recognition stream)
+    /// reads it to move to a fresh connection before the service's age limit (Azure: 10
+    /// minutes) cuts it. `None` (the default) means unknown: the caller then counts from
+    /// when it took the connection.
+    fn age(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Prepares a freshly created connection for its first turn (e.g. sends
     /// `speech.config`), so that the first turn of a call pays no extra round trip.
     /// Called once per connection, before it is first handed out. An error makes the

@@ -48,6 +48,13 @@ pub struct EmulatorConfig {
     pub max_phrase: Duration,
     /// STT: one `speech.hypothesis` per this much audio received (Azure: about 300 ms).
     pub hypothesis_interval: Duration,
+    /// STT websocket: recognise scripted audio ([`scripted`](crate::scripted)): phrase
+    /// `k` is a run of samples equal to `k`, heard as line `k` of the transcript, so a
+    /// replay of the same audio on another connection is heard the same way.
+    pub scripted_audio: bool,
+    /// STT, scripted audio: the silence that ends a phrase (Azure's segmentation silence
+    /// is about 500 ms).
+    pub phrase_silence: Duration,
     /// Fault rules active from the start.
     pub faults: Vec<FaultRule>,
     /// Record what clients send ([`Capture`](super::Capture)), for wire tests.
@@ -70,6 +77,8 @@ impl Default for EmulatorConfig {
             max_connections_per_key: None,
             max_phrase: Duration::from_secs(15),
             hypothesis_interval: Duration::from_millis(300),
+            scripted_audio: false,
+            phrase_silence: Duration::from_millis(500),
             faults: Vec::new(),
             capture: false,
         }
@@ -136,6 +145,12 @@ impl EmulatorConfig {
     /// Records what clients send (see [`Capture`](super::Capture)).
     pub fn with_capture(mut self, capture: bool) -> Self {
         self.capture = capture;
+        self
+    }
+
+    /// Recognises scripted audio (see [`scripted`](crate::scripted)) on the STT websocket.
+    pub fn with_scripted_audio(mut self, on: bool) -> Self {
+        self.scripted_audio = on;
         self
     }
 

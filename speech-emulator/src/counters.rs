@@ -42,6 +42,14 @@ pub struct Counters {
     pub blackholed: u64,
     /// Blackholed websockets held open now (released at shutdown).
     pub blackholed_open: u64,
+    /// Websockets the emulator closed because they reached the maximum connection age
+    /// (a client that moves its stream off a connection in time never sees one).
+    pub closed_max_age: u64,
+    /// Websockets the emulator closed after the idle timeout.
+    pub closed_idle: u64,
+    /// Of `closed_max_age`, those closed in the middle of a turn (STT): a stream that was
+    /// cut rather than moved to a fresh connection in time.
+    pub turns_cut_by_max_age: u64,
 }
 
 macro_rules! counters {
@@ -77,6 +85,9 @@ counters!(
     faults_injected,
     blackholed,
     blackholed_open,
+    closed_max_age,
+    closed_idle,
+    turns_cut_by_max_age,
 );
 
 impl LiveCounters {

@@ -55,6 +55,7 @@ pub mod frame;
 mod http;
 mod recognition;
 mod rest;
+pub mod scripted;
 mod server;
 mod session;
 mod ssml;

@@ -538,6 +538,9 @@ impl EmulatorHandle {
             (&c.tokens_issued, old.tokens_issued),
             (&c.rest_requests, old.rest_requests),
             (&c.faults_injected, old.faults_injected),
+            (&c.closed_max_age, old.closed_max_age),
+            (&c.closed_idle, old.closed_idle),
+            (&c.turns_cut_by_max_age, old.turns_cut_by_max_age),
         ] {
             dst.store(v, Ordering::SeqCst);
         }

@@ -161,6 +161,11 @@ pub(crate) trait Protocol {
     fn busy(&self) -> bool {
         false
     }
+    /// Whether a turn has begun and not ended (STT: audio of a request id still open), for
+    /// the counter of turns cut by the age limit.
+    fn in_turn(&self) -> bool {
+        false
+    }
 }
 
 /// A fresh id of 32 uppercase hex digits, as the service writes stream ids.

@@ -14,6 +14,7 @@ use crate::faults::{Endpoint, Phase, TurnPoint};
 use crate::frame::{BinaryMessage, HeaderStyle, TextMessage};
 use crate::http as h;
 use crate::recognition::{AudioFormat, lexical_words, parse_riff, phrase_json};
+use crate::scripted::{Segment, Segmenter, phrase_text};
 use crate::session::{
     Outbox, Outgoing, Protocol, SessionParams, Stop, SttMode, new_hex_id, service_text,
 };
@@ -45,6 +46,8 @@ struct SttTurn {
     bytes_per_hypothesis: u64,
     max_phrase_bytes: u64,
     continuous: bool,
+    /// Scripted audio (`EmulatorConfig::scripted_audio`): phrases come from the samples.
+    script: Option<Segmenter>,
 }
 
 impl SttTurn {
@@ -105,12 +108,9 @@ impl SttTurn {
     }
 
     /// Audio bytes arrived (not the header frame).
-    fn audio(&mut self, out: &mut Outbox, len: u64) {
+    fn audio(&mut self, out: &mut Outbox, data: &[u8]) {
         self.frames += 1;
-        self.bytes += len;
-        if !(self.done || self.stalled) {
-            self.results(out);
-        }
+        self.samples(out, data);
         if self.done {
             return;
         }
@@ -119,6 +119,69 @@ impl SttTurn {
             self.done = true;
         } else if self.faults.stall == Some(self.frames) {
             self.stalled = true;
+        }
+    }
+
+    /// Counts `data` as received and emits the results it calls for.
+    fn samples(&mut self, out: &mut Outbox, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        if self.done || self.stalled {
+            return;
+        }
+        match self.script.as_mut() {
+            Some(script) => {
+                let segments = script.feed(data);
+                self.scripted(out, segments);
+            }
+            None => self.results(out),
+        }
+    }
+
+    /// Emits the results of scripted audio (see the `scripted` module).
+    fn scripted(&mut self, out: &mut Outbox, segments: Vec<Segment>) {
+        for segment in segments {
+            if self.done {
+                return;
+            }
+            match segment {
+                Segment::Start { at, .. } => {
+                    self.hypotheses_sent = 0;
+                    let body = json!({"Offset": self.fmt.ticks(at)});
+                    self.result(out, "speech.startDetected", &body);
+                }
+                Segment::Progress { key, start, heard } => {
+                    let words = lexical_words(&phrase_text(&self.transcript, key));
+                    while (self.hypotheses_sent + 1).saturating_mul(self.bytes_per_hypothesis)
+                        <= heard
+                    {
+                        self.hypotheses_sent += 1;
+                        let n = usize::try_from(self.hypotheses_sent)
+                            .unwrap_or(usize::MAX)
+                            .min(words.len());
+                        let body = json!({
+                            "Text": words[..n].join(" "),
+                            "Offset": self.fmt.ticks(start),
+                            "Duration": self.fmt.ticks(self.hypotheses_sent * self.bytes_per_hypothesis),
+                        });
+                        self.result(out, "speech.hypothesis", &body);
+                    }
+                }
+                Segment::End { key, start, end } => {
+                    let body = json!({"Offset": self.fmt.ticks(end)});
+                    self.result(out, "speech.endDetected", &body);
+                    let body = phrase_json(
+                        &phrase_text(&self.transcript, key),
+                        self.fmt.ticks(start),
+                        self.fmt.ticks(end - start),
+                        self.detailed,
+                        self.word_timings,
+                    );
+                    self.result(out, "speech.phrase", &body);
+                    if !self.continuous {
+                        self.end_turn(out);
+                    }
+                }
+            }
         }
     }
 
@@ -167,6 +230,15 @@ impl SttTurn {
     /// The empty `audio` frame: end of this turn's audio.
     fn end_of_audio(&mut self, out: &mut Outbox) {
         if self.done || self.stalled {
+            return;
+        }
+        if let Some(script) = self.script.as_mut() {
+            // Scripted audio ends what is being said; silence alone is no phrase.
+            let last = script.finish();
+            self.scripted(out, last.into_iter().collect());
+            if !self.done {
+                self.end_turn(out);
+            }
             return;
         }
         if self.bytes == 0 {
@@ -318,6 +390,9 @@ impl SttSession {
             bytes_per_hypothesis: fmt.bytes_for_ms(cfg.hypothesis_interval.as_millis().max(1)),
             max_phrase_bytes: fmt.bytes_for_ms(cfg.max_phrase.as_millis().max(1)),
             continuous: self.mode.continuous(),
+            script: cfg
+                .scripted_audio
+                .then(|| Segmenter::new(fmt.bytes_for_ms(cfg.phrase_silence.as_millis().max(1)))),
             faults,
         };
         let at = deadline_after(
@@ -345,13 +420,10 @@ impl SttSession {
         } else if turn.faults.stall == Some(0) {
             turn.stalled = true;
         }
-        let rest = payload.len().saturating_sub(data_at) as u64;
-        if rest > 0 && !turn.done {
+        let rest = payload.get(data_at..).unwrap_or_default();
+        if !rest.is_empty() && !turn.done {
             // Header and samples in one message: count the samples, not as a new frame.
-            turn.bytes += rest;
-            if !turn.stalled {
-                turn.results(out);
-            }
+            turn.samples(out, rest);
         }
         self.turn = Some(turn);
         Ok(())
@@ -359,6 +431,10 @@ impl SttSession {
 }
 
 impl Protocol for SttSession {
+    fn in_turn(&self) -> bool {
+        self.turn.is_some()
+    }
+
     fn on_text(&mut self, _out: &mut Outbox, msg: TextMessage) -> Result<(), Stop> {
         let Some(path) = msg.headers.path().map(str::to_ascii_lowercase) else {
             return self.violation("missing Path header");
@@ -405,7 +481,7 @@ impl Protocol for SttSession {
             if msg.payload.is_empty() {
                 t.end_of_audio(out);
             } else {
-                t.audio(out, msg.payload.len() as u64);
+                t.audio(out, &msg.payload);
             }
             if t.done {
                 let request_id = t.request_id.clone();

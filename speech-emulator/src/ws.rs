@@ -345,9 +345,16 @@ impl SessionDriver {
                     }
                 },
                 () = tokio::time::sleep_until(age_at) => {
+                    let c = &self.server.emulator.counters;
+                    c.inc(&c.closed_max_age);
+                    if proto.in_turn() {
+                        c.inc(&c.turns_cut_by_max_age);
+                    }
                     Err(Stop::Close(1000, "Maximum connection duration reached".into()))
                 }
                 () = tokio::time::sleep_until(idle_at.unwrap_or(age_at)), if idle_at.is_some() => {
+                    let c = &self.server.emulator.counters;
+                    c.inc(&c.closed_idle);
                     Err(Stop::Close(1000, "Idle timeout".into()))
                 }
                 () = tokio::time::sleep_until(next_at.unwrap_or(age_at)), if next_at.is_some() => {

@@ -142,19 +142,36 @@ enum Scenario {
 }
 
 /// A `--scenario` value: one of the fault loops above, or a scenario with its own run
-/// (`barge-in` in `faults_barge_in.rs`, the blackhole ones in `faults_blackhole.rs`).
+/// (`barge-in` in `faults_barge_in.rs`, the blackhole ones in `faults_blackhole.rs`, the
+/// call-long STT ones in `faults_stt.rs`).
 #[derive(Debug, Clone, Copy)]
 enum Choice {
     Loop(Scenario),
     BargeIn,
     Blackhole(crate::faults_blackhole::Which),
+    Stt(crate::faults_stt::SttScenario),
 }
 
-/// The scenarios that run only when named, with their `--scenario` names.
-const NAMED_ONLY: [(&str, Choice); 3] = [
+/// The scenarios with their own run, by `--scenario` name. The call-long STT ones also
+/// run at the end of a plain `cargo xtask faults`; the others only when named.
+const NAMED_ONLY: [(&str, Choice); 5] = [
+    (
+        "stt-max-age-rollover",
+        Choice::Stt(crate::faults_stt::SttScenario::MaxAgeRollover),
+    ),
+    (
+        "stt-drop-replay",
+        Choice::Stt(crate::faults_stt::SttScenario::DropReplay),
+    ),
     ("barge-in", Choice::BargeIn),
-    ("blackhole-idle", Choice::Blackhole(crate::faults_blackhole::Which::Idle)),
-    ("blackhole-mid-turn", Choice::Blackhole(crate::faults_blackhole::Which::MidTurn)),
+    (
+        "blackhole-idle",
+        Choice::Blackhole(crate::faults_blackhole::Which::Idle),
+    ),
+    (
+        "blackhole-mid-turn",
+        Choice::Blackhole(crate::faults_blackhole::Which::MidTurn),
+    ),
 ];
 
 fn parse_choice(s: &str) -> Result<Choice, String> {
@@ -411,6 +428,7 @@ impl Phase {
 
 /// Entry point of `cargo xtask faults`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    use crate::faults_stt::SttScenario;
     let scenarios: Vec<Scenario> = match args.scenario {
         Some(Choice::BargeIn) => return crate::faults_barge_in::run(),
         Some(Choice::Blackhole(which)) => {
@@ -420,6 +438,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 .context("building the tokio runtime")?;
             return runtime.block_on(crate::faults_blackhole::run(which, args.quick));
         }
+        Some(Choice::Stt(s)) => return crate::faults_stt::run(&[s], args.quick),
         Some(Choice::Loop(s)) => vec![s],
         None => Scenario::ALL.to_vec(),
     };
@@ -427,7 +446,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    runtime.block_on(run_all(scenarios, args.quick))
+    let classic = runtime.block_on(run_all(scenarios, args.quick));
+    drop(runtime);
+    if args.scenario.is_none() {
+        let stt = crate::faults_stt::run(&SttScenario::ALL, args.quick);
+        return classic.and(stt);
+    }
+    classic
 }
 
 async fn run_all(scenarios: Vec<Scenario>, quick: bool) -> anyhow::Result<()> {

@@ -21,6 +21,7 @@ mod client;
 mod faults;
 mod faults_barge_in;
 mod faults_blackhole;
+mod faults_stt;
 mod load;
 mod soak;
 
@@ -73,7 +74,9 @@ enum Command {
     Soak(soak::Args),
     /// Fault scenarios against the service with the azure backend and the emulator (TLS),
     /// one at a time: token expiry, a 429 storm, 4429 closes, idle closes racing acquires,
-    /// connections dropped mid-stream, an emulator restart under load.
+    /// connections dropped mid-stream, an emulator restart under load; then call-long STT
+    /// streams across the connection age limit and across drops (`stt-max-age-rollover`,
+    /// `stt-drop-replay`: phrases lost and duplicated, goal 0).
     ///
     /// Prints one row per scenario (requests, failed, failures by class, time to recover
     /// to the warm targets, leaked connections) and `faults.<scenario>.<name>: <value>`

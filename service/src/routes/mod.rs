@@ -5,6 +5,7 @@ pub mod health;
 pub mod pools;
 pub mod sessions;
 pub mod stt;
+mod stt_continuous;
 pub mod tts;
 pub mod tts_stream;
 

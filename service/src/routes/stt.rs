@@ -5,6 +5,9 @@
 //!   `language` (optional; must match the pool's `STT_LANGUAGE`), `format`
 //!   and `mode` (optional; must match `STT_FORMAT` / `STT_MODE`, because Azure fixes
 //!   language, mode and format when a connection opens, so a pool serves one combination);
+//! - `stream` (optional): `turn` (the default, described here) or `continuous`, one
+//!   recognition stream for the whole call that survives Azure's connection limits
+//!   without loss (described in `stt_continuous`);
 //! - the service first sends `{"type":"connected","pool":"speech-stt","tier":…,
 //!   "session_id":…,"language":…}` (`tier` is null: connections are taken per turn);
 //! - a turn starts with the client's first binary frame (16 kHz, 16-bit, mono,
@@ -68,6 +71,23 @@ pub struct SttParams {
     /// Recognition mode: conversation, interactive or dictation.
     #[param(value_type = Option<String>)]
     pub mode: Option<RecognitionMode>,
+    /// `turn` (the default): each turn takes a connection and ends with
+    /// `{"type":"end"}`. `continuous`: one stream for the whole call; phrases arrive as
+    /// the speech service segments them, across the service's connection changes.
+    #[param(value_type = Option<String>)]
+    pub stream: Option<StreamKind>,
+}
+
+/// How a client uses the STT websocket (the `stream` query parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// Turns, each taking a connection when its audio starts.
+    #[default]
+    Turn,
+    /// One call-long stream, moved between connections without loss (see
+    /// `routes::stt_continuous`).
+    Continuous,
 }
 
 /// Largest websocket message accepted from a client: 1 MiB is 32 s of audio, far more
@@ -109,11 +129,13 @@ struct ClientMessage {
 
 /// Everything a stream needs after the upgrade.
 #[derive(Debug)]
-struct StreamContext {
-    session: Option<String>,
-    language: String,
-    format: RecognitionFormat,
-    mode: RecognitionMode,
+pub(super) struct StreamContext {
+    pub(super) session: Option<String>,
+    pub(super) language: String,
+    pub(super) format: RecognitionFormat,
+    pub(super) mode: RecognitionMode,
+    /// `stream=continuous`: one call-long stream (see `stt_continuous`).
+    pub(super) continuous: bool,
 }
 
 /// `GET /api/v1/stt`.
@@ -123,9 +145,14 @@ struct StreamContext {
     tag = "speech",
     params(SttParams),
     responses(
-        (status = 101, description = "Websocket: PCM audio in, recognition events out; \
-         each turn takes its connection when its first audio arrives and reports the tier in \
-         its turn_start event"),
+        (status = 101, description = "Websocket: PCM audio in, recognition events out. \
+         Turn mode (default): each turn takes its connection when its first audio arrives, \
+         reports the tier in its turn_start event and ends with {\"type\":\"end\"}. \
+         stream=continuous: one stream for the whole call; stream_start reports the first \
+         connection, phrases arrive as the service segments them with offsets continuous \
+         from the start of the stream, connection changes (Azure's 10-minute limit, cuts) \
+         are invisible; {\"type\":\"end\"} ends the call's audio, answered by the last \
+         phrases and turn_end"),
         (status = 400, description = "Malformed parameters or not a websocket request", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 429, description = "Pool exhausted or speech service throttling", body = ErrorBody),
@@ -180,11 +207,20 @@ pub async fn stt(
     if let Some(id) = &params.session_id {
         validate_session_id(id)?;
     }
+    let continuous = params.stream.unwrap_or_default() == StreamKind::Continuous;
+    if continuous && options.stt_mode == RecognitionMode::Interactive {
+        // Interactive recognition ends at the first phrase: it cannot carry a call.
+        return Err(ApiError::bad_request(
+            "stream=continuous needs the conversation or dictation mode (STT_MODE); this \
+             service recognises in interactive mode",
+        ));
+    }
     let context = StreamContext {
         session: params.session_id,
         language,
         format: options.stt_format,
         mode: options.stt_mode,
+        continuous,
     };
     if state.is_draining() {
         return Err(ApiError::draining());
@@ -204,12 +240,12 @@ pub async fn stt(
     Ok(response)
 }
 
-async fn send_json<T: Serialize>(socket: &mut WebSocket, value: &T) -> Result<(), ()> {
+pub(super) async fn send_json<T: Serialize>(socket: &mut WebSocket, value: &T) -> Result<(), ()> {
     let text = serde_json::to_string(value).map_err(|_| ())?;
     socket.send(Message::text(text)).await.map_err(|_| ())
 }
 
-async fn send_error(socket: &mut WebSocket, e: &ApiError) {
+pub(super) async fn send_error(socket: &mut WebSocket, e: &ApiError) {
     let _ = send_json(
         socket,
         &ServerMessage::Error {
@@ -221,7 +257,7 @@ async fn send_error(socket: &mut WebSocket, e: &ApiError) {
     .await;
 }
 
-fn is_end_message(text: &str) -> bool {
+pub(super) fn is_end_message(text: &str) -> bool {
     let text = text.trim();
     text.eq_ignore_ascii_case("end")
         || serde_json::from_str::<ClientMessage>(text)
@@ -239,7 +275,7 @@ enum NextTurn {
 /// The close a client's read error calls for: a protocol violation gets its own code so
 /// the client learns what it did wrong; anything else (a reset, an abrupt end) means the
 /// client is gone.
-fn violation(e: &axum::Error) -> Option<(u16, String)> {
+pub(super) fn violation(e: &axum::Error) -> Option<(u16, String)> {
     // axum does not expose the websocket library's error type, only its message.
     let text = e.to_string();
     if text.contains("UTF-8") {
@@ -276,6 +312,16 @@ async fn run_stream(
         language: &context.language,
     };
     if send_json(&mut socket, &connected).await.is_err() {
+        return;
+    }
+    if context.continuous {
+        let (code, reason) =
+            super::stt_continuous::run(&mut socket, &state, &context, &stop, &client).await;
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
         return;
     }
     let mut turn: u32 = 0;
