@@ -25,7 +25,7 @@ mod manager;
 mod request;
 mod time;
 
-pub use connection::{Connection, Recognizer, Synthesizer};
+pub use connection::{Connection, Recognizer, Synthesizer, WireMessage};
 pub use error::{ErrorClass, SpeechError};
 pub use event::{
     RECOGNITION_BYTES_PER_SECOND, RECOGNITION_SAMPLE_RATE_HZ, RecognitionEvent, SynthesisEvent,

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::connection::{Recognizer, Synthesizer};
 use crate::error::SpeechError;
+use crate::request::{RecognitionFormat, RecognitionMode};
 
 /// Opens new text-to-speech connections: the cold path (DNS, TCP, TLS, websocket upgrade,
 /// auth). A backend implements this once; [`SynthesizerManager`] turns it into a
@@ -27,6 +28,22 @@ pub trait SynthesizerFactory: fmt::Debug + Send + Sync + 'static {
 pub trait RecognizerFactory: fmt::Debug + Send + Sync + 'static {
     /// Opens one connection. It is warmed separately ([`Connection::warm`](crate::Connection::warm)).
     async fn create(&self) -> Result<Box<dyn Recognizer>, SpeechError>;
+
+    /// A factory of the same backend for another (mode, language, format): Azure fixes
+    /// them when a connection opens, so a client asking for another combination needs
+    /// connections of their own (and the service a pool of their own). The default says
+    /// the backend serves one combination only.
+    fn for_combination(
+        &self,
+        mode: RecognitionMode,
+        language: &str,
+        format: RecognitionFormat,
+    ) -> Result<Arc<dyn RecognizerFactory>, SpeechError> {
+        let _ = (mode, language, format);
+        Err(SpeechError::bad_request(
+            "this backend serves one recognition combination only",
+        ))
+    }
 }
 
 /// Defines a type-erased `pool_core::Manager` over boxed connections of one kind. The two
