@@ -58,17 +58,15 @@ pub fn router() -> Router<AppState> {
 
 type QueryPairs = Query<Vec<(String, String)>>;
 
-fn upgrade_required(
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<WebSocketUpgrade, Response> {
-    ws.map_err(|e| {
-        ApiError::new(
-            e.status(),
-            "websocket_required",
-            "this is an Azure Speech websocket endpoint: connect with an Speech SDK or an Upgrade: websocket request",
-        )
-        .into_response()
-    })
+/// The answer to a plain HTTP request on a websocket path.
+fn upgrade_required(e: &WebSocketUpgradeRejection) -> Response {
+    ApiError::new(
+        e.status(),
+        "websocket_required",
+        "this is an Azure Speech websocket endpoint: connect with a Speech SDK or an \
+         Upgrade: websocket request",
+    )
+    .into_response()
 }
 
 /// `GET /tts/cognitiveservices/websocket/v1` and `/cognitiveservices/websocket/v1`.
@@ -79,9 +77,9 @@ async fn tts_ws(
     Query(query): QueryPairs,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let ws = match upgrade_required(ws) {
+    let ws = match ws {
         Ok(ws) => ws,
-        Err(r) => return r,
+        Err(e) => return upgrade_required(&e),
     };
     if let Err(r) = auth::check(&state, &headers, &query) {
         return r;
@@ -99,9 +97,9 @@ async fn stt_ws(
     Query(query): QueryPairs,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let ws = match upgrade_required(ws) {
+    let ws = match ws {
         Ok(ws) => ws,
-        Err(r) => return r,
+        Err(e) => return upgrade_required(&e),
     };
     if let Err(r) = auth::check(&state, &headers, &query) {
         return r;
