@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Conformance: Microsoft's JavaScript Speech SDK against the speech-emulator crate.
+# Conformance: Microsoft's JavaScript Speech SDK against the speech-emulator crate, and
+# through the speech-pool service (service.test.mjs) with that emulator, over TLS, upstream.
 #
 # Builds and starts `speech-emulator --plain --port 0 --capture`, reads the address it prints,
 # installs the SDK (npm ci) if needed, runs `node --test` here, then records what the SDK sends
@@ -34,10 +35,11 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 fi
 
 echo "== building speech-emulator"
-(cd "$root" && cargo build --quiet -p speech-emulator --bin speech-emulator)
+(cd "$root" && cargo build --quiet -p speech-emulator --bin speech-emulator -p service --bin speech-pool)
 target_dir="$(cd "$root" && cargo metadata --format-version 1 --no-deps \
   | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')"
 exe="$target_dir/debug/speech-emulator"
+service_exe="$target_dir/debug/speech-pool"
 [ -x "$exe" ] || { echo "conformance: $exe not built" >&2; exit 1; }
 
 if [ ! -d "$here/node_modules/microsoft-cognitiveservices-speech-sdk" ]; then
@@ -47,7 +49,20 @@ fi
 
 work="$(mktemp -d)"
 emu_pid=""
+tls_pid=""
+svc_pid=""
+stop_pid() {
+  local pid="$1"
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+}
 cleanup() {
+  stop_pid "$svc_pid"
+  stop_pid "$tls_pid"
   if [ -n "$emu_pid" ] && kill -0 "$emu_pid" 2>/dev/null; then
     kill -TERM "$emu_pid" 2>/dev/null || true
     # Graceful shutdown is bounded inside the emulator; do not wait forever regardless.
@@ -83,7 +98,7 @@ echo "emulator at $ws_url"
 
 echo "== node --test (microsoft-cognitiveservices-speech-sdk)"
 status=0
-(cd "$here" && EMULATOR_URL="$ws_url" EMULATOR_KEY="$key" EMULATOR_TRANSCRIPT="$transcript" node --test) || status=$?
+(cd "$here" && EMULATOR_URL="$ws_url" EMULATOR_KEY="$key" EMULATOR_TRANSCRIPT="$transcript" node --test emulator.test.mjs) || status=$?
 if [ "$status" -ne 0 ]; then
   echo "conformance: FAILED (emulator log follows)" >&2
   tail -n 50 "$work/stderr" >&2
@@ -107,4 +122,49 @@ elif ! diff -ru --exclude='native-sdk-*' "$here/captures" "$work/captures"; then
   exit 1
 else
   echo "captures match conformance/captures/"
+fi
+
+# The same SDK against the speech-pool service (its Azure-protocol endpoints), whose upstream
+# is a second emulator over TLS: the SDK holds only the service's key.
+echo "== starting speech-emulator (TLS) and speech-pool in front of it"
+service_key="conformance-service-key"
+RUST_LOG="${RUST_LOG:-warn}" "$exe" --port 0 --key "$key" --transcript "$transcript" \
+  --cert-out "$work/ca.pem" >"$work/tls-stdout" 2>"$work/tls-stderr" &
+tls_pid=$!
+tls_url=""
+for _ in $(seq 300); do
+  if line="$(head -n 1 "$work/tls-stdout" 2>/dev/null)" && [[ "$line" == "speech-emulator listening on "* ]]; then
+    tls_url="${line#speech-emulator listening on }"
+    break
+  fi
+  kill -0 "$tls_pid" 2>/dev/null || { echo "conformance: the TLS emulator exited early" >&2; cat "$work/tls-stderr" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$tls_url" ] || { echo "conformance: the TLS emulator printed no address" >&2; exit 1; }
+for _ in $(seq 50); do [ -s "$work/ca.pem" ] && break; sleep 0.1; done
+svc_port="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
+SPEECH_BACKEND=azure AZURE_SPEECH_KEY="$key" AZURE_SPEECH_ENDPOINT="$tls_url" \
+  AZURE_SPEECH_CA_CERT="$work/ca.pem" SERVICE_API_KEY="$service_key" \
+  LISTEN_ADDR="127.0.0.1:$svc_port" WARM_POOL_TTS_SIZE=2 WARM_POOL_STT_SIZE=1 \
+  RUST_LOG="${RUST_LOG:-warn}" "$service_exe" >"$work/svc-stdout" 2>"$work/svc-stderr" &
+svc_pid=$!
+ready=0
+for _ in $(seq 300); do
+  if node -e 'fetch(process.argv[1]).then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))' \
+    "http://127.0.0.1:$svc_port/readyz"; then ready=1; break; fi
+  kill -0 "$svc_pid" 2>/dev/null || { echo "conformance: speech-pool exited early" >&2; cat "$work/svc-stderr" >&2; exit 1; }
+  sleep 0.1
+done
+[ "$ready" = 1 ] || { echo "conformance: speech-pool never became ready" >&2; tail -n 50 "$work/svc-stderr" >&2; exit 1; }
+echo "service at ws://127.0.0.1:$svc_port (upstream $tls_url)"
+
+echo "== node --test service.test.mjs (the SDK through the service)"
+status=0
+(cd "$here" && SERVICE_URL="ws://127.0.0.1:$svc_port" SERVICE_KEY="$service_key" \
+  EMULATOR_HTTP="$tls_url" EMULATOR_TRANSCRIPT="$transcript" NODE_EXTRA_CA_CERTS="$work/ca.pem" \
+  node --test service.test.mjs) || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "conformance: the service run FAILED (service log follows)" >&2
+  tail -n 50 "$work/svc-stderr" >&2
+  exit "$status"
 fi

@@ -20,6 +20,7 @@
 pub mod auth;
 #[cfg(feature = "azure")]
 mod azure;
+pub mod azure_proxy;
 pub mod backend;
 pub mod config;
 pub mod continuous;
@@ -77,6 +78,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(public)
         .merge(protected)
+        // Azure Speech's own paths, for the official SDKs (their own credential check).
+        .merge(azure_proxy::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.options().max_body_bytes))

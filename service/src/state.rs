@@ -186,6 +186,8 @@ struct Inner {
     streams: StreamRegistry,
     tts_turns: crate::routes::tts::TurnRegistry,
     session_cap: crate::limits::SessionCap,
+    /// STT pools of other combinations, for the official SDKs.
+    sdk_stt: crate::azure_proxy::stt_pools::SttPools,
 }
 
 impl AppState {
@@ -193,7 +195,6 @@ impl AppState {
     pub fn new(pools: Pools, options: ServiceOptions) -> Self {
         Self {
             inner: Arc::new(Inner {
-                pools,
                 metrics: Metrics::new(),
                 draining: AtomicBool::new(false),
                 drain: CancellationToken::new(),
@@ -204,9 +205,20 @@ impl AppState {
                     options.limits.max_sessions_per_client,
                     options.session_max_age,
                 ),
+                sdk_stt: crate::azure_proxy::stt_pools::SttPools::new(
+                    std::sync::Arc::clone(pools.stt.manager().factory()),
+                    pools.stt.config().clone(),
+                    crate::azure_proxy::stt_pools::DEFAULT_MAX_POOLS,
+                ),
+                pools,
                 options,
             }),
         }
+    }
+
+    /// The STT pools created for SDK clients asking for other combinations.
+    pub fn sdk_stt_pools(&self) -> &crate::azure_proxy::stt_pools::SttPools {
+        &self.inner.sdk_stt
     }
 
     /// The pools.
@@ -224,19 +236,27 @@ impl AppState {
         &self.inner.metrics
     }
 
-    /// Snapshots of every pool, TTS first.
+    /// Snapshots of every pool: TTS, STT, text-streaming TTS, then the STT pools made for
+    /// SDK clients.
     pub fn snapshots(&self) -> Vec<PoolSnapshot> {
-        vec![
+        let mut s = vec![
             self.pools().tts.snapshot(),
             self.pools().stt.snapshot(),
             self.pools().tts_stream.snapshot(),
-        ]
+        ];
+        s.extend(self.inner.sdk_stt.snapshots());
+        s
     }
 
-    /// Ready to take traffic: not draining, and every pool has reached its warm target
-    /// at least once.
+    /// Ready to take traffic: not draining, and the configured pools (TTS, STT and
+    /// text-streaming TTS) have reached their warm targets at least once. Pools created on
+    /// demand for SDK clients do not count: one warming up must not take the replica out
+    /// of its load balancer.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.snapshots().iter().all(|s| s.ready)
+        !self.is_draining()
+            && self.pools().tts.snapshot().ready
+            && self.pools().stt.snapshot().ready
+            && self.pools().tts_stream.snapshot().ready
     }
 
     /// Whether shutdown has begun.
@@ -313,7 +333,8 @@ impl AppState {
         tokio::join!(
             self.pools().tts.shutdown(),
             self.pools().stt.shutdown(),
-            self.pools().tts_stream.shutdown()
+            self.pools().tts_stream.shutdown(),
+            self.inner.sdk_stt.shutdown()
         );
         drained
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use speech_core::{
     Connection, RecognitionEvent, RecognitionFormat, RecognitionMode, RecognitionRequest,
-    Recognizer, RecognizerFactory, SpeechError, phrase_status, wav_header,
+    Recognizer, RecognizerFactory, SpeechError, WireMessage, phrase_status, wav_header,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -94,6 +94,25 @@ impl RecognizerFactory for SttWsFactory {
 
     fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(Arc::clone(&self.dead_signal))
+    }
+
+    fn for_combination(
+        &self,
+        mode: RecognitionMode,
+        language: &str,
+        format: RecognitionFormat,
+    ) -> Result<Arc<dyn RecognizerFactory>, SpeechError> {
+        let options = SttWsOptions {
+            mode,
+            language: language.to_owned(),
+            format,
+        };
+        options.validate()?;
+        Ok(Arc::new(Self {
+            client: self.client.clone(),
+            options,
+            dead_signal: Arc::default(),
+        }))
     }
 }
 
@@ -386,6 +405,35 @@ impl Connection for SttWebSocket {
         let timeout = self.client.policy.close_timeout;
         let me = *self;
         me.conn.close(timeout).await;
+    }
+    fn speaks_wire(&self) -> bool {
+        true
+    }
+
+    async fn relay_turn(
+        &mut self,
+        to_service: mpsc::Receiver<WireMessage>,
+        to_client: mpsc::Sender<WireMessage>,
+    ) -> Result<(), SpeechError> {
+        if self.in_turn {
+            return Err(SpeechError::connection_closed(
+                None,
+                "the connection was left mid-turn by an abandoned request",
+            ));
+        }
+        if !self.config_sent {
+            // The pool warms every connection before hand-out; this only guards a caller
+            // that relays on a connection it created itself.
+            self.send_config().await?;
+        }
+        self.in_turn = true;
+        // The client drives an STT turn with its audio; silence from the service while
+        // audio flows is normal, so only the client's side bounds the turn.
+        let silence = None;
+        self.conn.relay_turn(to_service, to_client, silence).await?;
+        self.in_turn = false;
+        self.turns += 1;
+        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use speech_core::{
     AudioFormat, Connection, MAX_SSML_BYTES, SpeechError, StopSignal, SynthesisEvent,
     SynthesisInput, SynthesisRequest, SynthesisSummary, Synthesizer, SynthesizerFactory,
-    ticks_to_duration, wav_header_with_tag,
+    WireMessage, ticks_to_duration, wav_header_with_tag,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -498,6 +498,35 @@ impl Connection for TtsWebSocket {
         let timeout = self.client.policy.close_timeout;
         let me = *self;
         me.conn.close(timeout).await;
+    }
+    fn speaks_wire(&self) -> bool {
+        true
+    }
+
+    async fn relay_turn(
+        &mut self,
+        to_service: mpsc::Receiver<WireMessage>,
+        to_client: mpsc::Sender<WireMessage>,
+    ) -> Result<(), SpeechError> {
+        if self.in_turn {
+            return Err(SpeechError::connection_closed(
+                None,
+                "the connection was left mid-turn by an abandoned request",
+            ));
+        }
+        if !self.config_sent {
+            // The pool warms every connection before hand-out; this only guards a caller
+            // that relays on a connection it created itself.
+            self.send_config().await?;
+        }
+        self.in_turn = true;
+        // After the client's `ssml` the service speaks: a silence longer than the
+        // first-response bound means the turn is stuck.
+        let silence = Some(self.client.policy.first_response_timeout);
+        self.conn.relay_turn(to_service, to_client, silence).await?;
+        self.in_turn = false;
+        self.turns += 1;
+        Ok(())
     }
 }
 

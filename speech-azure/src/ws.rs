@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rustls::ClientConfig;
-use speech_core::{RecognitionMode, SpeechError};
+use speech_core::{RecognitionMode, SpeechError, WireMessage};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -404,6 +404,84 @@ impl WsConn {
                 Incoming::Closed { .. } | Incoming::Unresponsive(_) => break,
                 other => {
                     tracing::debug!(message = ?kind(&other), "discarding a message received between turns")
+                }
+            }
+        }
+    }
+
+    /// Relays one turn of the protocol between a client speaking it and this socket (see
+    /// `speech_core::Connection::relay_turn`). Returns after forwarding the service's
+    /// `turn.end`. `service_silence` bounds how long the service may stay silent while the
+    /// client has nothing more to send for the turn (TTS: after the `ssml`, the service
+    /// speaks; STT: the client drives the turn with audio, so `None`).
+    pub(crate) async fn relay_turn(
+        &mut self,
+        mut to_service: mpsc::Receiver<WireMessage>,
+        to_client: mpsc::Sender<WireMessage>,
+        service_silence: Option<Duration>,
+    ) -> Result<(), SpeechError> {
+        self.drain_stale();
+        if !self.is_open() {
+            return Err(self.closed_error());
+        }
+        let mut client_open = true;
+        loop {
+            let silence = async {
+                match service_silence {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                // Client messages first: a turn's messages must reach the service before
+                // anything of the next turn could, and an `ssml` waiting here is the turn.
+                biased;
+                m = to_service.recv(), if client_open => match m {
+                    Some(WireMessage::Text(t)) => self.send(Message::text(t)).await?,
+                    Some(WireMessage::Binary(b)) => self.send(Message::binary(b)).await?,
+                    None => client_open = false,
+                },
+                incoming = self.recv() => {
+                    let (msg, end) = match incoming {
+                        Incoming::Text(t) => {
+                            let end = t
+                                .headers
+                                .path()
+                                .is_some_and(|p| p.eq_ignore_ascii_case("turn.end"));
+                            let text = frame::write_text(&t.headers, &t.body).map_err(|e| {
+                                SpeechError::protocol(format!("cannot re-frame a service message: {e}"))
+                            })?;
+                            (WireMessage::Text(text), end)
+                        }
+                        Incoming::Binary(b) => {
+                            let data = frame::write_binary(&b.headers, &b.payload).map_err(|e| {
+                                SpeechError::protocol(format!("cannot re-frame a service message: {e}"))
+                            })?;
+                            (WireMessage::Binary(data.into()), false)
+                        }
+                        Incoming::Malformed(e) => {
+                            return Err(SpeechError::protocol(format!("bad binary message: {e}")));
+                        }
+                        Incoming::Unresponsive(reason) => {
+                            return Err(SpeechError::transient(reason));
+                        }
+                        Incoming::Closed { code, reason } => {
+                            return Err(match code {
+                                Some(c) => SpeechError::from_close_code(c, reason),
+                                None => SpeechError::connection_closed(None, reason),
+                            });
+                        }
+                    };
+                    to_client.send(msg).await.map_err(|_| SpeechError::Cancelled)?;
+                    if end {
+                        return Ok(());
+                    }
+                },
+                () = silence => {
+                    return Err(SpeechError::timeout(format!(
+                        "the service sent nothing for {} ms mid-turn",
+                        service_silence.unwrap_or_default().as_millis()
+                    )));
                 }
             }
         }

@@ -70,6 +70,48 @@ pub trait Connection: Send {
     /// afterwards. Must not fail: there is nobody left to report to, so problems are
     /// logged by the implementation.
     async fn close(self: Box<Self>) {}
+
+    /// Whether [`relay_turn`](Self::relay_turn) works on this connection: it is a websocket
+    /// speaking Azure's own protocol. `false` by default (the mock, TTS over REST).
+    fn speaks_wire(&self) -> bool {
+        false
+    }
+
+    /// Relays one turn of Azure's websocket protocol verbatim, for a client that speaks the
+    /// protocol itself (an official Speech SDK pointed at the service).
+    ///
+    /// Every message from `to_service` is sent to the service as is, in order; every
+    /// message from the service is pushed into `to_client` (framing re-written, headers,
+    /// ids and bodies unchanged), until and including the service's `turn.end`, after which
+    /// this returns `Ok(())` and the connection can serve the next turn. The connection's own
+    /// `speech.config` was sent by [`warm`](Self::warm); callers absorb the client's.
+    ///
+    /// The cancellation contract of [`Synthesizer::synthesize`] applies: a dropped
+    /// `to_client` gives `Err(SpeechError::Cancelled)`, a dropped future or any error leaves
+    /// [`is_ready`](Self::is_ready) `false`. A close from the service is returned classified
+    /// ([`SpeechError::from_close_code`], or `ConnectionClosed` with no code for a drop), so
+    /// the caller can close its client with the same code.
+    async fn relay_turn(
+        &mut self,
+        to_service: mpsc::Receiver<WireMessage>,
+        to_client: mpsc::Sender<WireMessage>,
+    ) -> Result<(), SpeechError> {
+        drop((to_service, to_client));
+        Err(SpeechError::protocol(
+            "this connection does not speak Azure's websocket protocol",
+        ))
+    }
+}
+
+/// One message of Azure's websocket protocol as framed on the wire: text is a header block,
+/// a blank line and the body; binary is a big-endian `u16` header length, the header block
+/// and the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireMessage {
+    /// A text message.
+    Text(String),
+    /// A binary message.
+    Binary(Bytes),
 }
 
 /// A text-to-speech connection: one synthesis turn at a time.

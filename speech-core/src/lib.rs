@@ -27,7 +27,7 @@ mod stop;
 mod text_stream;
 mod time;
 
-pub use connection::{Connection, Recognizer, Synthesizer};
+pub use connection::{Connection, Recognizer, Synthesizer, WireMessage};
 pub use error::{ErrorClass, SpeechError};
 pub use event::{
     RECOGNITION_BYTES_PER_SECOND, RECOGNITION_SAMPLE_RATE_HZ, RecognitionEvent, SynthesisEvent,

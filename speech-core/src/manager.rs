@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::connection::{Recognizer, Synthesizer};
 use crate::error::SpeechError;
+use crate::request::{RecognitionFormat, RecognitionMode};
 
 /// Opens new text-to-speech connections: the cold path (DNS, TCP, TLS, websocket upgrade,
 /// auth). A backend implements this once; [`SynthesizerManager`] turns it into a
@@ -37,6 +38,22 @@ pub trait RecognizerFactory: fmt::Debug + Send + Sync + 'static {
     /// See [`SynthesizerFactory::readiness_signal`].
     fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
+    }
+
+    /// A factory of the same backend for another (mode, language, format): Azure fixes
+    /// them when a connection opens, so a client asking for another combination needs
+    /// connections of their own (and the service a pool of their own). The default says
+    /// the backend serves one combination only.
+    fn for_combination(
+        &self,
+        mode: RecognitionMode,
+        language: &str,
+        format: RecognitionFormat,
+    ) -> Result<Arc<dyn RecognizerFactory>, SpeechError> {
+        let _ = (mode, language, format);
+        Err(SpeechError::bad_request(
+            "this backend serves one recognition combination only",
+        ))
     }
 }
 

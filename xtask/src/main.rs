@@ -14,6 +14,7 @@
 
 mod abuse;
 mod bench_pool;
+mod bench_sdk;
 mod bench_speech;
 mod bench_stream;
 mod ci;
@@ -109,6 +110,14 @@ enum BenchTarget {
         #[arg(long)]
         quick: bool,
     },
+    /// The JavaScript Speech SDK straight to the emulator vs through the service (warm
+    /// pool), at 50 ms simulated RTT: time to first audio and to the first recognition
+    /// result of a brand-new synthesizer / recognizer. Needs Node and conformance/'s npm ci.
+    Sdk {
+        /// 8 samples per case instead of 30.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -146,6 +155,7 @@ fn main() -> ExitCode {
             match target {
                 BenchTarget::Pool(args) => bench_pool::run(&args),
                 BenchTarget::Speech { quick } => bench_speech::run(quick),
+                BenchTarget::Sdk { quick } => bench_sdk::run(quick),
             }
         }
     };

@@ -1,0 +1,557 @@
+//! The service speaking Azure's own protocol (`service::azure_proxy`) to a raw websocket
+//! client that sends what the JavaScript Speech SDK sends, with the service's upstream
+//! being the emulator over TLS: ids, stream ids and message order as the SDK expects them,
+//! the tiers of each turn, the service key, and upstream failures as the SDK sees them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use service::config::BackendChoice;
+use service::secret::Secret;
+use service::test_support::{LoopbackServer, client, install_crypto_provider, pcm};
+use service::{AppState, Config, build_state};
+use speech_emulator::{
+    Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target, TurnPoint,
+};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const UPSTREAM_KEY: &str = "upstream-azure-key";
+const TRANSCRIPT: &str = "hello from the proxy";
+/// Bound on every wait, so a hang fails the test instead of stalling it.
+const HANG: Duration = Duration::from_secs(20);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Setup {
+    emulator: EmulatorHandle,
+    ca: PathBuf,
+    state: AppState,
+    server: LoopbackServer,
+}
+
+async fn setup(service_key: Option<&str>) -> Setup {
+    install_crypto_provider();
+    let emulator = Emulator::start(
+        EmulatorConfig::default()
+            .with_key(UPSTREAM_KEY)
+            .with_transcript(TRANSCRIPT),
+    )
+    .await
+    .expect("emulator");
+    let ca = std::env::temp_dir().join(format!(
+        "speech-pool-proxy-ca-{}-{}.pem",
+        std::process::id(),
+        emulator.addr().port()
+    ));
+    std::fs::write(&ca, emulator.ca_cert_pem().expect("TLS emulator")).expect("write CA");
+    let mut config = Config::defaults();
+    config.backend = BackendChoice::Azure;
+    config.azure_speech_key = Some(Secret::new(UPSTREAM_KEY));
+    config.azure_speech_endpoint = Some(emulator.base_url_http());
+    config.azure_speech_ca_cert = Some(ca.clone());
+    config.warm_pool_tts_size = 2;
+    config.warm_pool_stt_size = 1;
+    config.service_api_key = service_key.map(Secret::new);
+    let state = build_state(&config).expect("azure state");
+    state.warm_up().await;
+    assert!(state.is_ready(), "{:?}", state.snapshots());
+    let server = LoopbackServer::start(&state, Duration::from_secs(5))
+        .await
+        .expect("serve");
+    Setup {
+        emulator,
+        ca,
+        state,
+        server,
+    }
+}
+
+impl Setup {
+    async fn finish(self) {
+        self.server.stop(HANG).await.expect("stop");
+        let left = self
+            .emulator
+            .wait_for_counters(|c| c.connections_open == 0, HANG)
+            .await;
+        assert!(left.is_ok(), "connections left open: {left:?}");
+        self.emulator.shutdown().await;
+        let _ = std::fs::remove_file(self.ca);
+    }
+
+    async fn connect(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
+        let mut req = self
+            .server
+            .ws_url(path_and_query)
+            .into_client_request()
+            .expect("request");
+        for (n, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                http::HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+
+    async fn pool(&self, name: &str) -> serde_json::Value {
+        let mut req = client().get(self.server.url("/api/v1/pools"));
+        if let Some(k) = &self.state.options().api_key {
+            req = req.bearer_auth(k.expose());
+        }
+        let v: serde_json::Value = req.send().await.expect("pools").json().await.expect("json");
+        v["pools"][name].clone()
+    }
+}
+
+fn text(headers: &[(&str, &str)], body: &str) -> Message {
+    let mut s = String::new();
+    for (n, v) in headers {
+        s.push_str(&format!("{n}: {v}\r\n"));
+    }
+    s.push_str("\r\n");
+    s.push_str(body);
+    Message::text(s)
+}
+
+fn binary(headers: &[(&str, &str)], payload: &[u8]) -> Message {
+    let mut block = String::new();
+    for (n, v) in headers {
+        block.push_str(&format!("{n}: {v}\r\n"));
+    }
+    let mut out = u16::try_from(block.len())
+        .expect("short")
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(block.as_bytes());
+    out.extend_from_slice(payload);
+    Message::binary(out)
+}
+
+/// One received message: its headers (lower-cased names) and body or payload length.
+#[derive(Debug)]
+struct Got {
+    binary: bool,
+    headers: Vec<(String, String)>,
+    body: String,
+    payload_len: usize,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn path(&self) -> &str {
+        self.header("path").unwrap_or("")
+    }
+}
+
+fn parse_block(block: &str) -> Vec<(String, String)> {
+    block
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Reads messages until `turn.end`, or a close (returned as `Err(code)`).
+async fn until_turn_end(ws: &mut Ws) -> Result<Vec<Got>, (u16, Vec<Got>)> {
+    let mut got = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(HANG, ws.next())
+            .await
+            .expect("a message in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let (block, body) = t.as_str().split_once("\r\n\r\n").expect("blank line");
+                let g = Got {
+                    binary: false,
+                    headers: parse_block(block),
+                    body: body.to_owned(),
+                    payload_len: 0,
+                };
+                let end = g.path() == "turn.end";
+                got.push(g);
+                if end {
+                    return Ok(got);
+                }
+            }
+            Some(Ok(Message::Binary(b))) => {
+                let len = usize::from(u16::from_be_bytes([b[0], b[1]]));
+                let block = std::str::from_utf8(&b[2..2 + len]).expect("ascii headers");
+                got.push(Got {
+                    binary: true,
+                    headers: parse_block(block),
+                    body: String::new(),
+                    payload_len: b.len() - 2 - len,
+                });
+            }
+            Some(Ok(Message::Close(f))) => {
+                return Err((f.map_or(1005, |f| u16::from(f.code)), got));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("websocket error: {e}"),
+            None => return Err((1006, got)),
+        }
+    }
+}
+
+const SPEECH_CONFIG: &str = r#"{"context":{"system":{"name":"SpeechSDK","version":"1.52.0","build":"JavaScript","lang":"JavaScript"},"os":{"platform":"Node","name":"unknown","version":"unknown"}}}"#;
+
+/// Sends one synthesis turn as the JavaScript SDK does (speech.config only on the first).
+async fn speak(ws: &mut Ws, rid: &str, words: &str, first: bool) {
+    if first {
+        ws.send(text(
+            &[
+                ("Path", "speech.config"),
+                ("X-RequestId", rid),
+                ("X-Timestamp", "2026-12-04T19:00:00.000Z"),
+                ("Content-Type", "application/json"),
+            ],
+            SPEECH_CONFIG,
+        ))
+        .await
+        .expect("send");
+    }
+    let context = r#"{"synthesis":{"audio":{"metadataOptions":{"bookmarkEnabled":false,"punctuationBoundaryEnabled":"false","sentenceBoundaryEnabled":"false","sessionEndEnabled":true,"visemeEnabled":false,"wordBoundaryEnabled":"true"},"outputFormat":"raw-16khz-16bit-mono-pcm"},"language":{"autoDetection":false}}}"#;
+    ws.send(text(
+        &[
+            ("Path", "synthesis.context"),
+            ("X-RequestId", rid),
+            ("X-Timestamp", "2026-12-04T19:00:00.000Z"),
+            ("Content-Type", "application/json"),
+        ],
+        context,
+    ))
+    .await
+    .expect("send");
+    let ssml = format!(
+        "<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' xmlns:mstts='http://www.w3.org/2001/mstts' xmlns:emo='http://www.w3.org/2009/10/emotionml' xml:lang='en-US'><voice name='en-US-AvaMultilingualNeural'>{words}</voice></speak>"
+    );
+    ws.send(text(
+        &[
+            ("Path", "ssml"),
+            ("X-RequestId", rid),
+            ("X-Timestamp", "2026-12-04T19:00:00.000Z"),
+            ("Content-Type", "application/ssml+xml"),
+        ],
+        &ssml,
+    ))
+    .await
+    .expect("send");
+}
+
+/// What the SDK's receive loop needs of a synthesis turn: every message carries the turn's
+/// id, `turn.start` first, audio only on the stream `response` named, the empty end frame,
+/// `turn.end` last.
+fn check_tts_turn(got: &[Got], rid: &str) -> usize {
+    assert_eq!(got.first().map(Got::path), Some("turn.start"), "{got:?}");
+    assert_eq!(got.last().map(Got::path), Some("turn.end"), "{got:?}");
+    for g in got {
+        assert_eq!(g.header("x-requestid"), Some(rid), "{g:?}");
+    }
+    let response = got
+        .iter()
+        .find(|g| g.path() == "response")
+        .expect("response");
+    let v: serde_json::Value = serde_json::from_str(&response.body).expect("json");
+    let stream = v["audio"]["streamId"]
+        .as_str()
+        .expect("streamId")
+        .to_owned();
+    let audio: Vec<_> = got.iter().filter(|g| g.binary).collect();
+    assert!(audio.len() >= 2, "{got:?}");
+    for a in &audio {
+        assert_eq!(a.path(), "audio");
+        assert_eq!(a.header("x-streamid"), Some(stream.as_str()), "{a:?}");
+    }
+    assert_eq!(
+        audio.last().map(|a| a.payload_len),
+        Some(0),
+        "the empty end frame"
+    );
+    let words: Vec<String> = got
+        .iter()
+        .filter(|g| g.path() == "audio.metadata")
+        .filter_map(|g| serde_json::from_str::<serde_json::Value>(&g.body).ok())
+        .flat_map(|v| v["Metadata"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["Type"] == "WordBoundary")
+        .filter_map(|m| m["Data"]["text"]["Text"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!words.is_empty(), "word boundaries relayed: {got:?}");
+    audio.iter().map(|a| a.payload_len).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tts_turns_are_relayed_verbatim_on_one_warm_then_dedicated_connection() {
+    let s = setup(None).await;
+    let mut ws = s
+        .connect(
+            "/tts/cognitiveservices/websocket/v1?Ocp-Apim-Subscription-Key=anything&X-ConnectionId=F0EFE1EA82F640209985055ED9F47D65",
+            &[("Ocp-Apim-Subscription-Key", "anything")],
+        )
+        .await
+        .expect("upgrade");
+    let rid1 = "9670D8904BB94E2A8C6E7C1F3A5B2D10";
+    speak(&mut ws, rid1, "Hello proxy world", true).await;
+    let got = until_turn_end(&mut ws).await.expect("turn 1");
+    let bytes1 = check_tts_turn(&got, rid1);
+    // 16 kHz 16-bit: the emulator's 50 ms + 60 ms per character + 50 ms.
+    assert_eq!(bytes1, 32 * (50 + 60 * "Hello proxy world".len() + 50));
+    // The pool refills its warm set behind the socket; from now on nothing opens.
+    let refilled = s
+        .emulator
+        .wait_for_counters(|c| c.connections_opened == 4, HANG)
+        .await
+        .expect("2 TTS + 1 STT warm, then 1 TTS refill");
+    let rid2 = "1111D8904BB94E2A8C6E7C1F3A5B2D10";
+    speak(&mut ws, rid2, "Second turn", false).await;
+    let got = until_turn_end(&mut ws).await.expect("turn 2");
+    check_tts_turn(&got, rid2);
+
+    // The second turn used the socket's own connection: no new upstream connection.
+    assert_eq!(
+        s.emulator.counters().connections_opened,
+        refilled.connections_opened
+    );
+    let tts = s.pool("speech-tts").await;
+    assert_eq!(tts["allocations_warm"], 1, "{tts}");
+    assert_eq!(tts["allocations_dedicated"], 1, "{tts}");
+    assert_eq!(tts["allocations_cold"], 0, "{tts}");
+    assert_eq!(tts["active_sessions"], 1, "{tts}");
+
+    // The SDK disconnects: the connection goes back to the warm set.
+    ws.close(None).await.expect("close");
+    drop(ws);
+    let mut back = false;
+    for _ in 0..100 {
+        let tts = s.pool("speech-tts").await;
+        // Returned, not closed: three idle (two warm + the socket's, which the maintainer
+        // trims back to the target later), none closed.
+        if tts["active_sessions"] == 0 && tts["warm_pool_size"] == 3 && tts["closed_total"] == 0 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "{}", s.pool("speech-tts").await);
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_key_is_the_sdks_subscription_key() {
+    let s = setup(Some("service-key")).await;
+    let path = "/cognitiveservices/websocket/v1";
+    assert_eq!(s.connect(path, &[]).await.err(), Some(401));
+    assert_eq!(
+        s.connect(path, &[("Ocp-Apim-Subscription-Key", "wrong")])
+            .await
+            .err(),
+        Some(401)
+    );
+    // The upstream's key is not the service's: it must not open the door either.
+    assert_eq!(
+        s.connect(path, &[("Ocp-Apim-Subscription-Key", UPSTREAM_KEY)])
+            .await
+            .err(),
+        Some(401)
+    );
+    for (p, h) in [
+        (
+            path.to_owned(),
+            vec![("Ocp-Apim-Subscription-Key", "service-key")],
+        ),
+        (
+            format!("{path}?Ocp-Apim-Subscription-Key=service-key"),
+            vec![],
+        ),
+        (
+            path.to_owned(),
+            vec![("Authorization", "Bearer service-key")],
+        ),
+        (format!("{path}?Authorization=Bearer%20service-key"), vec![]),
+    ] {
+        let mut ws = s
+            .connect(&p, &h)
+            .await
+            .unwrap_or_else(|c| panic!("{p} {h:?}: {c}"));
+        ws.close(None).await.expect("close");
+    }
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_reach_the_sdk_as_azure_closes_and_the_next_socket_is_served() {
+    let s = setup(None).await;
+    let path = "/tts/cognitiveservices/websocket/v1";
+    for (fault, want) in [
+        (
+            Fault::Close {
+                code: 4429,
+                reason: None,
+                at: TurnPoint::AfterTurnStart,
+            },
+            4429,
+        ),
+        (
+            Fault::Close {
+                code: 1007,
+                reason: None,
+                at: TurnPoint::AfterTurnStart,
+            },
+            1007,
+        ),
+        // The upstream dies without a close frame: the SDK gets a retryable 1011.
+        (
+            Fault::Disconnect {
+                at: TurnPoint::AfterFrames(1),
+                rst: false,
+            },
+            1011,
+        ),
+    ] {
+        s.emulator
+            .add_fault(FaultRule::new(fault).target(Target::TtsWs).once());
+        let mut ws = s.connect(path, &[]).await.expect("upgrade");
+        speak(&mut ws, "AAAAD8904BB94E2A8C6E7C1F3A5B2D10", "doomed", true).await;
+        let (code, _) = until_turn_end(&mut ws).await.expect_err("closed");
+        assert_eq!(code, want);
+        // The SDK reconnects: a new socket, served from the pool again.
+        let mut ws = s.connect(path, &[]).await.expect("upgrade");
+        speak(
+            &mut ws,
+            "BBBBD8904BB94E2A8C6E7C1F3A5B2D10",
+            "recovered",
+            true,
+        )
+        .await;
+        let got = until_turn_end(&mut ws)
+            .await
+            .expect("served after the fault");
+        check_tts_turn(&got, "BBBBD8904BB94E2A8C6E7C1F3A5B2D10");
+        ws.close(None).await.expect("close");
+    }
+    let tts = s.pool("speech-tts").await;
+    let served =
+        tts["allocations_warm"].as_u64().unwrap() + tts["allocations_cold"].as_u64().unwrap();
+    assert_eq!(served, 6, "{tts}");
+    s.finish().await;
+}
+
+/// One recognition turn as the native SDK sends it: speech.context, the RIFF header frame,
+/// PCM in 100 ms frames, the empty end frame.
+async fn recognize(ws: &mut Ws, rid: &str, seconds: f32, first: bool) {
+    if first {
+        ws.send(text(
+            &[("Path", "speech.config"), ("X-RequestId", rid), ("Content-Type", "application/json")],
+            r#"{"context":{"system":{"name":"SpeechSDK","version":"1.52.0","build":"JavaScript","lang":"JavaScript"},"audio":{"source":{"samplerate":16000,"bitspersample":16,"channelcount":1}}},"recognition":"interactive"}"#,
+        ))
+        .await
+        .expect("send");
+    }
+    ws.send(text(
+        &[("Path", "speech.context"), ("X-RequestId", rid)],
+        r#"{"phraseDetection":{"language":"en-US"},"audio":{"streams":{"1":null}}}"#,
+    ))
+    .await
+    .expect("send");
+    let header: Vec<u8> = [
+        &b"RIFF"[..],
+        &0u32.to_le_bytes(),
+        b"WAVEfmt ",
+        &16u32.to_le_bytes(),
+        &1u16.to_le_bytes(),
+        &1u16.to_le_bytes(),
+        &16_000u32.to_le_bytes(),
+        &32_000u32.to_le_bytes(),
+        &2u16.to_le_bytes(),
+        &16u16.to_le_bytes(),
+        b"data",
+        &0u32.to_le_bytes(),
+    ]
+    .concat();
+    let audio = [("Path", "audio"), ("X-RequestId", rid), ("X-StreamId", "1")];
+    let mut first_frame = audio.to_vec();
+    first_frame.push(("Content-Type", "audio/x-wav"));
+    ws.send(binary(&first_frame, &header)).await.expect("send");
+    for chunk in pcm(seconds).chunks(3200) {
+        ws.send(binary(&audio, chunk)).await.expect("send");
+    }
+    ws.send(binary(&audio, &[])).await.expect("send");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stt_combinations_get_pools_of_their_own_and_turns_keep_their_connection() {
+    let s = setup(None).await;
+    let mut ws = s
+        .connect(
+            "/speech/recognition/interactive/cognitiveservices/v1?language=en-US&format=simple",
+            &[],
+        )
+        .await
+        .expect("upgrade");
+    let rid1 = "CCCCD8904BB94E2A8C6E7C1F3A5B2D10";
+    recognize(&mut ws, rid1, 1.0, true).await;
+    let got = until_turn_end(&mut ws).await.expect("turn 1");
+    assert_eq!(got.first().map(Got::path), Some("turn.start"), "{got:?}");
+    for g in &got {
+        assert_eq!(g.header("x-requestid"), Some(rid1), "{g:?}");
+    }
+    let phrase = got
+        .iter()
+        .find(|g| g.path() == "speech.phrase")
+        .expect("phrase");
+    let v: serde_json::Value = serde_json::from_str(&phrase.body).expect("json");
+    assert_eq!(v["DisplayText"], TRANSCRIPT);
+    assert_eq!(v["Duration"], 10_000_000);
+    // Late audio of the finished turn (the JS SDK sends its end frame twice) is absorbed,
+    // not replayed upstream, where a finished request id would be a protocol violation.
+    ws.send(binary(&[("Path", "audio"), ("X-RequestId", rid1)], &[]))
+        .await
+        .expect("send");
+    let rid2 = "DDDDD8904BB94E2A8C6E7C1F3A5B2D10";
+    recognize(&mut ws, rid2, 0.5, false).await;
+    let got = until_turn_end(&mut ws).await.expect("turn 2");
+    assert!(got.iter().any(|g| g.path() == "speech.phrase"), "{got:?}");
+
+    // The interactive combination is not the service's own (conversation): it got its
+    // own pool, the first turn created its connection (COLD), the second kept it.
+    let name = "speech-stt:interactive:en-us:simple";
+    let p = s.pool(name).await;
+    assert_eq!(p["allocations_cold"], 1, "{p}");
+    assert_eq!(p["allocations_dedicated"], 1, "{p}");
+    ws.close(None).await.expect("close");
+    // The default combination is served from the configured STT pool, warm.
+    let mut ws = s
+        .connect(
+            "/stt/speech/recognition/conversation/cognitiveservices/v1?language=en-us",
+            &[],
+        )
+        .await
+        .expect("upgrade");
+    recognize(&mut ws, "EEEED8904BB94E2A8C6E7C1F3A5B2D10", 1.0, true).await;
+    let got = until_turn_end(&mut ws).await.expect("turn");
+    assert!(got.iter().any(|g| g.path() == "speech.phrase"), "{got:?}");
+    ws.close(None).await.expect("close");
+    let stt = s.pool("speech-stt").await;
+    assert_eq!(stt["allocations_warm"], 1, "{stt}");
+    assert_eq!(stt["allocations_cold"], 0, "{stt}");
+    // Azure requires a language: 400 at the upgrade, as Azure answers.
+    assert_eq!(
+        s.connect("/speech/recognition/interactive/cognitiveservices/v1", &[])
+            .await
+            .err(),
+        Some(400)
+    );
+    s.finish().await;
+}
