@@ -919,7 +919,7 @@ def check_haproxy_behaviour() -> None:
         # Scale-out through the admin socket: the new replica takes no traffic until its
         # /readyz answers 200, then about a quarter of the calls, all from other replicas.
         for command in [
-            f"add server speech_pool/replica4 {joining.address} check inter 1s fall 2 rise 2",
+            f"add server speech_pool/replica4 {joining.address} check inter 1s fall 2 rise 2 weight 100",
             "enable health speech_pool/replica4",
             "enable server speech_pool/replica4",
         ]:

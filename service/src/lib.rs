@@ -51,6 +51,7 @@ pub use backend::{BackendKind, StartupError};
 pub use config::Config;
 pub use error::ApiError;
 pub use lifecycle::{serve, shutdown_signal};
+pub use routes::session_header::SESSION_HEADER;
 pub use routes::{REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER};
 pub use state::{AppState, Pools, STT_POOL, ServiceOptions, TTS_POOL, TTS_STREAM_POOL};
 

@@ -20,6 +20,13 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The request header a load balancer hashes on for per-call affinity (HAProxy's
+/// `balance hdr(X-Session-Id)` in `deploy/haproxy.cfg`, Envoy's consistent hash): sent on
+/// every request of a call, so each of its turns and its final DELETE reach one replica.
+pub(crate) use service::SESSION_HEADER;
+/// The response header `deploy/haproxy.cfg` adds: the name of the replica that served the
+/// request. Absent when no load balancer is in between.
+pub(crate) const REPLICA_HEADER: &str = "x-speech-pool-replica";
 /// The response header naming the tier a connection came from: the service's own constant,
 /// so the client cannot drift from what the service sends.
 pub(crate) use service::TIER_HEADER;
@@ -207,6 +214,8 @@ pub(crate) struct TtsTurn {
     pub first_audio: Duration,
     /// The acquire wait from the service's `Server-Timing` header, milliseconds.
     pub acquire_ms: Option<f64>,
+    /// The replica that served it, when a load balancer named it ([`REPLICA_HEADER`]).
+    pub replica: Option<String>,
 }
 
 /// An STT turn that ended with `turn_end` after at least one recognition result.
@@ -282,12 +291,15 @@ impl Client {
         let started = Instant::now();
         let mut first_audio = None;
         let turn = async {
-            let request = self.authorize(
-                self.http
-                    .post(format!("{}/api/v1/tts", self.base))
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.to_string()),
-            );
+            let mut request = self
+                .http
+                .post(format!("{}/api/v1/tts", self.base))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+            if let Some(id) = session {
+                request = request.header(SESSION_HEADER, id);
+            }
+            let request = self.authorize(request);
             let mut response = request
                 .send()
                 .await
@@ -306,6 +318,7 @@ impl Client {
                 .unwrap_or("unknown")
                 .to_owned();
             let acquire_ms = header_str(headers, "server-timing").and_then(parse_acquire_timing);
+            let replica = header_str(headers, REPLICA_HEADER).map(str::to_owned);
             loop {
                 match response.chunk().await {
                     Ok(Some(chunk)) => {
@@ -325,6 +338,7 @@ impl Client {
                     tier,
                     first_audio,
                     acquire_ms,
+                    replica,
                 }),
                 None => Err(Failure::before(ErrorClass::EmptyAudio)),
             }
@@ -348,8 +362,12 @@ impl Client {
                 .map_err(|_| Failure::before(ErrorClass::Protocol))?;
             request.headers_mut().insert("authorization", value);
         }
+        let id = session
+            .parse()
+            .map_err(|_| Failure::before(ErrorClass::Protocol))?;
+        request.headers_mut().insert(SESSION_HEADER, id);
         let connect = tokio_tungstenite::connect_async(request);
-        let mut ws = match tokio::time::timeout(self.bound, connect).await {
+        let ws = match tokio::time::timeout(self.bound, connect).await {
             Err(_) => return Err(Failure::before(ErrorClass::Hang)),
             // The stream's first connection is taken before the upgrade, so pool and
             // upstream failures arrive as an HTTP status.
@@ -361,12 +379,19 @@ impl Client {
                 )));
             }
             Ok(Err(_)) => return Err(Failure::before(ErrorClass::Transport)),
-            Ok(Ok((ws, _))) => ws,
+            Ok(Ok((ws, response))) => (ws, response),
         };
+        let (mut ws, response) = ws;
+        let replica = response
+            .headers()
+            .get(REPLICA_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         match next_json(&mut ws, self.bound).await {
             Ok(hello) if hello["type"] == "connected" => Ok(SttStream {
                 ws,
                 bound: self.bound,
+                replica,
             }),
             Ok(v) if v["type"] == "error" => Err(Failure::before(in_band_class(&v))),
             Ok(_) => Err(Failure::before(ErrorClass::Protocol)),
@@ -380,7 +405,8 @@ impl Client {
     pub(crate) async fn end_session(&self, session: &str) -> Result<(), Failure> {
         let request = self.authorize(
             self.http
-                .delete(format!("{}/api/v1/sessions/{session}", self.base)),
+                .delete(format!("{}/api/v1/sessions/{session}", self.base))
+                .header(SESSION_HEADER, session),
         );
         let outcome = async {
             let response = request
@@ -409,6 +435,8 @@ impl Client {
 pub(crate) struct SttStream {
     ws: Ws,
     bound: Duration,
+    /// The replica serving the stream, when a load balancer named it ([`REPLICA_HEADER`]).
+    pub replica: Option<String>,
 }
 
 impl SttStream {

@@ -4,6 +4,9 @@
 //! - `cargo xtask ci`: the same steps as `.ci/run`, in the same order.
 //! - `cargo xtask bench pool [--quick]`: pool-core against deadpool, bb8 and fastpool.
 //! - `cargo xtask bench speech [--quick]`: time to first audio, cold versus warm.
+//! - `cargo xtask bench azure [--emulator]`: Microsoft's server-scenario method through the
+//!   service, cold versus warm, against Azure (or the emulator).
+//! - `cargo xtask cluster [--quick]`: replicas behind HAProxy; rolling restart, scale-out.
 //! - `cargo xtask load [--quick] [--out DIR]`: simulated voice calls against the service.
 //! - `cargo xtask soak [--sessions N] [--duration SECS]`: long run, leaks and memory.
 //! - `cargo xtask faults [--quick] [--scenario NAME]`: the service (azure backend) against the
@@ -13,12 +16,14 @@
 //! [`main`]; the implementation goes in its own module.
 
 mod abuse;
+mod bench_azure;
 mod bench_pool;
 mod bench_sdk;
 mod bench_speech;
 mod bench_stream;
 mod ci;
 mod client;
+mod cluster;
 mod faults;
 mod faults_barge_in;
 mod faults_blackhole;
@@ -91,6 +96,18 @@ enum Command {
     /// and `abuse.<attack>.*` lines. Exits non-zero when a well-behaved client fails, its
     /// first-audio p99 exceeds 1.5x the quiet run, or memory grows unbounded.
     Abuse(abuse::Args),
+    /// N replicas of the service (default 3, mock backend) behind HAProxy running
+    /// `deploy/haproxy.cfg`, with per-call affinity on `X-Session-Id`, under load; then a
+    /// rolling restart and a scale-out (N -> N+1) under the same load.
+    ///
+    /// Prints per replica and overall calls, turns, tier shares and errors, each step's
+    /// remapped calls, and `cluster.<name>: <value>` lines. Exits non-zero when a goal is
+    /// missed (0 errors; DEDICATED share within 1 point of one replica alone; 0 failed
+    /// calls while restarting and scaling out; at most 1/N + 5 % of live calls moved per
+    /// restart step, 1/(N+1) + 5 % at scale-out; no traffic to a replica before it is
+    /// ready). Needs HAProxy (installs the Debian package when missing and run as root).
+    /// Runs from an optimised build.
+    Cluster(cluster::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +135,15 @@ enum BenchTarget {
         #[arg(long)]
         quick: bool,
     },
+    /// Microsoft's server-scenario method through the service (64 concurrent workers x 3
+    /// turns, turn 0 left out; first byte and finish avg / p90 / p95), cold (no warm pool)
+    /// versus warm, for TTS and STT first result.
+    ///
+    /// Runs against Azure when AZURE_SPEECH_KEY and AZURE_SPEECH_REGION (or
+    /// AZURE_SPEECH_ENDPOINT) are set; without them says so and exits 0. `--emulator` runs
+    /// the same against the local emulator. Exits non-zero on a failed turn or a timed turn
+    /// served by the other tier. Prints `bench.azure.<tier>.<what>_<stat>_ms` lines.
+    Azure(bench_azure::Args),
 }
 
 fn main() -> ExitCode {
@@ -142,6 +168,12 @@ fn main() -> ExitCode {
             }
             abuse::run(&args)
         }
+        Command::Cluster(args) => {
+            if let Some(code) = reexec_in_release_if_debug() {
+                return code;
+            }
+            cluster::run(&args)
+        }
         Command::Faults(args) => {
             if let Some(code) = reexec_in_release_if_debug() {
                 return code;
@@ -156,6 +188,7 @@ fn main() -> ExitCode {
                 BenchTarget::Pool(args) => bench_pool::run(&args),
                 BenchTarget::Speech { quick } => bench_speech::run(quick),
                 BenchTarget::Sdk { quick } => bench_sdk::run(quick),
+                BenchTarget::Azure(args) => bench_azure::run(&args),
             }
         }
     };

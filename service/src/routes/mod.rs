@@ -3,6 +3,7 @@
 pub mod dashboard;
 pub mod health;
 pub mod pools;
+pub mod session_header;
 pub mod sessions;
 pub mod stt;
 mod stt_continuous;

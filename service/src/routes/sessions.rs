@@ -3,8 +3,10 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::session_header::{self, SessionHeader};
 use super::validate_session_id;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, STT_POOL, TTS_POOL, TTS_STREAM_POOL};
@@ -24,14 +26,24 @@ pub struct Released {
 /// `DELETE /api/v1/sessions/{id}`: ends the session's open STT streams (after their
 /// current turn), then gives its TTS and STT connections back to the warm sets. 404 when
 /// no pool knows the session.
+///
+/// Behind a load balancer that hashes on `X-Session-Id`, send the id in that header too:
+/// the path is not what the balancer hashes, and without the header this request may
+/// reach a replica that does not hold the session (a 404 there, the connections left to
+/// their session expiry on the right one). A header naming another session is a 400.
 #[utoipa::path(
     delete,
     path = "/api/v1/sessions/{id}",
     tag = "sessions",
-    params(("id" = String, Path, description = "The session id")),
+    params(
+        ("id" = String, Path, description = "The session id"),
+        ("X-Session-Id" = Option<String>, Header,
+         description = "The same session id, for a load balancer to hash on; must equal the path's"),
+    ),
     responses(
-        (status = 200, description = "The session's connections were released", body = Released),
-        (status = 400, description = "Malformed session id", body = ErrorBody),
+        (status = 200, description = "The session's connections were released", body = Released,
+         headers(("x-session-id" = String, description = "The session released"))),
+        (status = 400, description = "Malformed session id, or X-Session-Id differs from the path", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No pool holds the session", body = ErrorBody),
     ),
@@ -39,9 +51,13 @@ pub struct Released {
 )]
 pub async fn delete_session(
     State(state): State<AppState>,
+    session_header: SessionHeader,
     Path(id): Path<String>,
-) -> Result<Json<Released>, ApiError> {
+) -> Result<Response, ApiError> {
     validate_session_id(&id)?;
+    let id = session_header
+        .reconcile(Some(id), "the path's session id")?
+        .unwrap_or_default();
     let streams_closed = state.streams().cancel(&id);
     state.session_cap().forget(&id);
     // Run the releases in their own task: a release waits for the session's current user
@@ -72,8 +88,8 @@ pub async fn delete_session(
         ));
     }
     tracing::info!(session = %id, tts, stt, tts_stream, streams_closed, "session released");
-    Ok(Json(Released {
-        session_id: id,
+    let mut response = Json(Released {
+        session_id: id.clone(),
         released: [
             (TTS_POOL, tts),
             (STT_POOL, stt),
@@ -82,5 +98,8 @@ pub async fn delete_session(
         .into_iter()
         .collect(),
         streams_closed,
-    }))
+    })
+    .into_response();
+    session_header::echo(response.headers_mut(), Some(&id));
+    Ok(response)
 }

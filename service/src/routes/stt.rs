@@ -51,6 +51,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::session_header::{self, SessionHeader};
 use super::{Peer, acquire, check_session_cap, client_id, keep_after_error, validate_session_id};
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::ClientId;
@@ -61,7 +62,8 @@ use crate::state::{AppState, STT_POOL};
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SttParams {
-    /// The call this stream belongs to.
+    /// The call this stream belongs to. May be sent instead (or as well, then equal) as
+    /// the `X-Session-Id` header, which a load balancer can hash on.
     pub session_id: Option<String>,
     /// BCP 47 tag; must match the STT pool's language.
     pub language: Option<String>,
@@ -143,7 +145,13 @@ pub(super) struct StreamContext {
     get,
     path = "/api/v1/stt",
     tag = "speech",
-    params(SttParams),
+    params(
+        SttParams,
+        ("X-Session-Id" = Option<String>, Header,
+         description = "The call's session id, for a load balancer to hash on; same rules as \
+         the session_id query parameter, which it may replace (when both are sent they must \
+         be equal)"),
+    ),
     responses(
         (status = 101, description = "Websocket: PCM audio in, recognition events out. \
          Turn mode (default): each turn takes its connection when its first audio arrives, \
@@ -152,8 +160,10 @@ pub(super) struct StreamContext {
          connection, phrases arrive as the service segments them with offsets continuous \
          from the start of the stream, connection changes (Azure's 10-minute limit, cuts) \
          are invisible; {\"type\":\"end\"} ends the call's audio, answered by the last \
-         phrases and turn_end"),
-        (status = 400, description = "Malformed parameters or not a websocket request", body = ErrorBody),
+         phrases and turn_end",
+         headers(("x-session-id" = String, description = "The session served, when the request named one"))),
+        (status = 400, description = "Malformed parameters, not a websocket request, or \
+         X-Session-Id and session_id differ", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 429, description = "Pool exhausted or speech service throttling", body = ErrorBody),
         (status = 502, description = "The speech service failed", body = ErrorBody),
@@ -164,6 +174,7 @@ pub(super) struct StreamContext {
 pub async fn stt(
     State(state): State<AppState>,
     peer: Peer,
+    session_header: SessionHeader,
     params: Result<Query<SttParams>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -207,6 +218,7 @@ pub async fn stt(
     if let Some(id) = &params.session_id {
         validate_session_id(id)?;
     }
+    let session = session_header.reconcile(params.session_id, "the session_id query parameter")?;
     let continuous = params.stream.unwrap_or_default() == StreamKind::Continuous;
     if continuous && options.stt_mode == RecognitionMode::Interactive {
         // Interactive recognition ends at the first phrase: it cannot carry a call.
@@ -216,7 +228,7 @@ pub async fn stt(
         ));
     }
     let context = StreamContext {
-        session: params.session_id,
+        session,
         language,
         format: options.stt_format,
         mode: options.stt_mode,
@@ -230,13 +242,15 @@ pub async fn stt(
     // Counts as tracked work until the socket ends, so shutdown waits for it (the server's
     // graceful shutdown does not wait for upgraded connections).
     let token = state.tasks().token();
-    let response = ws
+    let session = context.session.clone();
+    let mut response = ws
         .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
             let _token = token;
             run_stream(socket, state, client, context).await;
         });
+    session_header::echo(response.headers_mut(), session.as_deref());
     Ok(response)
 }
 

@@ -20,6 +20,7 @@ use speech_core::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use super::session_header::{self, SessionHeader};
 use super::{
     Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
     check_session_cap, client_id, keep_after_error, require_json, validate_session_id,
@@ -40,7 +41,9 @@ pub struct TtsBody {
     pub voice: Option<String>,
     /// Azure output format name; defaults to `TTS_DEFAULT_FORMAT`.
     pub format: Option<String>,
-    /// The call this turn belongs to: its turns share one dedicated connection.
+    /// The call this turn belongs to: its turns share one dedicated connection. May be
+    /// sent instead (or as well, then equal) as the `X-Session-Id` header, which a load
+    /// balancer can hash on.
     pub session_id: Option<String>,
 }
 
@@ -116,6 +119,11 @@ fn build_request(
     path = "/api/v1/tts",
     tag = "speech",
     request_body = TtsBody,
+    params(
+        ("X-Session-Id" = Option<String>, Header,
+         description = "The call's session id, for a load balancer to hash on; same rules as \
+         the body's session_id, which it may replace (when both are sent they must be equal)"),
+    ),
     responses(
         (status = 200, description = "The audio, streamed in the requested format",
          content_type = "application/octet-stream",
@@ -123,8 +131,9 @@ fn build_request(
              ("x-pool-tier" = String, description = "dedicated, warm or cold"),
              ("x-request-id" = String, description = "The turn's id (32 hex digits): \
               `DELETE /api/v1/tts/{request_id}` stops it"),
+             ("x-session-id" = String, description = "The session served, when the request named one"),
          )),
-        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 400, description = "Malformed request, or X-Session-Id and session_id differ", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 409, description = "The session is in use by another request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -138,6 +147,7 @@ fn build_request(
 pub async fn tts(
     State(state): State<AppState>,
     peer: Peer,
+    session_header: SessionHeader,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -153,6 +163,7 @@ pub async fn tts(
     })?;
     let started = Instant::now();
     let (request, session) = build_request(&state, &body)?;
+    let session = session_header.reconcile(session, "the body's session_id")?;
     let client = client_id(&state, &peer);
     check_session_cap(&state, &client, session.as_deref())?;
     let format = request.format;
@@ -215,9 +226,7 @@ pub async fn tts(
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
-    if let Some(v) = session.and_then(|s| HeaderValue::from_str(&s).ok()) {
-        headers.insert("x-session-id", v);
-    }
+    session_header::echo(headers, session.as_deref());
     Ok(response)
 }
 

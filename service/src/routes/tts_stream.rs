@@ -48,6 +48,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::session_header::{self, SessionHeader};
 use super::{
     Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
     check_session_cap, client_id, keep_after_error, validate_session_id,
@@ -164,14 +165,24 @@ fn build_request(state: &AppState, params: &TtsStreamParams) -> Result<Synthesis
     get,
     path = "/api/v1/tts/stream",
     tag = "speech",
-    params(TtsStreamParams),
+    params(
+        TtsStreamParams,
+        ("X-Session-Id" = Option<String>, Header,
+         description = "The call's session id, for a load balancer to hash on; same rules as \
+         the session_id query parameter, which it may replace (when both are sent they must \
+         be equal)"),
+    ),
     responses(
         (status = 101, description = "Websocket: JSON text pieces in ({\"type\":\"text\",\"text\":…}, \
          then {\"type\":\"end\"}; {\"type\":\"cancel\"} stops), binary audio and JSON word / turn_end \
          messages out. The connection is taken before the upgrade; its tier is in x-pool-tier and \
          in the first (connected) message",
-         headers(("x-pool-tier" = String, description = "dedicated, warm or cold"))),
-        (status = 400, description = "Malformed parameters or not a websocket request", body = ErrorBody),
+         headers(
+             ("x-pool-tier" = String, description = "dedicated, warm or cold"),
+             ("x-session-id" = String, description = "The session served, when the request named one"),
+         )),
+        (status = 400, description = "Malformed parameters, not a websocket request, or \
+         X-Session-Id and session_id differ", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 409, description = "The session is in use by another request", body = ErrorBody),
         (status = 429, description = "Pool exhausted or speech service throttling", body = ErrorBody),
@@ -183,11 +194,15 @@ fn build_request(state: &AppState, params: &TtsStreamParams) -> Result<Synthesis
 pub async fn tts_stream(
     State(state): State<AppState>,
     peer: Peer,
+    session_header: SessionHeader,
     params: Result<Query<TtsStreamParams>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(mut params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // The X-Session-Id header may carry (or must agree with) the query's session id.
+    params.session_id =
+        session_header.reconcile(params.session_id.take(), "the session_id query parameter")?;
     let ws = ws.map_err(|e| {
         ApiError::new(
             e.status(),
@@ -214,6 +229,7 @@ pub async fn tts_stream(
     }
     let tier = guard.tier();
     let request_id = request.request_id.clone();
+    let session_echo = params.session_id.clone();
     let utterance = Utterance {
         guard,
         request,
@@ -236,6 +252,7 @@ pub async fn tts_stream(
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
+    session_header::echo(headers, session_echo.as_deref());
     Ok(response)
 }
 
