@@ -60,14 +60,14 @@ pub(crate) async fn run(which: Which, quick: bool) -> anyhow::Result<()> {
     for line in &report.notes {
         eprintln!("faults: {name}: {line}");
     }
-    println!("faults.{name}.turns {}", report.turns);
-    println!("faults.{name}.failed {}", report.failed);
+    println!("faults.{name}.turns: {}", report.turns);
+    println!("faults.{name}.failed: {}", report.failed);
     if let Some(ms) = report.detect_ms_max {
-        println!("faults.{name}.detection_ms_max {ms}");
-        println!("faults.{name}.gap_ms {}", GAP.as_millis());
+        println!("faults.{name}.detection_ms_max: {ms}");
+        println!("faults.{name}.gap_ms: {}", GAP.as_millis());
     }
-    println!("faults.{name}.hangs {}", report.hangs);
-    println!("faults.{name}.leaks {}", report.leaks);
+    println!("faults.{name}.hangs: {}", report.hangs);
+    println!("faults.{name}.leaks: {}", report.leaks);
     if report.failed > 0 || report.hangs > 0 || report.leaks > 0 || report.turns == 0 {
         bail!(
             "{name}: goals not met (failed {}, hangs {}, leaks {})",
