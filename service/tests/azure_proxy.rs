@@ -311,9 +311,10 @@ async fn tts_turns_are_relayed_verbatim_on_one_warm_then_dedicated_connection() 
     // The pool refills its warm set behind the socket; from now on nothing opens.
     let refilled = s
         .emulator
-        .wait_for_counters(|c| c.connections_opened == 4, HANG)
+        // The text-streaming pool keeps one v2 socket warm too.
+        .wait_for_counters(|c| c.connections_opened == 5, HANG)
         .await
-        .expect("2 TTS + 1 STT warm, then 1 TTS refill");
+        .expect("2 TTS + 1 STT + 1 TTS-stream warm, then 1 TTS refill");
     let rid2 = "1111D8904BB94E2A8C6E7C1F3A5B2D10";
     speak(&mut ws, rid2, "Second turn", false).await;
     let got = until_turn_end(&mut ws).await.expect("turn 2");
