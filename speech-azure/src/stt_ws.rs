@@ -282,17 +282,8 @@ impl SttWebSocket {
                             }
                         }
                         Incoming::Binary(_) => {}
-                        Incoming::Malformed(e) => {
-                            return Err(SpeechError::protocol(format!("bad binary message: {e}")));
-                        }
-                        Incoming::Unresponsive(reason) => {
-                    return Err(SpeechError::transient(reason));
-                }
-                Incoming::Closed { code, reason } => {
-                            return Err(match code {
-                                Some(c) => SpeechError::from_close_code(c, reason),
-                                None => SpeechError::connection_closed(None, reason),
-                            });
+                        fault @ (Incoming::Malformed(_) | Incoming::Unresponsive(_) | Incoming::Closed { .. }) => {
+                            return Err(fault.into_turn_error());
                         }
                     }
                     if deadline.is_some() {

@@ -323,17 +323,10 @@ impl TtsStreamWebSocket {
                         out.audio(b.payload, events).await?;
                     }
                 }
-                Incoming::Malformed(e) => {
-                    return Err(SpeechError::protocol(format!("bad binary message: {e}")));
-                }
-                Incoming::Unresponsive(reason) => {
-                    return Err(SpeechError::transient(reason));
-                }
-                Incoming::Closed { code, reason } => {
-                    return Err(match code {
-                        Some(c) => SpeechError::from_close_code(c, reason),
-                        None => SpeechError::connection_closed(None, reason),
-                    });
+                fault @ (Incoming::Malformed(_)
+                | Incoming::Unresponsive(_)
+                | Incoming::Closed { .. }) => {
+                    return Err(fault.into_turn_error());
                 }
             }
             if text.is_none() {

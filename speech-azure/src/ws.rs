@@ -459,17 +459,8 @@ impl WsConn {
                             })?;
                             (WireMessage::Binary(data.into()), false)
                         }
-                        Incoming::Malformed(e) => {
-                            return Err(SpeechError::protocol(format!("bad binary message: {e}")));
-                        }
-                        Incoming::Unresponsive(reason) => {
-                            return Err(SpeechError::transient(reason));
-                        }
-                        Incoming::Closed { code, reason } => {
-                            return Err(match code {
-                                Some(c) => SpeechError::from_close_code(c, reason),
-                                None => SpeechError::connection_closed(None, reason),
-                            });
+                        fault @ (Incoming::Malformed(_) | Incoming::Unresponsive(_) | Incoming::Closed { .. }) => {
+                            return Err(fault.into_turn_error());
                         }
                     };
                     to_client.send(msg).await.map_err(|_| SpeechError::Cancelled)?;
@@ -524,6 +515,27 @@ fn kind(m: &Incoming) -> String {
         Incoming::Malformed(e) => format!("malformed: {e}"),
         Incoming::Closed { code, .. } => format!("closed {code:?}"),
         Incoming::Unresponsive(_) => "unresponsive".to_owned(),
+    }
+}
+
+impl Incoming {
+    /// The error a turn ends with when the socket delivers a fault instead of a frame: a
+    /// frame that does not parse is a protocol error, a silent peer is transient, and a
+    /// close is classified by its code. The TTS, STT, text-streaming and relay loops all
+    /// end their turns this way, so a fault reads the same whichever loop saw it.
+    pub(crate) fn into_turn_error(self) -> SpeechError {
+        match self {
+            Incoming::Malformed(e) => SpeechError::protocol(format!("bad binary message: {e}")),
+            Incoming::Unresponsive(reason) => SpeechError::transient(reason),
+            Incoming::Closed { code, reason } => match code {
+                Some(c) => SpeechError::from_close_code(c, reason),
+                None => SpeechError::connection_closed(None, reason),
+            },
+            // Frames are not faults; a loop that handed one here mis-matched its arms.
+            Incoming::Text(_) | Incoming::Binary(_) => {
+                SpeechError::protocol("a service frame was taken for a fault")
+            }
+        }
     }
 }
 
