@@ -39,7 +39,8 @@
 //!   `created_total == closed_total + live` at all times;
 //! - at most `max_size` resources are live; callers beyond it wait FIFO, bounded by the
 //!   acquire timeout, whose error carries the pool's state;
-//! - concurrent first acquires for one session create exactly one resource;
+//! - concurrent first acquires for one session create exactly one resource, and callers
+//!   queued behind a session's user are served first-in, first-out;
 //! - dropping an acquire future at any await point leaks nothing;
 //! - the maintainer replaces idle resources before `max_age` / `max_idle`, so steady traffic
 //!   never meets an expired resource;

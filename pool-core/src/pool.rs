@@ -409,8 +409,8 @@ impl<M: Manager> Pool<M> {
     }
 
     /// Takes the session's own resource (DEDICATED), binding one on first use. Concurrent
-    /// callers for one session are served one at a time with the same resource, never a
-    /// duplicate; a caller that finds the session's resource in use waits for it at most
+    /// callers for one session are served one at a time, in arrival order, with the same
+    /// resource, never a duplicate; a caller that finds the session's resource in use waits for it at most
     /// the acquire timeout, then fails with [`PoolError::SessionBusy`]. An empty
     /// `session_id`, or a pool without session awareness, behaves like
     /// [`acquire`](Pool::acquire).

@@ -44,9 +44,12 @@ pub(crate) struct SessionState<R> {
     pub entry: Option<Entry<R>>,
     /// A claim holds the slot: a turn, a first bind, or a release in progress.
     pub in_use: bool,
-    /// Callers waiting for the claim to end; the claim's end wakes them only if there are
-    /// any, so a DEDICATED hit never touches the `Notify`.
-    pub waiting: u32,
+    /// Callers waiting for the claim to end, oldest first; absent (and costing a live
+    /// session one pointer) while nobody waits. The claim's end wakes them only if there
+    /// are any, so a DEDICATED hit never touches the `Notify`; only the oldest may then
+    /// claim, and nobody overtakes the queue, so a busy session is served first-in,
+    /// first-out.
+    pub queue: Option<Box<WaitQueue>>,
     /// Set on every use; the maintainer clears it and stamps `last_seen`, so the hot path
     /// never reads the clock.
     pub touched: bool,
@@ -61,6 +64,58 @@ pub(crate) struct SessionState<R> {
     pub evicted: bool,
 }
 
+/// The callers queued behind a session's current user.
+#[derive(Debug, Default)]
+pub(crate) struct WaitQueue {
+    /// Their tickets, in arrival order.
+    tickets: std::collections::VecDeque<u64>,
+    /// The next ticket to hand out.
+    next: u64,
+}
+
+impl<R> SessionState<R> {
+    /// Whether a caller holding `ticket` (or, with `None`, a caller not yet queued) may
+    /// claim the slot now: it is free and nobody is ahead in the queue.
+    fn may_claim(&self, ticket: Option<u64>) -> bool {
+        if self.in_use {
+            return false;
+        }
+        match (&self.queue, ticket) {
+            (None, _) => true,
+            (Some(queue), Some(ticket)) => queue.tickets.front() == Some(&ticket),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Queues a caller at the back; returns its ticket.
+    fn enqueue(&mut self) -> u64 {
+        let queue = self.queue.get_or_insert_with(Box::default);
+        let ticket = queue.next;
+        queue.next += 1;
+        queue.tickets.push_back(ticket);
+        ticket
+    }
+
+    /// Takes `ticket` out of the queue, dropping the queue when it empties. Returns whether
+    /// callers are still queued.
+    fn dequeue(&mut self, ticket: u64) -> bool {
+        let Some(queue) = self.queue.as_mut() else {
+            return false;
+        };
+        queue.tickets.retain(|&t| t != ticket);
+        if queue.tickets.is_empty() {
+            self.queue = None;
+            return false;
+        }
+        true
+    }
+
+    /// Whether callers are queued for the slot.
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.queue.is_some()
+    }
+}
+
 impl<R> SessionSlot<R> {
     pub(crate) fn new(id: Arc<str>, released: Arc<Notify>, now: Instant) -> Self {
         Self {
@@ -69,7 +124,7 @@ impl<R> SessionSlot<R> {
             state: Mutex::new(SessionState {
                 entry: None,
                 in_use: false,
-                waiting: 0,
+                queue: None,
                 touched: true,
                 last_seen: now,
                 last_use: 0,
@@ -156,7 +211,7 @@ fn release<R, T>(slot: &SessionSlot<R>, f: impl FnOnce(&mut SessionState<R>) -> 
         let mut state = slot.lock();
         let out = f(&mut state);
         state.in_use = false;
-        (out, state.waiting > 0)
+        (out, state.has_waiters())
     };
     if wake {
         slot.released.notify_waiters();
@@ -164,13 +219,36 @@ fn release<R, T>(slot: &SessionSlot<R>, f: impl FnOnce(&mut SessionState<R>) -> 
     out
 }
 
-/// A caller counted in a slot's `waiting`; dropping it (woken, timed out or cancelled)
-/// uncounts it.
-struct Queued<'a, R>(&'a SessionSlot<R>);
+/// A caller's place in a slot's queue. Dropping it (timed out, cancelled, or the slot
+/// evicted) leaves the queue; if that caller was first and the slot is free, the others
+/// are woken so the new first claims it. A caller that claims the slot leaves the queue
+/// under the slot's lock instead ([`served`](Queued::served)).
+struct Queued<'a, R> {
+    slot: &'a SessionSlot<R>,
+    ticket: Option<u64>,
+}
+
+impl<R> Queued<'_, R> {
+    /// The caller claimed the slot and left the queue: nothing left to undo.
+    fn served(mut self, state: &mut SessionState<R>) {
+        if let Some(ticket) = self.ticket.take() {
+            state.dequeue(ticket);
+        }
+    }
+}
 
 impl<R> Drop for Queued<'_, R> {
     fn drop(&mut self) {
-        self.0.lock().waiting -= 1;
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let wake = {
+            let mut state = self.slot.lock();
+            state.dequeue(ticket) && !state.in_use
+        };
+        if wake {
+            self.slot.released.notify_waiters();
+        }
     }
 }
 
@@ -270,7 +348,7 @@ impl<M: Manager> Inner<M> {
     ) -> Option<Pooled<M>> {
         let (mark, entry) = {
             let mut state = slot.state.try_lock().ok()?;
-            if state.in_use || state.evicted || !self.usable(state.entry.as_ref()?) {
+            if !state.may_claim(None) || state.evicted || !self.usable(state.entry.as_ref()?) {
                 return None;
             }
             let entry = state.entry.take()?;
@@ -288,23 +366,39 @@ impl<M: Manager> Inner<M> {
         slot: &Arc<SessionSlot<M::Resource>>,
         deadline: Option<Instant>,
     ) -> Result<Result<ClaimedSlot<M::Resource>, WaitEnd>, PoolError<M::Error>> {
+        // This caller's place in the queue, taken the first time it finds the slot busy
+        // and kept across wake-ups, so those who came first are served first.
+        let mut queued: Option<Queued<'_, M::Resource>> = None;
         loop {
             let mut notified = std::pin::pin!(self.session_released.notified());
-            let queued = {
+            {
                 let mut state = slot.lock();
                 if state.evicted {
+                    // Leaving the queue of an evicted slot wakes nobody who matters: they
+                    // all find it evicted.
+                    if let Some(queued) = queued.take() {
+                        queued.served(&mut state);
+                    }
                     return Ok(Err(WaitEnd::Evicted));
                 }
-                if !state.in_use {
+                if state.may_claim(queued.as_ref().and_then(|q| q.ticket)) {
+                    if let Some(queued) = queued.take() {
+                        queued.served(&mut state);
+                    }
                     let entry = state.entry.take();
                     return Ok(Ok((SessionClaim::claim(slot.clone(), &mut state), entry)));
                 }
-                state.waiting += 1;
-                // Registered before the lock is released: the claim's end, which reads
-                // `waiting` under this lock, then wakes this future for certain.
+                if queued.is_none() {
+                    let ticket = state.enqueue();
+                    queued = Some(Queued {
+                        slot,
+                        ticket: Some(ticket),
+                    });
+                }
+                // Registered before the lock is released: the claim's end, which reads the
+                // queue under this lock, then wakes this future for certain.
                 Pin::as_mut(&mut notified).enable();
-                Queued(slot)
-            };
+            }
             let woken = async {
                 match deadline {
                     Some(deadline) => tokio::time::timeout_at(deadline, notified).await.is_ok(),
@@ -319,7 +413,6 @@ impl<M: Manager> Inner<M> {
                 () = self.stop.cancelled() => return Err(PoolError::Closed),
                 woken = woken => woken,
             };
-            drop(queued);
             if !woken {
                 return Ok(Err(WaitEnd::Busy));
             }
@@ -475,7 +568,10 @@ impl<M: Manager> Inner<M> {
                 .values()
                 .filter_map(|slot| {
                     let state = slot.lock();
-                    (!state.in_use && state.entry.is_some() && !state.evicted)
+                    (!state.in_use
+                        && !state.has_waiters()
+                        && state.entry.is_some()
+                        && !state.evicted)
                         .then(|| (state.last_use, slot.clone()))
                 })
                 .collect()
@@ -489,7 +585,7 @@ impl<M: Manager> Inner<M> {
             // Re-checked: the session may have started a turn since the scan.
             let entry = {
                 let mut state = slot.lock();
-                if state.in_use || state.evicted {
+                if state.in_use || state.has_waiters() || state.evicted {
                     continue;
                 }
                 let Some(entry) = state.entry.take() else {

@@ -125,3 +125,70 @@ async fn fifo_order_survives_a_waiter_giving_up() {
     assert_eq!(s.waiting, 0);
     assert_eq!(s.in_use, 0);
 }
+
+/// Callers queued behind a session's current user are served in arrival order, one after
+/// the other, on the session's own resource; one that gives up (timeout) loses its place
+/// without holding up the rest, and a caller arriving while the queue drains joins its end
+/// instead of overtaking it.
+#[tokio::test(start_paused = true)]
+async fn callers_queued_on_a_busy_session_are_served_fifo() {
+    let fake = FakeManager::new();
+    let pool = Pool::builder(fake.clone())
+        .max_size(2)
+        .session_awareness(true)
+        .acquire_timeout(Some(millis(60_000)))
+        .build()
+        .unwrap();
+    let held = pool.acquire_for_session("call").await.unwrap();
+    let order = Order::default();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let pool = pool.clone();
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            // The third caller gives up long before the session is free.
+            let outcome = if i == 2 {
+                pool.acquire_for_session_with_timeout("call", millis(5))
+                    .await
+                    .map(|_| ())
+            } else {
+                pool.acquire_for_session("call").await.map(|g| {
+                    order.lock().unwrap().push((i, g.tier()));
+                    drop(g);
+                })
+            };
+            (i, outcome.is_ok())
+        }));
+        // Each caller is queued before the next one starts.
+        tokio::time::sleep(millis(1)).await;
+    }
+    tokio::time::sleep(millis(20)).await;
+    // The session is let go and, in the same instant, asked for again by a latecomer: the
+    // slot is free, but the queue is not empty, so the latecomer must join its end.
+    drop(held);
+    let late = pool.acquire_for_session("call").await.unwrap();
+    order.lock().unwrap().push((6, late.tier()));
+    drop(late);
+    for t in tasks {
+        let (i, ok) = t.await.unwrap();
+        assert_eq!(ok, i != 2, "caller {i}");
+    }
+    let order = order.lock().unwrap().clone();
+    let indices: Vec<usize> = order.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        indices,
+        vec![0, 1, 3, 4, 5, 6],
+        "FIFO, without the one that gave up"
+    );
+    assert!(
+        order.iter().all(|(_, t)| *t == Tier::Dedicated),
+        "{order:?}"
+    );
+    assert_eq!(
+        fake.create_calls(),
+        1,
+        "one resource, passed along the queue"
+    );
+    let s = assert_no_leak(&pool, &fake).await;
+    assert_eq!(s.active_sessions, 1);
+}
