@@ -8,16 +8,17 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::accounting::CreatePermit;
 use crate::adaptive::TargetReason;
 use crate::error::PoolError;
 use crate::manager::Manager;
-use crate::pool::{CreateFor, Entry, Inner, Origin, RefillLimits};
+use crate::pool::{CreateFor, Entry, Inner, Lent, Origin, RefillLimits};
 use crate::tier::Tier;
 use crate::waiters::{Handoff, WaiterGuard};
 
 /// What a caller's own create delivers.
 pub(crate) type Delivery<M> =
-    Result<Entry<<M as Manager>::Resource>, PoolError<<M as Manager>::Error>>;
+    Result<Lent<<M as Manager>::Resource>, PoolError<<M as Manager>::Error>>;
 
 /// The receiving end of a caller's own create. Dropping it before the create finished is
 /// fine (the task places the resource); dropping it after a resource arrived but before it
@@ -40,24 +41,25 @@ impl<M: Manager> Drop for DeliveryGuard<M> {
     fn drop(&mut self) {
         if let Some(mut rx) = self.rx.take() {
             rx.close();
-            if let Ok(Ok(entry)) = rx.try_recv() {
-                self.inner.return_entry(entry);
+            if let Ok(Ok((entry, permit))) = rx.try_recv() {
+                self.inner.return_entry(entry, permit);
             }
         }
     }
 }
 
 impl<M: Manager> Inner<M> {
-    /// Creates a resource for this caller (already counted in `creating`) in a tracked task,
+    /// Creates a resource for this caller (counted by `permit`) in a tracked task,
     /// and takes whichever comes first: the new resource (COLD) or one returned by another
     /// caller (WARM). The loser goes to the idle set. Dropping this future loses nothing: the
     /// task finishes and places its resource.
     pub(crate) async fn create_racing(
         self: &Arc<Self>,
         mut waiter: WaiterGuard<M>,
+        permit: CreatePermit,
         waited: Duration,
-    ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
-        let created = self.spawn_create();
+    ) -> Result<(Lent<M::Resource>, Tier), PoolError<M::Error>> {
+        let created = self.spawn_create(permit);
         let mut created = DeliveryGuard {
             inner: self.clone(),
             rx: Some(created),
@@ -67,16 +69,23 @@ impl<M: Manager> Inner<M> {
             outcome = created.recv() => {
                 drop(waiter);
                 match outcome {
-                    Some(Ok(entry)) => Ok((entry, Tier::Cold)),
+                    Some(Ok(lent)) => Ok((lent, Tier::Cold)),
                     Some(Err(error)) => Err(error),
                     None => Err(PoolError::Closed),
                 }
             }
             received = waiter.recv() => match received {
-                Handoff::Resource(entry) => Ok((entry, Tier::Warm)),
+                Handoff::Resource(entry, permit) => Ok(((entry, permit), Tier::Warm)),
                 Handoff::TimedOut => Err(self.timeout_error(waited)),
-                // A racer never accepts slots; a stray one cannot happen, treat it as closed.
-                Handoff::Slot | Handoff::Closed => Err(PoolError::Closed),
+                Handoff::Slot(permit) => {
+                    // A racer is registered as `ReturnedOnly`, so no slot is ever offered
+                    // to it; should one arrive, its count is handed back, not leaked.
+                    let mut st = self.lock();
+                    st.counts.end_create(permit);
+                    self.slot_freed(&mut st);
+                    Err(PoolError::Closed)
+                }
+                Handoff::Closed => Err(PoolError::Closed),
             },
         }
     }
@@ -105,11 +114,11 @@ impl<M: Manager> Inner<M> {
         loop {
             let effective_idle = st.idle.len() - st.replacing;
             let wanted = st.warm_target.saturating_sub(effective_idle);
-            let deficit = wanted.saturating_sub(st.refilling);
+            let deficit = wanted.saturating_sub(st.counts.refilling());
             // Entries being replaced do not count toward the target, so their replacements
             // are part of the deficit.
             if deficit == 0
-                || st.refilling >= self.config.create_concurrency
+                || st.counts.refilling() >= self.config.create_concurrency
                 || st.live() >= self.config.max_size
                 || st.has_slot_waiter()
             {
@@ -127,11 +136,10 @@ impl<M: Manager> Inner<M> {
                 break;
             }
             st.ramp_next = None;
-            st.creating += 1;
-            st.refilling += 1;
+            let permit = st.counts.start_create(true);
             let (tx, rx) = oneshot::channel();
             started.push(rx);
-            self.spawn_refill(tx);
+            self.spawn_refill(tx, permit);
         }
         started
     }
@@ -139,6 +147,7 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn spawn_refill(
         self: &Arc<Self>,
         done: oneshot::Sender<Result<(), PoolError<M::Error>>>,
+        permit: CreatePermit,
     ) {
         let inner = self.clone();
         self.tasks.spawn(async move {
@@ -146,8 +155,7 @@ impl<M: Manager> Inner<M> {
             let reported = match outcome {
                 Ok(entry) => {
                     let mut st = inner.lock();
-                    st.creating -= 1;
-                    st.refilling -= 1;
+                    st.counts.end_create(permit);
                     st.failure_streak = 0;
                     st.backoff_until = None;
                     let surplus = inner.place(&mut st, entry, Origin::Fresh);
@@ -168,8 +176,7 @@ impl<M: Manager> Inner<M> {
                 }
                 Err(error) => {
                     let mut st = inner.lock();
-                    st.creating -= 1;
-                    st.refilling -= 1;
+                    st.counts.end_create(permit);
                     st.failure_streak = st.failure_streak.saturating_add(1);
                     let delay = inner.backoff_delay(st.failure_streak);
                     st.backoff_until = Some(Instant::now() + delay);
@@ -202,27 +209,26 @@ impl<M: Manager> Inner<M> {
         half + half.mul_f64(fastrand::f64())
     }
 
-    pub(crate) fn spawn_create(self: &Arc<Self>) -> oneshot::Receiver<Delivery<M>> {
+    pub(crate) fn spawn_create(
+        self: &Arc<Self>,
+        permit: CreatePermit,
+    ) -> oneshot::Receiver<Delivery<M>> {
         let (tx, rx) = oneshot::channel();
         let inner = self.clone();
         self.tasks.spawn(async move {
             match inner.create_and_warm(CreateFor::Caller).await {
                 Ok(entry) => {
-                    {
-                        let mut st = inner.lock();
-                        st.creating -= 1;
-                        st.checked_out += 1;
-                    }
-                    if let Err(Ok(entry)) = tx.send(Ok(entry)) {
+                    let permit = inner.lock().counts.created_for_caller(permit);
+                    if let Err(Ok((entry, permit))) = tx.send(Ok((entry, permit))) {
                         // The caller gave up (timed out, was cancelled, or took a returned
                         // resource): the new resource is the race's loser and is placed.
-                        inner.return_entry(entry);
+                        inner.return_entry(entry, permit);
                     }
                 }
                 Err(error) => {
                     {
                         let mut st = inner.lock();
-                        st.creating -= 1;
+                        st.counts.end_create(permit);
                         inner.slot_freed(&mut st);
                     }
                     let _ = tx.send(Err(error));

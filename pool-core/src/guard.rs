@@ -3,18 +3,20 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
+use crate::accounting::{CheckedOut, Dedicated};
 use crate::manager::Manager;
-use crate::pool::{Entry, Holder, Inner};
-use crate::session::{SessionClaim, SessionSlot};
+use crate::pool::{Entry, Holder, Inner, Lent};
+use crate::session::{Bound, SessionClaim, SessionSlot};
 use crate::tier::Tier;
 
+/// Where the resource goes back to, with the permit that counts it as held.
 #[derive(Debug)]
 enum Binding<R> {
     /// From a plain acquire: returned to the pool on drop.
-    Plain,
+    Plain(CheckedOut),
     /// Bound to a session: parked back in the session's slot on drop, which also ends the
     /// claim on the slot.
-    Session(SessionClaim<R>),
+    Session(SessionClaim<R>, Dedicated),
 }
 
 /// A resource handed out by a [`Pool`](crate::Pool). Dereferences to the resource; knows the
@@ -27,18 +29,23 @@ pub struct Pooled<M: Manager> {
     /// `Some` until drop or [`discard`](Pooled::discard) takes it.
     entry: Option<Entry<M::Resource>>,
     tier: Tier,
-    binding: Binding<M::Resource>,
+    /// `Some` until drop takes it, like `entry`.
+    binding: Option<Binding<M::Resource>>,
     /// Set by [`discard`](Pooled::discard): close instead of returning.
     broken: bool,
 }
 
 impl<M: Manager> Pooled<M> {
-    pub(crate) fn plain(inner: Arc<Inner<M>>, entry: Entry<M::Resource>, tier: Tier) -> Self {
+    pub(crate) fn plain(
+        inner: Arc<Inner<M>>,
+        (entry, permit): Lent<M::Resource>,
+        tier: Tier,
+    ) -> Self {
         Self {
             inner,
             entry: Some(entry),
             tier,
-            binding: Binding::Plain,
+            binding: Some(Binding::Plain(permit)),
             broken: false,
         }
     }
@@ -46,14 +53,14 @@ impl<M: Manager> Pooled<M> {
     pub(crate) fn session(
         inner: Arc<Inner<M>>,
         claim: SessionClaim<M::Resource>,
-        entry: Entry<M::Resource>,
+        (entry, permit): Bound<M::Resource>,
         tier: Tier,
     ) -> Self {
         Self {
             inner,
             entry: Some(entry),
             tier,
-            binding: Binding::Session(claim),
+            binding: Some(Binding::Session(claim, permit)),
             broken: false,
         }
     }
@@ -65,15 +72,15 @@ impl<M: Manager> Pooled<M> {
 
     /// Whether this resource is bound to a session.
     pub fn is_dedicated(&self) -> bool {
-        matches!(self.binding, Binding::Session(_))
+        matches!(self.binding, Some(Binding::Session(..)))
     }
 
     /// The session slot this guard holds, for a [`SessionHandle`](crate::SessionHandle) to
     /// remember.
     pub(crate) fn session_slot(&self) -> Option<&Arc<SessionSlot<M::Resource>>> {
         match &self.binding {
-            Binding::Session(claim) => Some(claim.slot()),
-            Binding::Plain => None,
+            Some(Binding::Session(claim, _)) => Some(claim.slot()),
+            Some(Binding::Plain(_)) | None => None,
         }
     }
 
@@ -117,19 +124,19 @@ impl<M: Manager> DerefMut for Pooled<M> {
 
 impl<M: Manager> Drop for Pooled<M> {
     fn drop(&mut self) {
-        let Some(entry) = self.entry.take() else {
+        let (Some(entry), Some(binding)) = (self.entry.take(), self.binding.take()) else {
             return;
         };
         let inner = &self.inner;
-        match std::mem::replace(&mut self.binding, Binding::Plain) {
-            Binding::Plain => {
+        match binding {
+            Binding::Plain(permit) => {
                 if self.broken {
-                    inner.discard(entry, Holder::CheckedOut);
+                    inner.discard(entry, Holder::CheckedOut(permit));
                 } else {
-                    inner.return_entry(entry);
+                    inner.return_entry(entry, permit);
                 }
             }
-            Binding::Session(claim) => {
+            Binding::Session(claim, permit) => {
                 // Decided before the slot is locked: `is_ready` is user code, and a slot's
                 // lock is held only for a few moves.
                 let ready = !self.broken
@@ -146,13 +153,13 @@ impl<M: Manager> Drop for Pooled<M> {
                     state.touched = true;
                     state.last_use = last_use;
                     if ready && !state.evicted {
-                        state.entry = Some(entry);
+                        state.entry = Some((entry, permit));
                         None
                     } else {
                         // The session keeps no resource, so it stops existing: its next
                         // acquire binds afresh, and until then it is not counted as active.
                         state.evicted = true;
-                        Some(entry)
+                        Some((entry, permit))
                     }
                 });
                 match dropped {
@@ -167,9 +174,9 @@ impl<M: Manager> Drop for Pooled<M> {
                             inner.reclaim_for_waiters();
                         }
                     }
-                    Some(entry) => {
+                    Some((entry, permit)) => {
                         inner.detach_session(&slot);
-                        inner.discard(entry, Holder::Session);
+                        inner.discard(entry, Holder::Session(permit));
                     }
                 }
             }

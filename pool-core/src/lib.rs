@@ -48,6 +48,7 @@
 
 #![warn(missing_docs)]
 
+mod accounting;
 mod adaptive;
 mod config;
 mod create;

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accounting::{CheckedOut, ClosePermit, Counts, CreatePermit, Dedicated};
 use crate::adaptive::{Estimator, Ramp, TargetReason};
 use crate::config::{PoolBuilder, PoolConfig};
 use crate::error::PoolError;
@@ -22,7 +23,7 @@ use crate::session::SessionHandle;
 use crate::session::SessionSlot;
 use crate::snapshot::{LatencySummary, PoolCounts, PoolSnapshot, TierLatencies};
 use crate::tier::Tier;
-use crate::waiters::{Handoff, Waiter, WaiterGuard};
+use crate::waiters::{Handoff, Waiter, WaiterGuard, Wants};
 
 /// WARM and DEDICATED acquires are timed one in this many: reading the clock twice would
 /// cost more than the acquire itself. COLD acquires are always timed.
@@ -31,9 +32,9 @@ pub const LATENCY_SAMPLE_EVERY: u32 = 16;
 /// What an acquire's locked step decided, acted on after the lock is released.
 pub(crate) enum TakeStep<M: Manager> {
     /// Took an idle entry; the flag says whether the idle set fell below target.
-    Idle(Entry<M::Resource>, bool),
-    /// Nothing idle: queued; the flag says whether this caller may create.
-    Slow(WaiterGuard<M>, bool),
+    Idle(Entry<M::Resource>, CheckedOut, bool),
+    /// Nothing idle: queued, with a create permit when this caller may create its own.
+    Slow(WaiterGuard<M>, Option<CreatePermit>),
 }
 
 /// Sessions by id. foldhash is seeded per map, so ids chosen by clients cannot force
@@ -56,11 +57,17 @@ pub(crate) struct Entry<R> {
     pub jitter: Duration,
 }
 
-/// A resource counted in `State::closing`, on its way to `Manager::close`. Made only by
-/// [`State::begin_close`]; consumed only by [`Inner::close`], which uncounts it when the
-/// close has finished.
+/// A resource counted as closing, on its way to `Manager::close`. Made only by
+/// [`State::begin_close`]; consumed only by [`Inner::close`], which hands its permit back
+/// when the close has finished.
 #[must_use = "a counted resource must be passed to Inner::close"]
-pub(crate) struct Closing<R>(R);
+pub(crate) struct Closing<R> {
+    resource: R,
+    permit: ClosePermit,
+}
+
+/// A resource lent to a caller, with the permit that counts it as checked out.
+pub(crate) type Lent<R> = (Entry<R>, CheckedOut);
 
 /// Which limits a refill honours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +96,13 @@ pub(crate) enum CreateFor {
     IdleSet,
 }
 
-/// Which count a resource leaves when its holder gives it up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who held a resource its holder gives up, with the permit that counted it there.
+#[derive(Debug)]
 pub(crate) enum Holder {
-    /// Handed out by a plain acquire (`State::checked_out`).
-    CheckedOut,
-    /// Bound to a session (`State::dedicated`).
-    Session,
+    /// Handed out by a plain acquire.
+    CheckedOut(CheckedOut),
+    /// Bound to a session.
+    Session(Dedicated),
 }
 
 /// An idle resource and the moment the maintainer should replace it.
@@ -113,10 +120,9 @@ pub(crate) struct IdleEntry<R> {
 #[derive(Debug)]
 pub(crate) struct State<R> {
     pub(crate) idle: VecDeque<IdleEntry<R>>,
-    /// Resources being created, for a caller or for the idle set.
-    pub(crate) creating: usize,
-    /// The part of `creating` that will go to the idle set (refill and refresh).
-    pub(crate) refilling: usize,
+    /// Everything counted against `max_size` outside the idle set: creating, checked out,
+    /// dedicated, closing. Changed only by exchanging permits (see [`crate::accounting`]).
+    pub(crate) counts: Counts,
     /// Idle entries marked `replacing`.
     pub(crate) replacing: usize,
     /// The idle target in force: the configured `warm_target`, or above it when the
@@ -131,16 +137,6 @@ pub(crate) struct State<R> {
     /// The fewest idle resources seen since the maintainer's last housekeeping pass: what
     /// stayed above the target that whole time is surplus nobody needed.
     pub(crate) idle_low_water: usize,
-    /// Session resources taken back for waiting callers whose reset is under way (still
-    /// counted in `dedicated` until it finishes).
-    pub(crate) reclaiming: usize,
-    /// Resources handed out by plain acquires.
-    pub(crate) checked_out: usize,
-    /// Resources bound to sessions, in use or parked.
-    pub(crate) dedicated: usize,
-    /// Resources passed to `Manager::close` whose close has not finished: the backend still
-    /// sees them, so they still count against `max_size`.
-    pub(crate) closing: usize,
     /// Callers waiting, oldest first: FIFO fairness.
     pub(crate) waiters: VecDeque<Waiter<R>>,
     pub(crate) next_waiter_id: u64,
@@ -165,23 +161,30 @@ impl<R> State<R> {
     /// Live resources, the quantity `max_size` bounds. Derived rather than stored so it can
     /// never drift from its parts.
     pub(crate) fn live(&self) -> usize {
-        self.idle.len() + self.creating + self.checked_out + self.dedicated + self.closing
+        self.idle.len() + self.counts.total()
     }
 
     /// Counts a resource as closing and wraps it in the only type [`Inner::close`] accepts,
     /// so no close can skip the count that keeps its slot taken until the close finishes.
     pub(crate) fn begin_close(&mut self, resource: R) -> Closing<R> {
-        self.closing += 1;
-        Closing(resource)
+        Closing {
+            resource,
+            permit: self.counts.start_close(),
+        }
     }
 
     /// Callers waiting for room (not those racing their own create).
     pub(crate) fn slot_waiters(&self) -> usize {
-        self.waiters.iter().filter(|w| w.accepts_slot).count()
+        self.waiters
+            .iter()
+            .filter(|w| w.wants == Wants::ResourceOrSlot)
+            .count()
     }
 
     pub(crate) fn has_slot_waiter(&self) -> bool {
-        self.waiters.iter().any(|w| w.accepts_slot)
+        self.waiters
+            .iter()
+            .any(|w| w.wants == Wants::ResourceOrSlot)
     }
 }
 
@@ -271,18 +274,13 @@ impl<M: Manager> Pool<M> {
             manager,
             state: Mutex::new(State {
                 idle: VecDeque::with_capacity(config.warm_target),
-                creating: 0,
-                refilling: 0,
+                counts: Counts::default(),
                 replacing: 0,
                 idle_low_water: 0,
                 warm_target: config.warm_target,
                 target_reason: TargetReason::Floor,
                 ramp: config.create_rate_limit.map(Ramp::new),
                 ramp_next: None,
-                reclaiming: 0,
-                checked_out: 0,
-                dedicated: 0,
-                closing: 0,
                 waiters: VecDeque::new(),
                 next_waiter_id: 0,
                 closed: false,
@@ -347,7 +345,7 @@ impl<M: Manager> Pool<M> {
                     (
                         st.closed,
                         st.idle.len() >= inner.config.warm_target,
-                        st.refilling > 0,
+                        st.counts.refilling() > 0,
                     )
                 };
                 if closed {
@@ -401,11 +399,11 @@ impl<M: Manager> Pool<M> {
         let started = sample_start();
         // The WARM path is synchronous and runs before any future is built; the slow path is
         // boxed so that this future stays a few words and cheap to create on every acquire.
-        if let Some(entry) = inner.try_take_idle(started) {
-            return Ok(Pooled::plain(inner.clone(), entry, Tier::Warm));
+        if let Some(lent) = inner.try_take_idle(started) {
+            return Ok(Pooled::plain(inner.clone(), lent, Tier::Warm));
         }
-        let (entry, tier) = Box::pin(inner.take(started, timeout)).await?;
-        Ok(Pooled::plain(inner.clone(), entry, tier))
+        let (lent, tier) = Box::pin(inner.take(started, timeout)).await?;
+        Ok(Pooled::plain(inner.clone(), lent, tier))
     }
 
     /// Takes the session's own resource (DEDICATED), binding one on first use. Concurrent
@@ -519,17 +517,17 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn try_take_idle(
         self: &Arc<Self>,
         started: Option<Instant>,
-    ) -> Option<Entry<M::Resource>> {
+    ) -> Option<Lent<M::Resource>> {
         loop {
-            let (entry, below_target) = {
+            let (entry, permit, below_target) = {
                 let mut st = self.lock();
                 if st.closed {
                     return None;
                 }
                 self.pop_idle(&mut st)?
             };
-            if let Some(entry) = self.hand_out_idle(entry, below_target, started) {
-                return Some(entry);
+            if let Some(lent) = self.hand_out_idle(entry, permit, below_target, started) {
+                return Some(lent);
             }
         }
     }
@@ -539,14 +537,14 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn pop_idle(
         &self,
         st: &mut State<M::Resource>,
-    ) -> Option<(Entry<M::Resource>, bool)> {
+    ) -> Option<(Entry<M::Resource>, CheckedOut, bool)> {
         let idle = st.idle.pop_front()?;
         if idle.replacing {
             st.replacing -= 1;
         }
-        st.checked_out += 1;
+        let permit = st.counts.check_out();
         st.idle_low_water = st.idle_low_water.min(st.idle.len());
-        Some((idle.entry, st.idle.len() < st.warm_target))
+        Some((idle.entry, permit, st.idle.len() < st.warm_target))
     }
 
     /// How many idle resources the pool keeps before closing a returned or refilled one.
@@ -569,17 +567,18 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn hand_out_idle(
         self: &Arc<Self>,
         entry: Entry<M::Resource>,
+        permit: CheckedOut,
         below_target: bool,
         started: Option<Instant>,
-    ) -> Option<Entry<M::Resource>> {
+    ) -> Option<Lent<M::Resource>> {
         if below_target && self.config.background_warmup {
             self.maintainer_wake.notify_one();
         }
         if self.usable(&entry) {
             self.record_hand_out(Tier::Warm, started);
-            return Some(entry);
+            return Some((entry, permit));
         }
-        self.discard(entry, Holder::CheckedOut);
+        self.discard(entry, Holder::CheckedOut(permit));
         None
     }
 
@@ -588,7 +587,7 @@ impl<M: Manager> Inner<M> {
         self: &Arc<Self>,
         started: Option<Instant>,
         timeout: Option<Duration>,
-    ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
+    ) -> Result<(Lent<M::Resource>, Tier), PoolError<M::Error>> {
         loop {
             let mut slow_started = started;
             let step = {
@@ -597,44 +596,46 @@ impl<M: Manager> Inner<M> {
                     return Err(PoolError::Closed);
                 }
                 match self.pop_idle(&mut st) {
-                    Some((entry, below_target)) => TakeStep::Idle(entry, below_target),
+                    Some((entry, permit, below_target)) => {
+                        TakeStep::Idle(entry, permit, below_target)
+                    }
                     None => {
                         // Nothing idle: the slow path, always timed.
                         let now = *slow_started.get_or_insert_with(Instant::now);
                         let deadline = timeout.map(|t| now + t);
-                        let can_create = st.live() < self.config.max_size;
-                        if can_create {
-                            st.creating += 1;
-                        } else if self.config.reclaim_idle_sessions {
+                        let create = (st.live() < self.config.max_size)
+                            .then(|| st.counts.start_create(false));
+                        if create.is_none() && self.config.reclaim_idle_sessions {
                             // Checked (outside the lock) once this caller is queued.
                             self.reclaim_wanted.store(true, SeqCst);
                         }
-                        TakeStep::Slow(
-                            self.register_waiter(&mut st, !can_create, deadline),
-                            can_create,
-                        )
+                        let wants = if create.is_some() {
+                            Wants::ReturnedOnly
+                        } else {
+                            Wants::ResourceOrSlot
+                        };
+                        TakeStep::Slow(self.register_waiter(&mut st, wants, deadline), create)
                     }
                 }
             };
-            let (waiter, can_create) = match step {
-                TakeStep::Idle(entry, below_target) => {
-                    match self.hand_out_idle(entry, below_target, started) {
-                        Some(entry) => return Ok((entry, Tier::Warm)),
+            let (waiter, create) = match step {
+                TakeStep::Idle(entry, permit, below_target) => {
+                    match self.hand_out_idle(entry, permit, below_target, started) {
+                        Some(lent) => return Ok((lent, Tier::Warm)),
                         None => continue,
                     }
                 }
-                TakeStep::Slow(waiter, can_create) => (waiter, can_create),
+                TakeStep::Slow(waiter, create) => (waiter, create),
             };
-            if !can_create && self.config.reclaim_idle_sessions {
+            if create.is_none() && self.config.reclaim_idle_sessions {
                 self.reclaim_for_waiters();
             }
             let started = slow_started.unwrap_or_else(Instant::now);
             let deadline = timeout.map(|t| started + t);
             let waited = timeout.unwrap_or_default();
-            let result = if can_create {
-                self.create_racing(waiter, waited).await
-            } else {
-                self.wait(waiter, deadline, waited).await
+            let result = match create {
+                Some(permit) => self.create_racing(waiter, permit, waited).await,
+                None => self.wait(waiter, deadline, waited).await,
             };
             if let Ok((_, tier)) = &result {
                 // One clock read serves both the tier's latency and the wait histogram.
@@ -670,18 +671,18 @@ impl<M: Manager> Inner<M> {
         // another create. Returned resources go to the first waiter of any kind.
         let mut skipped = 0;
         while skipped < st.waiters.len() {
-            if fresh && !st.waiters[skipped].accepts_slot {
+            if fresh && st.waiters[skipped].wants == Wants::ReturnedOnly {
                 skipped += 1;
                 continue;
             }
             let Some(waiter) = st.waiters.remove(skipped) else {
                 break;
             };
-            st.checked_out += 1;
-            match waiter.tx.send(Handoff::Resource(entry)) {
+            let permit = st.counts.check_out();
+            match waiter.tx.send(Handoff::Resource(entry, permit)) {
                 Ok(()) => return None,
-                Err(Handoff::Resource(returned)) => {
-                    st.checked_out -= 1;
+                Err(Handoff::Resource(returned, permit)) => {
+                    st.counts.check_in(permit);
                     entry = returned;
                 }
                 Err(_) => unreachable!("send returns the value it was given"),
@@ -742,25 +743,30 @@ impl<M: Manager> Inner<M> {
             return;
         }
         while st.live() < self.config.max_size {
-            let Some(position) = st.waiters.iter().position(|w| w.accepts_slot) else {
+            let Some(position) = st
+                .waiters
+                .iter()
+                .position(|w| w.wants == Wants::ResourceOrSlot)
+            else {
                 return;
             };
             let Some(waiter) = st.waiters.remove(position) else {
                 return;
             };
-            st.creating += 1;
-            if waiter.tx.send(Handoff::Slot).is_ok() {
-                return;
+            let permit = st.counts.start_create(false);
+            match waiter.tx.send(Handoff::Slot(permit)) {
+                Ok(()) => return,
+                Err(Handoff::Slot(permit)) => st.counts.end_create(permit),
+                Err(_) => unreachable!("send returns the value it was given"),
             }
-            st.creating -= 1;
         }
     }
 
     /// Gives back a resource that was checked out by a plain acquire.
-    pub(crate) fn return_entry(self: &Arc<Self>, entry: Entry<M::Resource>) {
+    pub(crate) fn return_entry(self: &Arc<Self>, entry: Entry<M::Resource>, permit: CheckedOut) {
         let ready = self.usable(&entry);
         let mut st = self.lock();
-        st.checked_out -= 1;
+        st.counts.check_in(permit);
         self.give_back(st, entry, ready);
     }
 
@@ -804,8 +810,8 @@ impl<M: Manager> Inner<M> {
         let closing = {
             let mut st = self.lock();
             match holder {
-                Holder::CheckedOut => st.checked_out -= 1,
-                Holder::Session => st.dedicated -= 1,
+                Holder::CheckedOut(permit) => st.counts.check_in(permit),
+                Holder::Session(permit) => st.counts.undedicate(permit),
             }
             st.begin_close(entry.resource)
         };
@@ -817,25 +823,25 @@ impl<M: Manager> Inner<M> {
     /// until then the backend still counts the connection. Outside a runtime the resource
     /// can only be dropped.
     pub(crate) fn close(self: &Arc<Self>, closing: Closing<M::Resource>) {
-        let Closing(resource) = closing;
+        let Closing { resource, permit } = closing;
         if tokio::runtime::Handle::try_current().is_err() {
             tracing::debug!(pool = %self.config.name, "no runtime: dropping a resource unclosed");
             drop(resource);
-            self.close_finished();
+            self.close_finished(permit);
             return;
         }
         let inner = self.clone();
         self.tasks.spawn(async move {
             inner.manager.close(resource).await;
-            inner.close_finished();
+            inner.close_finished(permit);
         });
     }
 
     /// A close finished: its slot is free for a waiting caller or a refill.
-    pub(crate) fn close_finished(&self) {
+    pub(crate) fn close_finished(&self, permit: ClosePermit) {
         self.stats.closed_total.fetch_add(1, Relaxed);
         let mut st = self.lock();
-        st.closing -= 1;
+        st.counts.end_close(permit);
         self.slot_freed(&mut st);
         let refill_wanted = !st.closed && st.idle.len() < st.warm_target;
         drop(st);
@@ -874,10 +880,10 @@ impl<M: Manager> Inner<M> {
             let st = self.lock();
             PoolCounts {
                 idle: st.idle.len(),
-                in_use: st.checked_out + st.dedicated,
-                dedicated: st.dedicated,
-                creating: st.creating,
-                closing: st.closing,
+                in_use: st.counts.checked_out() + st.counts.dedicated(),
+                dedicated: st.counts.dedicated(),
+                creating: st.counts.creating(),
+                closing: st.counts.closing(),
                 waiting: st.waiters.len(),
                 size: st.live(),
                 sessions: 0,
@@ -901,11 +907,11 @@ impl<M: Manager> Inner<M> {
                     // waits in the idle set until the maintainer's next pass.
                     st.idle.iter().filter(|i| self.usable(&i.entry)).count(),
                     st.live(),
-                    st.checked_out + st.dedicated,
-                    st.dedicated,
+                    st.counts.checked_out() + st.counts.dedicated(),
+                    st.counts.dedicated(),
                     st.waiters.len(),
-                    st.creating,
-                    st.closing,
+                    st.counts.creating(),
+                    st.counts.closing(),
                 ),
                 st.last_error.clone(),
                 (st.warm_target, st.target_reason),

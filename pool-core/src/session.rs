@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::accounting::{Dedicated, ReclaimPermit};
 use crate::error::{PoolError, SessionBusyDetails};
 use crate::guard::Pooled;
 use crate::manager::Manager;
@@ -41,7 +42,7 @@ pub(crate) struct SessionSlot<R> {
 #[derive(Debug)]
 pub(crate) struct SessionState<R> {
     /// The session's resource, absent while its user holds it or before the first bind.
-    pub entry: Option<Entry<R>>,
+    pub entry: Option<Bound<R>>,
     /// A claim holds the slot: a turn, a first bind, or a release in progress.
     pub in_use: bool,
     /// Callers waiting for the claim to end, oldest first; absent (and costing a live
@@ -348,7 +349,7 @@ impl<M: Manager> Inner<M> {
     ) -> Option<Pooled<M>> {
         let (mark, entry) = {
             let mut state = slot.state.try_lock().ok()?;
-            if !state.may_claim(None) || state.evicted || !self.usable(state.entry.as_ref()?) {
+            if !state.may_claim(None) || state.evicted || !self.usable(&state.entry.as_ref()?.0) {
                 return None;
             }
             let entry = state.entry.take()?;
@@ -443,30 +444,36 @@ impl<M: Manager> Inner<M> {
                     })));
                 }
             };
-            if let Some(entry) = parked {
+            if let Some((entry, permit)) = parked {
                 if self.usable(&entry) {
                     self.record_hand_out(Tier::Dedicated, started);
-                    return Ok(Pooled::session(self.clone(), claim, entry, Tier::Dedicated));
+                    return Ok(Pooled::session(
+                        self.clone(),
+                        claim,
+                        (entry, permit),
+                        Tier::Dedicated,
+                    ));
                 }
                 // Its connection died or expired: close it and bind a new one, reporting
                 // the tier the replacement really came from.
-                self.discard(entry, Holder::Session);
+                self.discard(entry, Holder::Session(permit));
             }
             let binding = Binding {
                 inner: self.clone(),
                 claim: Some(claim),
             };
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let (entry, tier) = match self.try_take_idle(started) {
-                Some(entry) => (entry, Tier::Warm),
+            let ((entry, permit), tier) = match self.try_take_idle(started) {
+                Some(lent) => (lent, Tier::Warm),
                 None => self.take(started, remaining).await?,
             };
-            {
-                let mut st = self.lock();
-                st.checked_out -= 1;
-                st.dedicated += 1;
-            }
-            return Ok(Pooled::session(self.clone(), binding.bound(), entry, tier));
+            let permit = self.lock().counts.dedicate(permit);
+            return Ok(Pooled::session(
+                self.clone(),
+                binding.bound(),
+                (entry, permit),
+                tier,
+            ));
         }
     }
 
@@ -500,11 +507,11 @@ impl<M: Manager> Inner<M> {
                 }
             }
         };
-        if let Some(mut entry) = parked {
+        if let Some((mut entry, permit)) = parked {
             let reset_ok = self.manager.reset(&mut entry.resource).await.is_ok();
             let ready = reset_ok && self.manager.is_ready(&entry.resource);
             let mut st = self.lock();
-            st.dedicated -= 1;
+            st.counts.undedicate(permit);
             self.give_back(st, entry, ready);
         }
         true
@@ -541,8 +548,8 @@ impl<M: Manager> Inner<M> {
             return;
         }
         tracing::debug!(pool = %self.config.name, count = evicted.len(), "evicted stale sessions");
-        for entry in evicted {
-            self.discard(entry, Holder::Session);
+        for (entry, permit) in evicted {
+            self.discard(entry, Holder::Session(permit));
         }
     }
 
@@ -553,7 +560,7 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn reclaim_for_waiters(self: &Arc<Self>) {
         let needed = {
             let st = self.lock();
-            let needed = st.slot_waiters().saturating_sub(st.reclaiming);
+            let needed = st.slot_waiters().saturating_sub(st.counts.reclaiming());
             if needed == 0 || st.closed {
                 self.reclaim_wanted.store(false, SeqCst);
                 return;
@@ -595,17 +602,17 @@ impl<M: Manager> Inner<M> {
                 entry
             };
             self.detach_session(&slot);
-            self.lock().reclaiming += 1;
+            let (entry, permit) = entry;
+            let permit = self.lock().counts.start_reclaim(permit);
             taken += 1;
-            self.spawn_reclaim(entry);
+            self.spawn_reclaim(entry, permit);
         }
     }
 
-    fn spawn_reclaim(self: &Arc<Self>, mut entry: Entry<M::Resource>) {
+    fn spawn_reclaim(self: &Arc<Self>, mut entry: Entry<M::Resource>, permit: ReclaimPermit) {
         if tokio::runtime::Handle::try_current().is_err() {
             let mut st = self.lock();
-            st.reclaiming -= 1;
-            st.dedicated -= 1;
+            st.counts.end_reclaim(permit);
             let closing = st.begin_close(entry.resource);
             drop(st);
             self.close(closing);
@@ -619,8 +626,7 @@ impl<M: Manager> Inner<M> {
             inner.stats.reclaims_total.fetch_add(1, Relaxed);
             tracing::debug!(pool = %inner.config.name, ready, "reclaimed a parked session resource for a waiting caller");
             let mut st = inner.lock();
-            st.reclaiming -= 1;
-            st.dedicated -= 1;
+            st.counts.end_reclaim(permit);
             inner.give_back(st, entry, ready);
         });
     }
@@ -646,8 +652,8 @@ impl<M: Manager> Inner<M> {
                 .collect()
         };
         self.session_released.notify_waiters();
-        for entry in parked {
-            self.discard(entry, Holder::Session);
+        for (entry, permit) in parked {
+            self.discard(entry, Holder::Session(permit));
         }
     }
 
@@ -658,7 +664,10 @@ impl<M: Manager> Inner<M> {
 }
 
 /// A claimed slot and the resource that was parked in it, if any.
-type ClaimedSlot<R> = (SessionClaim<R>, Option<Entry<R>>);
+type ClaimedSlot<R> = (SessionClaim<R>, Option<Bound<R>>);
+
+/// A session's resource with the permit that counts it as dedicated.
+pub(crate) type Bound<R> = (Entry<R>, Dedicated);
 
 /// One session of a pool, kept by a caller that serves many turns of one call. It
 /// remembers the session's slot, so a DEDICATED acquire through it skips the session map
@@ -724,11 +733,11 @@ impl<M: Manager> SessionHandle<M> {
         let inner = &self.inner;
         if self.id.is_empty() || !inner.config.session_awareness {
             let started = sample_start();
-            if let Some(entry) = inner.try_take_idle(started) {
-                return Ok(Pooled::plain(inner.clone(), entry, Tier::Warm));
+            if let Some(lent) = inner.try_take_idle(started) {
+                return Ok(Pooled::plain(inner.clone(), lent, Tier::Warm));
             }
-            let (entry, tier) = Box::pin(inner.take(started, timeout)).await?;
-            return Ok(Pooled::plain(inner.clone(), entry, tier));
+            let (lent, tier) = Box::pin(inner.take(started, timeout)).await?;
+            return Ok(Pooled::plain(inner.clone(), lent, tier));
         }
         let started = sample_start();
         let cached = self.cached_slot();

@@ -8,31 +8,41 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::accounting::{CheckedOut, CreatePermit};
 use crate::error::{PoolError, TimeoutDetails};
 use crate::manager::Manager;
-use crate::pool::{Entry, Inner, State};
+use crate::pool::{Entry, Inner, Lent, State};
 use crate::tier::Tier;
 
 /// What a returning resource, a finished create or a freed slot gives a waiting caller.
 #[derive(Debug)]
 pub(crate) enum Handoff<R> {
-    /// A ready resource, already counted as checked out for the receiver.
-    Resource(Entry<R>),
-    /// Room to create one: already counted in `creating` for the receiver.
-    Slot,
+    /// A ready resource, with the permit that counts it as checked out for the receiver.
+    Resource(Entry<R>, CheckedOut),
+    /// Room to create one, with the permit that counts the receiver's create.
+    Slot(CreatePermit),
     /// The pool shut down.
     Closed,
     /// The caller's acquire timeout passed (sent by the reaper).
     TimedOut,
 }
 
+/// What a queued caller can be handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wants {
+    /// A returned resource, or room to create one.
+    ResourceOrSlot,
+    /// Only a returned resource: the caller is already creating its own, which it races
+    /// against returns, and must not be handed a second slot.
+    ReturnedOnly,
+}
+
 #[derive(Debug)]
 pub(crate) struct Waiter<R> {
     pub(crate) id: u64,
     pub(crate) tx: oneshot::Sender<Handoff<R>>,
-    /// False for a caller already creating its own resource: it races for a returned
-    /// resource but must not be handed a second slot.
-    pub(crate) accepts_slot: bool,
+    /// What this caller can be given.
+    pub(crate) wants: Wants,
     /// When the reaper answers this waiter with `TimedOut`; `None` waits forever.
     pub(crate) deadline: Option<Instant>,
 }
@@ -72,10 +82,10 @@ impl<M: Manager> Drop for WaiterGuard<M> {
         // arrives, and whatever arrived before is still in the channel.
         rx.close();
         match rx.try_recv() {
-            Ok(Handoff::Resource(entry)) => self.inner.return_entry(entry),
-            Ok(Handoff::Slot) => {
+            Ok(Handoff::Resource(entry, permit)) => self.inner.return_entry(entry, permit),
+            Ok(Handoff::Slot(permit)) => {
                 let mut st = self.inner.lock();
-                st.creating -= 1;
+                st.counts.end_create(permit);
                 self.inner.slot_freed(&mut st);
             }
             Ok(Handoff::Closed | Handoff::TimedOut) | Err(_) => {}
@@ -87,7 +97,7 @@ impl<M: Manager> Inner<M> {
     pub(crate) fn register_waiter(
         self: &Arc<Self>,
         st: &mut State<M::Resource>,
-        accepts_slot: bool,
+        wants: Wants,
         deadline: Option<Instant>,
     ) -> WaiterGuard<M> {
         let (tx, rx) = oneshot::channel();
@@ -96,7 +106,7 @@ impl<M: Manager> Inner<M> {
         st.waiters.push_back(Waiter {
             id,
             tx,
-            accepts_slot,
+            wants,
             deadline,
         });
         if let Some(deadline) = deadline
@@ -178,18 +188,18 @@ impl<M: Manager> Inner<M> {
         mut waiter: WaiterGuard<M>,
         deadline: Option<Instant>,
         waited: Duration,
-    ) -> Result<(Entry<M::Resource>, Tier), PoolError<M::Error>> {
+    ) -> Result<(Lent<M::Resource>, Tier), PoolError<M::Error>> {
         let received = waiter.recv().await;
         match received {
-            Handoff::Resource(entry) => Ok((entry, Tier::Warm)),
-            Handoff::Slot => {
-                // We now own a slot, already counted in `creating`: create, still racing
-                // resources that come back meanwhile.
+            Handoff::Resource(entry, permit) => Ok(((entry, permit), Tier::Warm)),
+            Handoff::Slot(permit) => {
+                // We now own a slot, counted by the permit: create, still racing resources
+                // that come back meanwhile.
                 let racer = {
                     let mut st = self.lock();
-                    self.register_waiter(&mut st, false, deadline)
+                    self.register_waiter(&mut st, Wants::ReturnedOnly, deadline)
                 };
-                Box::pin(self.create_racing(racer, waited)).await
+                Box::pin(self.create_racing(racer, permit, waited)).await
             }
             Handoff::Closed => Err(PoolError::Closed),
             Handoff::TimedOut => Err(self.timeout_error(waited)),
@@ -201,12 +211,12 @@ impl<M: Manager> Inner<M> {
         PoolError::Timeout(Box::new(TimeoutDetails {
             pool: self.config.name.clone(),
             waited,
-            closing: st.closing,
+            closing: st.counts.closing(),
             size: st.live(),
             max_size: self.config.max_size,
             idle: st.idle.len(),
-            in_use: st.checked_out + st.dedicated,
-            creating: st.creating,
+            in_use: st.counts.checked_out() + st.counts.dedicated(),
+            creating: st.counts.creating(),
             // The reaper already took the timed-out caller off the queue; count it.
             waiting: st.waiters.len() + 1,
             last_error: st.last_error.clone(),
