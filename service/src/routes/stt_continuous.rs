@@ -754,7 +754,7 @@ impl Stream<'_> {
 
 /// Ends a leg whose results no longer count: its audio ends, its events are drained in
 /// the background, and its connection is given back (or discarded when it failed or is
-/// near its age limit).
+/// near its age limit). A failure is still counted as an upstream error.
 fn retire(state: &AppState, leg: Leg) {
     let Leg {
         audio,
@@ -767,6 +767,7 @@ fn retire(state: &AppState, leg: Leg) {
         .options()
         .stt_continuous
         .stt_continuous_max_connection_age;
+    let owner = state.clone();
     state.tasks().spawn(async move {
         let finish = async {
             while events.recv().await.is_some() {}
@@ -774,7 +775,20 @@ fn retire(state: &AppState, leg: Leg) {
         };
         match tokio::time::timeout(RETIRE_LIMIT, finish).await {
             Ok(Ok((guard, Ok(())))) if guard.age().is_none_or(|a| a < plan) => drop(guard),
-            Ok(Ok((guard, _))) => guard.discard(),
+            Ok(Ok((guard, Ok(())))) => guard.discard(),
+            Ok(Ok((guard, Err(e)))) => {
+                // The fault reached a leg the stream had already left (a throttling close
+                // that raced a planned switch): the client lost nothing, but the operator
+                // must still see that the speech service refused or cut a connection.
+                guard.discard();
+                owner.metrics().record_upstream_error(STT_POOL, e.class());
+                tracing::warn!(
+                    pool = STT_POOL,
+                    class = %e.class(),
+                    error = %e,
+                    "a retired recognition leg ended with an error"
+                );
+            }
             // Timed out or panicked: the turn is abandoned mid-way, which makes the
             // connection report not ready, so the pool discards it when it comes back.
             _ => {}
