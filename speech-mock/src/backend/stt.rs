@@ -5,8 +5,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use speech_core::{
-    Connection, RECOGNITION_BYTES_PER_SECOND, RecognitionEvent, RecognitionFormat,
-    RecognitionMode, RecognitionRequest, Recognizer, RecognizerFactory, RecognizerManager, SpeechError, pcm16k_bytes_to_ticks, phrase_status,
+    Connection, RECOGNITION_BYTES_PER_SECOND, RecognitionEvent, RecognitionFormat, RecognitionMode,
+    RecognitionRequest, Recognizer, RecognizerFactory, RecognizerManager, SpeechError,
+    pcm16k_bytes_to_ticks, phrase_status,
 };
 use tokio::sync::mpsc;
 
