@@ -13,7 +13,9 @@
 //! - `POST /api/v1/tts`: JSON `{text | ssml, voice?, format?, session_id?}` → streamed audio;
 //! - `GET /api/v1/stt`: websocket, PCM in, recognition events out;
 //! - `DELETE /api/v1/sessions/{id}`: a call ended;
-//! - `GET /`: the dashboard.
+//! - `GET /`: the dashboard;
+//! - Azure Speech's own paths (websockets, TTS REST, voices list, token endpoint) for the
+//!   official Speech SDKs, with their own credential check ([`azure_proxy`]).
 
 #![warn(missing_docs)]
 
