@@ -3,14 +3,14 @@
 //!
 //! Request as Azure takes it (docs/protocol.md#tts-over-rest): the SSML document as the
 //! body with `Content-Type: application/ssml+xml`, the output format in
-//! `X-Microsoft-OutputFormat`, the credential as [`auth`](super::auth) reads it. The answer
+//! `X-Microsoft-OutputFormat`, the credential as [`auth`] reads it. The answer
 //! is the audio, streamed as the pooled connection produces it, with the format's
 //! `Content-Type`; errors have Azure's statuses: 401 for a wrong key, 415 for another
 //! content type, 400 for a missing or unknown output format or SSML that cannot be spoken,
 //! 413 for a body over `MAX_BODY_BYTES`, 429 with `Retry-After` when throttled or the pool
 //! is exhausted.
 //!
-//! The turn itself is `POST /api/v1/tts`'s ([`crate::routes::tts::serve_turn`]): whatever
+//! The turn itself is `POST /api/v1/tts`'s (`routes::tts::serve_turn`): whatever
 //! transport the backend uses, the same tiers, retry before the first audio, barge-in on
 //! hang-up, metrics and `x-pool-tier` / `x-request-id` / `Server-Timing` headers. An
 //! optional `X-Session-Id` header gives the REST calls of one call the same DEDICATED

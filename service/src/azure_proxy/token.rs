@@ -10,7 +10,7 @@
 //!
 //! The token is an HS256 JWT (`{"iss":"speech-pool","iat":…,"exp":…,"jti":…}`) that lives
 //! 10 minutes, as Azure's do, so clients that read `exp` to refresh ahead of expiry keep
-//! working. Nothing is stored per token: [`auth`](super::auth) accepts a bearer whose
+//! working. Nothing is stored per token: [`auth`] accepts a bearer whose
 //! signature checks out and whose `exp` is still ahead. The signing key is derived from
 //! `SERVICE_API_KEY` (HMAC-SHA256 of a fixed label under the key), so every replica with
 //! the same key accepts every replica's tokens and a token never reveals the key; changing

@@ -1,6 +1,7 @@
 //! Azure's websocket protocol spoken by the service itself, for connections that cannot
 //! relay it (the mock backend, TTS over REST): the SDK's turns are read, run through the
-//! pooled connection's ordinary API ([`Synthesizer::synthesize_stoppable`], [`Recognizer::recognize`])
+//! pooled connection's ordinary API ([`speech_core::Synthesizer::synthesize_stoppable`],
+//! [`speech_core::Recognizer::recognize`])
 //! and answered with the messages Azure would send, framed with speech-core's codec
 //! ([`speech_core::wire`]).
 //!
@@ -15,7 +16,7 @@
 //!   (simple or detailed, as the socket's `format` says), `speech.endDetected`, and
 //!   `turn.end`; late audio of a finished turn is ignored (the JavaScript SDK sends its end
 //!   frame twice);
-//! - failures are Azure's closes ([`relay::close_for`]): 1007 for a request the service
+//! - failures are Azure's closes ([`close_for`](super::relay::close_for)): 1007 for a request the service
 //!   refuses (bad SSML, unsupported audio), 4429 throttled, 1011 for anything the SDK may
 //!   retry on a new socket, 1002 for a message without the headers a turn needs.
 //!
