@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Conformance: Microsoft's JavaScript Speech SDK against the speech-emulator crate, and
-# through the speech-pool service (service.test.mjs) with that emulator, over TLS, upstream.
+# through the speech-pool service (service.test.mjs) twice: with that emulator, over TLS,
+# upstream (turns relayed), and on the service's mock backend (turns translated).
 #
 # Builds and starts `speech-emulator --plain --port 0 --capture`, reads the address it prints,
 # installs the SDK (npm ci) if needed, runs `node --test` here, then records what the SDK sends
@@ -142,29 +143,54 @@ for _ in $(seq 300); do
 done
 [ -n "$tls_url" ] || { echo "conformance: the TLS emulator printed no address" >&2; exit 1; }
 for _ in $(seq 50); do [ -s "$work/ca.pem" ] && break; sleep 0.1; done
-svc_port="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
-SPEECH_BACKEND=azure AZURE_SPEECH_KEY="$key" AZURE_SPEECH_ENDPOINT="$tls_url" \
-  AZURE_SPEECH_CA_CERT="$work/ca.pem" SERVICE_API_KEY="$service_key" \
-  LISTEN_ADDR="127.0.0.1:$svc_port" WARM_POOL_TTS_SIZE=2 WARM_POOL_STT_SIZE=1 \
-  RUST_LOG="${RUST_LOG:-warn}" "$service_exe" >"$work/svc-stdout" 2>"$work/svc-stderr" &
-svc_pid=$!
-ready=0
-for _ in $(seq 300); do
-  if node -e 'fetch(process.argv[1]).then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))' \
-    "http://127.0.0.1:$svc_port/readyz"; then ready=1; break; fi
-  kill -0 "$svc_pid" 2>/dev/null || { echo "conformance: speech-pool exited early" >&2; cat "$work/svc-stderr" >&2; exit 1; }
-  sleep 0.1
-done
-[ "$ready" = 1 ] || { echo "conformance: speech-pool never became ready" >&2; tail -n 50 "$work/svc-stderr" >&2; exit 1; }
+# Starts speech-pool on a free port with the environment given as arguments (NAME=value ...),
+# waits until /readyz answers 200, and sets svc_pid and svc_port.
+start_service() {
+  svc_port="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
+  env "$@" SERVICE_API_KEY="$service_key" LISTEN_ADDR="127.0.0.1:$svc_port" \
+    WARM_POOL_TTS_SIZE=2 WARM_POOL_STT_SIZE=1 RUST_LOG="${RUST_LOG:-warn}" \
+    "$service_exe" >"$work/svc-stdout" 2>"$work/svc-stderr" &
+  svc_pid=$!
+  local ready=0
+  for _ in $(seq 300); do
+    if node -e 'fetch(process.argv[1]).then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))' \
+      "http://127.0.0.1:$svc_port/readyz"; then ready=1; break; fi
+    kill -0 "$svc_pid" 2>/dev/null || { echo "conformance: speech-pool exited early" >&2; cat "$work/svc-stderr" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ "$ready" = 1 ] || { echo "conformance: speech-pool never became ready" >&2; tail -n 50 "$work/svc-stderr" >&2; exit 1; }
+}
+
+start_service SPEECH_BACKEND=azure AZURE_SPEECH_KEY="$key" AZURE_SPEECH_ENDPOINT="$tls_url" \
+  AZURE_SPEECH_CA_CERT="$work/ca.pem"
 echo "service at ws://127.0.0.1:$svc_port (upstream $tls_url)"
 
-echo "== node --test service.test.mjs (the SDK through the service)"
+echo "== node --test service.test.mjs (the SDK through the service, relayed to the emulator)"
 status=0
-(cd "$here" && SERVICE_URL="ws://127.0.0.1:$svc_port" SERVICE_KEY="$service_key" \
+(cd "$here" && SERVICE_URL="ws://127.0.0.1:$svc_port" SERVICE_KEY="$service_key" SERVICE_BACKEND=azure \
   EMULATOR_HTTP="$tls_url" EMULATOR_TRANSCRIPT="$transcript" NODE_EXTRA_CA_CERTS="$work/ca.pem" \
   node --test service.test.mjs) || status=$?
 if [ "$status" -ne 0 ]; then
   echo "conformance: the service run FAILED (service log follows)" >&2
+  tail -n 50 "$work/svc-stderr" >&2
+  exit "$status"
+fi
+stop_pid "$svc_pid"
+svc_pid=""
+
+# The same suite against the service on its in-process mock backend, which cannot relay
+# Azure's protocol: the service speaks it to the SDK itself (translation). The mock
+# recognises "hello world", the transcript used above.
+echo "== starting speech-pool on the mock backend"
+start_service SPEECH_BACKEND=mock
+echo "service at ws://127.0.0.1:$svc_port (mock backend)"
+
+echo "== node --test service.test.mjs (the SDK through the service, translated onto the mock)"
+status=0
+(cd "$here" && SERVICE_URL="ws://127.0.0.1:$svc_port" SERVICE_KEY="$service_key" SERVICE_BACKEND=mock \
+  EMULATOR_TRANSCRIPT="$transcript" node --test service.test.mjs) || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "conformance: the mock service run FAILED (service log follows)" >&2
   tail -n 50 "$work/svc-stderr" >&2
   exit "$status"
 fi

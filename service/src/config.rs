@@ -375,6 +375,20 @@ pub struct Config {
     )]
     pub stt_format: RecognitionFormat,
 
+    /// Extra recognition languages, comma-separated BCP 47 tags (e.g. en-US,de-DE,fr-FR),
+    /// for the official Speech SDKs: each gets an STT pool of its own with STT_MODE and
+    /// STT_FORMAT, created and pre-warmed (WARM_POOL_STT_SIZE connections) at start-up, so an
+    /// SDK recognizer in that language is served warm from its first call. Other languages
+    /// still get a pool on first use. STT_LANGUAGE is always served by the main STT pool.
+    #[arg(
+        long,
+        env = "STT_LANGUAGES",
+        default_value = "",
+        value_name = "LANGS",
+        value_parser = languages()
+    )]
+    pub stt_languages: LanguageList,
+
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(
         long,
@@ -488,6 +502,33 @@ pub struct Config {
     /// Continuous (call-long) STT streams: when they change connections, what they replay.
     #[command(flatten)]
     pub stt_continuous: crate::continuous::ContinuousSettings,
+}
+
+/// A list of BCP 47 language tags (`STT_LANGUAGES`), as written, without duplicates (tags
+/// compare case-insensitively, as Azure compares them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LanguageList(pub Vec<String>);
+
+impl LanguageList {
+    /// The tags.
+    pub fn tags(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// A BCP 47-shaped tag: a primary subtag of 2 or 3 letters, then subtags of 1 to 8 letters
+/// or digits, joined by `-`, at most 35 characters (`en-US`, `zh-Hans-CN`, `es-419`).
+/// Stricter than the shape Azure's query accepts, so a typo (`en_US`, `english`) stops
+/// start-up instead of failing every connect of its pool.
+pub fn is_language_tag(tag: &str) -> bool {
+    let mut subtags = tag.split('-');
+    let primary_ok = subtags
+        .next()
+        .is_some_and(|p| (2..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic()));
+    primary_ok
+        && tag.len() <= speech_core::MAX_LANGUAGE_TAG_LEN
+        && subtags
+            .all(|s| (1..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// A configuration that parsed but is inconsistent (for example a warm target above the
@@ -849,6 +890,25 @@ fn language() -> Expect<String> {
     })
 }
 
+fn languages() -> Expect<LanguageList> {
+    Expect::new(|s| {
+        let mut tags: Vec<String> = Vec::new();
+        for tag in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !is_language_tag(tag) {
+                return Err(format!(
+                    "a comma-separated list of BCP 47 language tags such as en-US,de-DE,fr-FR \
+                     ({:?} is not one)",
+                    tag.chars().take(40).collect::<String>()
+                ));
+            }
+            if !tags.iter().any(|t| t.eq_ignore_ascii_case(tag)) {
+                tags.push(tag.to_owned());
+            }
+        }
+        Ok(LanguageList(tags))
+    })
+}
+
 fn region() -> Expect<String> {
     Expect::new(|s| {
         let ok = !s.is_empty()
@@ -1001,12 +1061,47 @@ mod tests {
                 "0",
                 "> 0",
             ),
+            (
+                vec!["--stt-languages", "en-US,de_DE"],
+                "STT_LANGUAGES",
+                "de_DE",
+                "BCP 47",
+            ),
         ];
         for (args, var, value, what) in cases {
             let err = parse(&args).expect_err(var).to_string();
             assert!(err.contains(args[0]), "{err}");
             assert!(err.contains(value), "{err}");
             assert!(err.contains(what), "{err}");
+        }
+    }
+
+    #[test]
+    fn stt_languages_are_bcp47_tags_without_duplicates() {
+        assert!(Config::defaults().stt_languages.tags().is_empty());
+        let c = parse(&[
+            "--stt-languages",
+            " en-US, de-DE,,fr-FR ,EN-us,zh-Hans-CN,es-419",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.stt_languages.tags(),
+            ["en-US", "de-DE", "fr-FR", "zh-Hans-CN", "es-419"]
+        );
+        for bad in [
+            "english",
+            "en_US",
+            "e",
+            "en-",
+            "-US",
+            "en-US-toolongsubtag",
+            "en US",
+            "1a-US",
+        ] {
+            let err = parse_as_declared(languages(), "--stt-languages", bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("STT_LANGUAGES expects"), "{err}");
         }
     }
 
@@ -1150,6 +1245,7 @@ mod tests {
             "AZURE_SPEECH_KEY",
             "AZURE_SPEECH_REGION",
             "AZURE_SPEECH_ENDPOINT",
+            "STT_LANGUAGES",
         ] {
             assert!(help.contains(var), "--help lacks {var}");
         }

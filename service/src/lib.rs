@@ -13,7 +13,9 @@
 //! - `POST /api/v1/tts`: JSON `{text | ssml, voice?, format?, session_id?}` → streamed audio;
 //! - `GET /api/v1/stt`: websocket, PCM in, recognition events out;
 //! - `DELETE /api/v1/sessions/{id}`: a call ended;
-//! - `GET /`: the dashboard.
+//! - `GET /`: the dashboard;
+//! - Azure Speech's own paths (websockets, TTS REST, voices list, token endpoint) for the
+//!   official Speech SDKs, with their own credential check ([`azure_proxy`]).
 
 #![warn(missing_docs)]
 
@@ -86,7 +88,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.options().max_body_bytes))
         .layer(from_fn_with_state(state.clone(), auth::check_origin))
         .layer(from_fn_with_state(state.clone(), track_http))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }
 
@@ -126,10 +128,14 @@ pub fn state_from_parts(
         .map_err(|e| StartupError::Config(e.to_string()))?;
     let stream = tts_stream.unwrap_or_else(|| managers.tts.clone());
     let pools = Pools::build_with_stream(config, managers.tts, managers.stt, stream)?;
-    Ok(AppState::new(
+    let state = AppState::new(
         pools,
         ServiceOptions::from_config(config, managers.kind.as_str()),
-    ))
+    );
+    state
+        .configure_stt_languages()
+        .map_err(StartupError::Config)?;
+    Ok(state)
 }
 
 /// Installs the process-wide rustls crypto provider (ring) that every TLS connection of
@@ -160,6 +166,17 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The span of one HTTP request, as tower-http's default (method, URI, version) but with
+/// credentials in the query redacted: the Speech SDKs put their key or token there.
+fn request_span(request: &Request) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        uri = %azure_proxy::auth::redacted_uri(request.uri()),
+        version = ?request.version(),
+    )
 }
 
 async fn not_found() -> ApiError {

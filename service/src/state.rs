@@ -123,6 +123,9 @@ pub struct ServiceOptions {
     pub stt_mode: RecognitionMode,
     /// The STT pool's phrase format.
     pub stt_format: RecognitionFormat,
+    /// Extra languages whose SDK STT pools are made and warmed at start-up
+    /// (`STT_LANGUAGES`).
+    pub stt_languages: Vec<String>,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
     /// Which backend serves the pools (`mock` or `azure`), reported in `/api/v1/pools`.
@@ -154,6 +157,7 @@ impl ServiceOptions {
             stt_language: config.stt_language.clone(),
             stt_mode: config.stt_mode,
             stt_format: config.stt_format,
+            stt_languages: config.stt_languages.tags().to_vec(),
             max_body_bytes: config.max_body_bytes,
             backend: backend.to_owned(),
             // Slightly longer than the pool's own acquire timeout, so that an exhausted
@@ -188,6 +192,10 @@ struct Inner {
     session_cap: crate::limits::SessionCap,
     /// STT pools of other combinations, for the official SDKs.
     sdk_stt: crate::azure_proxy::stt_pools::SttPools,
+    /// Signs and checks the bearer tokens of `/sts/v1.0/issueToken`.
+    token_issuer: crate::azure_proxy::token::TokenIssuer,
+    /// The voices list, cached briefly.
+    voices: crate::azure_proxy::voices::VoicesCache,
 }
 
 impl AppState {
@@ -210,10 +218,23 @@ impl AppState {
                     pools.stt.config().clone(),
                     crate::azure_proxy::stt_pools::DEFAULT_MAX_POOLS,
                 ),
+                token_issuer: crate::azure_proxy::token::TokenIssuer::new(options.api_key.as_ref()),
+                voices: Default::default(),
                 pools,
                 options,
             }),
         }
+    }
+
+    /// Issues and checks the bearer tokens of the Azure-protocol endpoints
+    /// (`/sts/v1.0/issueToken`).
+    pub fn token_issuer(&self) -> &crate::azure_proxy::token::TokenIssuer {
+        &self.inner.token_issuer
+    }
+
+    /// The cached voices list of `/cognitiveservices/voices/list`.
+    pub(crate) fn voices(&self) -> &crate::azure_proxy::voices::VoicesCache {
+        &self.inner.voices
     }
 
     /// The STT pools created for SDK clients asking for other combinations.
@@ -248,15 +269,44 @@ impl AppState {
         s
     }
 
-    /// Ready to take traffic: not draining, and the configured pools (TTS, STT and
-    /// text-streaming TTS) have reached their warm targets at least once. Pools created on
-    /// demand for SDK clients do not count: one warming up must not take the replica out
-    /// of its load balancer.
+    /// Makes the STT pools of `STT_LANGUAGES` (each with `STT_MODE` / `STT_FORMAT`; the
+    /// main STT pool's own language is skipped). Called once when the state is built; they
+    /// fill in [`warm_up`](Self::warm_up) and count toward readiness. Fails when the
+    /// backend cannot serve a language.
+    pub fn configure_stt_languages(&self) -> Result<(), String> {
+        let options = self.options();
+        for language in &options.stt_languages {
+            if language.eq_ignore_ascii_case(&options.stt_language) {
+                continue;
+            }
+            let combination = crate::azure_proxy::stt_pools::Combination {
+                mode: options.stt_mode,
+                language: language.clone(),
+                format: options.stt_format,
+            };
+            self.inner
+                .sdk_stt
+                .add_configured(&combination)
+                .map_err(|e| format!("STT_LANGUAGES: {language}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Ready to take traffic: not draining, and the configured pools (TTS, STT,
+    /// text-streaming TTS and those of `STT_LANGUAGES`) have reached their warm targets at
+    /// least once. Pools created on demand for SDK clients do not count: one warming up
+    /// must not take the replica out of its load balancer.
     pub fn is_ready(&self) -> bool {
         !self.is_draining()
             && self.pools().tts.snapshot().ready
             && self.pools().stt.snapshot().ready
             && self.pools().tts_stream.snapshot().ready
+            && self
+                .inner
+                .sdk_stt
+                .configured()
+                .iter()
+                .all(|p| p.snapshot().ready)
     }
 
     /// Whether shutdown has begun.
@@ -296,19 +346,29 @@ impl AppState {
         &self.inner.tts_turns
     }
 
-    /// Fills both pools to their warm targets, concurrently. Failures are logged, not
-    /// returned: the maintainer keeps retrying and `/readyz` stays 503 meanwhile.
+    /// Fills the configured pools (TTS, STT, text-streaming TTS, those of `STT_LANGUAGES`)
+    /// to their warm targets, concurrently. Failures are logged, not returned: the
+    /// maintainer keeps retrying and `/readyz` stays 503 meanwhile.
     pub async fn warm_up(&self) {
-        let (tts, stt, stream) = tokio::join!(
+        let languages = self.inner.sdk_stt.configured();
+        let (tts, stt, stream, languages) = tokio::join!(
             self.pools().tts.prepare(),
             self.pools().stt.prepare(),
-            self.pools().tts_stream.prepare()
+            self.pools().tts_stream.prepare(),
+            futures_util::future::join_all(
+                languages
+                    .iter()
+                    .map(|p| async move { (p.name().to_owned(), p.prepare().await) })
+            )
         );
-        for (name, result) in [(TTS_POOL, tts), (STT_POOL, stt), (TTS_STREAM_POOL, stream)] {
+        let main = [(TTS_POOL, tts), (STT_POOL, stt), (TTS_STREAM_POOL, stream)]
+            .into_iter()
+            .map(|(n, r)| (n.to_owned(), r));
+        for (name, result) in main.chain(languages) {
             match result {
-                Ok(()) => tracing::info!(pool = name, "pool warm"),
+                Ok(()) => tracing::info!(pool = %name, "pool warm"),
                 Err(e) => tracing::warn!(
-                    pool = name,
+                    pool = %name,
                     error = %e,
                     "could not reach the warm target yet; the maintainer keeps retrying"
                 ),

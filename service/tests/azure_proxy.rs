@@ -6,25 +6,22 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+mod common;
+
+use common::sdk::{
+    Got, HANG, Ws, binary, check_tts_turn, connect, recognize, speak, until_turn_end,
+};
+use futures_util::SinkExt;
 use service::config::BackendChoice;
 use service::secret::Secret;
-use service::test_support::{LoopbackServer, client, install_crypto_provider, pcm};
+use service::test_support::{LoopbackServer, client, install_crypto_provider};
 use service::{AppState, Config, build_state};
 use speech_emulator::{
     Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target, TurnPoint,
 };
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const UPSTREAM_KEY: &str = "upstream-azure-key";
 const TRANSCRIPT: &str = "hello from the proxy";
-/// Bound on every wait, so a hang fails the test instead of stalling it.
-const HANG: Duration = Duration::from_secs(20);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Setup {
     emulator: EmulatorHandle,
@@ -83,22 +80,7 @@ impl Setup {
     }
 
     async fn connect(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
-        let mut req = self
-            .server
-            .ws_url(path_and_query)
-            .into_client_request()
-            .expect("request");
-        for (n, v) in headers {
-            req.headers_mut().insert(
-                http::HeaderName::from_bytes(n.as_bytes()).expect("name"),
-                http::HeaderValue::from_str(v).expect("value"),
-            );
-        }
-        match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => Ok(ws),
-            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-            Err(e) => panic!("connect: {e}"),
-        }
+        connect(&self.server, path_and_query, headers).await
     }
 
     async fn pool(&self, name: &str) -> serde_json::Value {
@@ -109,187 +91,6 @@ impl Setup {
         let v: serde_json::Value = req.send().await.expect("pools").json().await.expect("json");
         v["pools"][name].clone()
     }
-}
-
-fn text(headers: &[(&str, &str)], body: &str) -> Message {
-    let mut s = String::new();
-    for (n, v) in headers {
-        s.push_str(&format!("{n}: {v}\r\n"));
-    }
-    s.push_str("\r\n");
-    s.push_str(body);
-    Message::text(s)
-}
-
-fn binary(headers: &[(&str, &str)], payload: &[u8]) -> Message {
-    let mut block = String::new();
-    for (n, v) in headers {
-        block.push_str(&format!("{n}: {v}\r\n"));
-    }
-    let mut out = u16::try_from(block.len())
-        .expect("short")
-        .to_be_bytes()
-        .to_vec();
-    out.extend_from_slice(block.as_bytes());
-    out.extend_from_slice(payload);
-    Message::binary(out)
-}
-
-/// One received message: its headers (lower-cased names) and body or payload length.
-#[derive(Debug)]
-struct Got {
-    binary: bool,
-    headers: Vec<(String, String)>,
-    body: String,
-    payload_len: usize,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn path(&self) -> &str {
-        self.header("path").unwrap_or("")
-    }
-}
-
-fn parse_block(block: &str) -> Vec<(String, String)> {
-    block
-        .split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect()
-}
-
-/// Reads messages until `turn.end`, or a close (returned as `Err(code)`).
-async fn until_turn_end(ws: &mut Ws) -> Result<Vec<Got>, (u16, Vec<Got>)> {
-    let mut got = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(HANG, ws.next())
-            .await
-            .expect("a message in time");
-        match msg {
-            Some(Ok(Message::Text(t))) => {
-                let (block, body) = t.as_str().split_once("\r\n\r\n").expect("blank line");
-                let g = Got {
-                    binary: false,
-                    headers: parse_block(block),
-                    body: body.to_owned(),
-                    payload_len: 0,
-                };
-                let end = g.path() == "turn.end";
-                got.push(g);
-                if end {
-                    return Ok(got);
-                }
-            }
-            Some(Ok(Message::Binary(b))) => {
-                let len = usize::from(u16::from_be_bytes([b[0], b[1]]));
-                let block = std::str::from_utf8(&b[2..2 + len]).expect("ascii headers");
-                got.push(Got {
-                    binary: true,
-                    headers: parse_block(block),
-                    body: String::new(),
-                    payload_len: b.len() - 2 - len,
-                });
-            }
-            Some(Ok(Message::Close(f))) => {
-                return Err((f.map_or(1005, |f| u16::from(f.code)), got));
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => panic!("websocket error: {e}"),
-            None => return Err((1006, got)),
-        }
-    }
-}
-
-const SPEECH_CONFIG: &str = r#"{"context":{"system":{"name":"SpeechSDK","version":"1.52.0","build":"JavaScript","lang":"JavaScript"},"os":{"platform":"Node","name":"unknown","version":"unknown"}}}"#;
-
-/// Sends one synthesis turn as the JavaScript SDK does (speech.config only on the first).
-async fn speak(ws: &mut Ws, rid: &str, words: &str, first: bool) {
-    if first {
-        ws.send(text(
-            &[
-                ("Path", "speech.config"),
-                ("X-RequestId", rid),
-                ("X-Timestamp", "2026-12-04T19:00:00.000Z"),
-                ("Content-Type", "application/json"),
-            ],
-            SPEECH_CONFIG,
-        ))
-        .await
-        .expect("send");
-    }
-    let context = r#"{"synthesis":{"audio":{"metadataOptions":{"bookmarkEnabled":false,"punctuationBoundaryEnabled":"false","sentenceBoundaryEnabled":"false","sessionEndEnabled":true,"visemeEnabled":false,"wordBoundaryEnabled":"true"},"outputFormat":"raw-16khz-16bit-mono-pcm"},"language":{"autoDetection":false}}}"#;
-    ws.send(text(
-        &[
-            ("Path", "synthesis.context"),
-            ("X-RequestId", rid),
-            ("X-Timestamp", "2026-12-04T19:00:00.000Z"),
-            ("Content-Type", "application/json"),
-        ],
-        context,
-    ))
-    .await
-    .expect("send");
-    let ssml = format!(
-        "<speak version='1.0' xmlns='http://www.w3.org/2001/10/synthesis' xmlns:mstts='http://www.w3.org/2001/mstts' xmlns:emo='http://www.w3.org/2009/10/emotionml' xml:lang='en-US'><voice name='en-US-AvaMultilingualNeural'>{words}</voice></speak>"
-    );
-    ws.send(text(
-        &[
-            ("Path", "ssml"),
-            ("X-RequestId", rid),
-            ("X-Timestamp", "2026-12-04T19:00:00.000Z"),
-            ("Content-Type", "application/ssml+xml"),
-        ],
-        &ssml,
-    ))
-    .await
-    .expect("send");
-}
-
-/// What the SDK's receive loop needs of a synthesis turn: every message carries the turn's
-/// id, `turn.start` first, audio only on the stream `response` named, the empty end frame,
-/// `turn.end` last.
-fn check_tts_turn(got: &[Got], rid: &str) -> usize {
-    assert_eq!(got.first().map(Got::path), Some("turn.start"), "{got:?}");
-    assert_eq!(got.last().map(Got::path), Some("turn.end"), "{got:?}");
-    for g in got {
-        assert_eq!(g.header("x-requestid"), Some(rid), "{g:?}");
-    }
-    let response = got
-        .iter()
-        .find(|g| g.path() == "response")
-        .expect("response");
-    let v: serde_json::Value = serde_json::from_str(&response.body).expect("json");
-    let stream = v["audio"]["streamId"]
-        .as_str()
-        .expect("streamId")
-        .to_owned();
-    let audio: Vec<_> = got.iter().filter(|g| g.binary).collect();
-    assert!(audio.len() >= 2, "{got:?}");
-    for a in &audio {
-        assert_eq!(a.path(), "audio");
-        assert_eq!(a.header("x-streamid"), Some(stream.as_str()), "{a:?}");
-    }
-    assert_eq!(
-        audio.last().map(|a| a.payload_len),
-        Some(0),
-        "the empty end frame"
-    );
-    let words: Vec<String> = got
-        .iter()
-        .filter(|g| g.path() == "audio.metadata")
-        .filter_map(|g| serde_json::from_str::<serde_json::Value>(&g.body).ok())
-        .flat_map(|v| v["Metadata"].as_array().cloned().unwrap_or_default())
-        .filter(|m| m["Type"] == "WordBoundary")
-        .filter_map(|m| m["Data"]["text"]["Text"].as_str().map(str::to_owned))
-        .collect();
-    assert!(!words.is_empty(), "word boundaries relayed: {got:?}");
-    audio.iter().map(|a| a.payload_len).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,48 +248,6 @@ async fn upstream_faults_reach_the_sdk_as_azure_closes_and_the_next_socket_is_se
         tts["allocations_warm"].as_u64().unwrap() + tts["allocations_cold"].as_u64().unwrap();
     assert_eq!(served, 6, "{tts}");
     s.finish().await;
-}
-
-/// One recognition turn as the native SDK sends it: speech.context, the RIFF header frame,
-/// PCM in 100 ms frames, the empty end frame.
-async fn recognize(ws: &mut Ws, rid: &str, seconds: f32, first: bool) {
-    if first {
-        ws.send(text(
-            &[("Path", "speech.config"), ("X-RequestId", rid), ("Content-Type", "application/json")],
-            r#"{"context":{"system":{"name":"SpeechSDK","version":"1.52.0","build":"JavaScript","lang":"JavaScript"},"audio":{"source":{"samplerate":16000,"bitspersample":16,"channelcount":1}}},"recognition":"interactive"}"#,
-        ))
-        .await
-        .expect("send");
-    }
-    ws.send(text(
-        &[("Path", "speech.context"), ("X-RequestId", rid)],
-        r#"{"phraseDetection":{"language":"en-US"},"audio":{"streams":{"1":null}}}"#,
-    ))
-    .await
-    .expect("send");
-    let header: Vec<u8> = [
-        &b"RIFF"[..],
-        &0u32.to_le_bytes(),
-        b"WAVEfmt ",
-        &16u32.to_le_bytes(),
-        &1u16.to_le_bytes(),
-        &1u16.to_le_bytes(),
-        &16_000u32.to_le_bytes(),
-        &32_000u32.to_le_bytes(),
-        &2u16.to_le_bytes(),
-        &16u16.to_le_bytes(),
-        b"data",
-        &0u32.to_le_bytes(),
-    ]
-    .concat();
-    let audio = [("Path", "audio"), ("X-RequestId", rid), ("X-StreamId", "1")];
-    let mut first_frame = audio.to_vec();
-    first_frame.push(("Content-Type", "audio/x-wav"));
-    ws.send(binary(&first_frame, &header)).await.expect("send");
-    for chunk in pcm(seconds).chunks(3200) {
-        ws.send(binary(&audio, chunk)).await.expect("send");
-    }
-    ws.send(binary(&audio, &[])).await.expect("send");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,7 @@ fn help_documents_every_setting() {
         "AZURE_SPEECH_KEY",
         "AZURE_SPEECH_REGION",
         "AZURE_SPEECH_ENDPOINT",
+        "STT_LANGUAGES",
     ] {
         assert!(help.contains(var), "--help lacks {var}");
     }
@@ -52,6 +53,7 @@ fn malformed_values_stop_start_up_naming_variable_value_and_expectation() {
         ("LISTEN_ADDR", "localhost", "IP:PORT"),
         ("LOG_FORMAT", "yaml", "pretty or json"),
         ("SPEECH_BACKEND", "google", "auto, azure or mock"),
+        ("STT_LANGUAGES", "en-US,de_DE", "BCP 47 language tags"),
     ];
     for (var, value, expected) in cases {
         let out = speech_pool().env(var, value).output().unwrap();

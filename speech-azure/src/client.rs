@@ -15,6 +15,7 @@ use crate::tls::{TlsConfigs, TlsOptions};
 use crate::tts_rest::{TtsRest, TtsRestFactory};
 use crate::tts_stream::{TtsStreamFactory, TtsStreamWebSocket};
 use crate::tts_ws::{TtsWebSocket, TtsWsFactory, TtsWsOptions};
+use crate::util::{excerpt, reqwest_error, retry_after};
 
 /// The default `User-Agent`.
 const USER_AGENT: &str = concat!("speech-azure/", env!("CARGO_PKG_VERSION"));
@@ -86,7 +87,7 @@ impl AzureSpeechBuilder {
         let auth = Authenticator::new(
             self.credentials,
             self.token_policy,
-            http,
+            http.clone(),
             self.endpoint.token_url(),
         );
         Ok(AzureSpeech {
@@ -96,6 +97,7 @@ impl AzureSpeechBuilder {
                 tls,
                 policy: self.policy,
                 user_agent: self.user_agent,
+                http,
             }),
         })
     }
@@ -129,6 +131,9 @@ pub(crate) struct ClientInner {
     pub(crate) tls: TlsConfigs,
     pub(crate) policy: ConnectionPolicy,
     pub(crate) user_agent: String,
+    /// For the client's own one-off requests (the voices list); the token client shares
+    /// it. Pooled TTS REST connections have their own.
+    pub(crate) http: reqwest::Client,
 }
 
 /// A configured Azure Speech client. Cheap to clone; clones share the token cache and TLS
@@ -197,6 +202,52 @@ impl AzureSpeech {
     /// Opens an STT websocket for one (mode, language, format).
     pub async fn connect_stt_ws(&self, options: SttWsOptions) -> Result<SttWebSocket, SpeechError> {
         SttWebSocket::connect(Arc::clone(&self.inner), options, None).await
+    }
+
+    /// The voices list (`GET /cognitiveservices/voices/list`): the service's JSON body,
+    /// unchanged (docs/protocol.md#voices-list). One request per call (callers cache it);
+    /// a bearer token the service refuses is refreshed once, as for TTS REST. Errors are
+    /// classified like any request's and carry no secret.
+    pub async fn voices_list(&self) -> Result<bytes::Bytes, SpeechError> {
+        let inner = &self.inner;
+        let url = inner.endpoint.voices_url();
+        let timeout = inner.policy.first_response_timeout;
+        let mut retried = false;
+        loop {
+            let auth = inner.auth.header().await?;
+            let req = inner
+                .http
+                .get(url.clone())
+                .header(auth.name, auth.value.expose());
+            let resp = tokio::time::timeout(timeout, req.send())
+                .await
+                .map_err(|_| SpeechError::timeout("the voices list did not answer in time"))?
+                .map_err(|e| reqwest_error("voices list request", e))?;
+            let status = resp.status().as_u16();
+            let ra = retry_after(resp.headers());
+            let body = tokio::time::timeout(timeout, resp.bytes())
+                .await
+                .map_err(|_| SpeechError::timeout("reading the voices list timed out"))?
+                .map_err(|e| reqwest_error("reading the voices list", e))?;
+            if status == 200 {
+                return Ok(body);
+            }
+            if status == 401 && inner.auth.is_token_based() && !retried {
+                retried = true;
+                inner.auth.invalidate(&auth.value);
+                continue;
+            }
+            let mut text = auth
+                .value
+                .redact_in(&excerpt(&String::from_utf8_lossy(&body)));
+            if let Some(k) = inner.auth.key_secret() {
+                text = k.redact_in(&text);
+            }
+            if text.is_empty() {
+                text = "the service refused the voices list request".to_owned();
+            }
+            return Err(SpeechError::from_http_status(status, ra, text));
+        }
     }
 
     /// A pool manager of TTS websockets.

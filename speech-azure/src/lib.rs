@@ -42,7 +42,6 @@ mod auth;
 mod client;
 mod endpoint;
 mod error;
-pub mod frame;
 mod policy;
 mod secret;
 mod stt_ws;
@@ -52,6 +51,10 @@ mod tts_stream;
 mod tts_ws;
 mod util;
 mod ws;
+
+/// The websocket message codec, which lives in speech-core (the service frames the same
+/// messages when it serves the protocol itself).
+pub use speech_core::wire as frame;
 
 pub use auth::{
     AUTH_HEADER, AccessToken, AuthHeader, Authenticator, Credentials, EntraTokenSource, KEY_HEADER,

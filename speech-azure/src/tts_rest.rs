@@ -256,4 +256,7 @@ impl SynthesizerFactory for TtsRestFactory {
     async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
         Ok(Box::new(self.client.connect_tts_rest().await?))
     }
+    async fn voices(&self) -> Result<bytes::Bytes, SpeechError> {
+        self.client.voices_list().await
+    }
 }

@@ -44,6 +44,10 @@ impl SynthesizerFactory for TtsStreamFactory {
     fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(Arc::clone(&self.dead_signal))
     }
+
+    async fn voices(&self) -> Result<Bytes, SpeechError> {
+        self.client.voices_list().await
+    }
 }
 
 /// What a turn speaks.

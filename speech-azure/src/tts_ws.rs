@@ -54,6 +54,9 @@ impl SynthesizerFactory for TtsWsFactory {
     fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(Arc::clone(&self.dead_signal))
     }
+    async fn voices(&self) -> Result<bytes::Bytes, SpeechError> {
+        self.client.voices_list().await
+    }
 }
 
 /// A TTS websocket connection.

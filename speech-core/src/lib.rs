@@ -8,6 +8,8 @@
 //!   formats, [`AudioFormat`].
 //! - One classified error, [`SpeechError`], whose [`ErrorClass`] drives HTTP statuses,
 //!   retries and metrics labels.
+//! - [`wire`]: Azure's websocket message codec (header blocks, binary framing), for the
+//!   backends that speak the protocol and the service that serves it.
 //! - [`SynthesizerManager`] / [`RecognizerManager`]: `pool_core::Manager`s over boxed
 //!   connections built by a [`SynthesizerFactory`] / [`RecognizerFactory`], so a pool's type
 //!   does not depend on the backend.
@@ -26,6 +28,7 @@ mod request;
 mod stop;
 mod text_stream;
 mod time;
+pub mod wire;
 
 pub use connection::{Connection, Recognizer, Synthesizer, WireMessage};
 pub use error::{ErrorClass, SpeechError};

@@ -27,6 +27,19 @@ pub trait SynthesizerFactory: fmt::Debug + Send + Sync + 'static {
     fn readiness_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
     }
+
+    /// The voices this backend speaks, as the JSON body of Azure's
+    /// `GET /cognitiveservices/voices/list`: an array of objects with at least `Name`,
+    /// `DisplayName`, `LocalName`, `ShortName`, `Gender`, `Locale`, `LocaleName`,
+    /// `SampleRateHertz`, `VoiceType`, `Status` and `WordsPerMinute`
+    /// (docs/protocol.md#voices-list). A backend that fetches it from a server passes the
+    /// server's body through unchanged, so fields Azure adds later reach the caller.
+    ///
+    /// Costs a request to the speech service where there is one; callers cache it. The
+    /// default says the backend has no list.
+    async fn voices(&self) -> Result<bytes::Bytes, SpeechError> {
+        Err(SpeechError::bad_request("this backend has no voices list"))
+    }
 }
 
 /// Opens new speech-to-text connections. See [`SynthesizerFactory`].

@@ -9,24 +9,35 @@
 //!   and the same under `/stt`, with `language` (required, as Azure requires it) and
 //!   `format` (`simple` or `detailed`) in the query.
 //!
-//! Each downstream websocket is one session of its pool ([`relay`]): WARM (COLD only when
-//! none is ready) for its first turn, DEDICATED for the rest, returned to the warm set when
-//! the SDK disconnects. The upgrade itself takes the connection, so a pool or upstream
-//! failure is the upgrade's HTTP status, as Azure would answer it (429 when throttled or
-//! exhausted). Credentials: [`auth`].
+//! - TTS REST: `POST /cognitiveservices/v1` (and `/tts/cognitiveservices/v1`) ([`rest`]);
+//! - voices list: `GET /cognitiveservices/voices/list` (and under `/tts`) ([`voices`]);
+//! - token: `POST /sts/v1.0/issueToken` ([`token`]).
+//!
+//! Each downstream websocket is one session of its pool: WARM (COLD only when none is
+//! ready) for its first turn, DEDICATED for the rest, returned to the warm set when the
+//! SDK disconnects. The upgrade itself takes the connection, so a pool or upstream failure
+//! is the upgrade's HTTP status, as Azure would answer it (429 when throttled or
+//! exhausted). A connection that speaks Azure's protocol (the azure backend's websockets)
+//! relays the SDK's turns verbatim ([`relay`]); any other (the mock, TTS over REST) is
+//! served by translation ([`translate`]): the service speaks the protocol itself and runs
+//! each turn through the connection's ordinary API. Credentials: [`auth`].
 
 pub mod auth;
 pub mod relay;
+pub mod rest;
 pub mod stt_pools;
+pub mod token;
+pub mod translate;
+pub mod voices;
 pub mod wire;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use pool_core::{Manager, Pool};
 use speech_core::{RecognitionFormat, RecognitionMode, SpeechError};
 
@@ -54,6 +65,11 @@ pub fn router() -> Router<AppState> {
             "/stt/speech/recognition/{mode}/cognitiveservices/v1",
             get(stt_ws),
         )
+        .route("/cognitiveservices/v1", post(rest::synthesize))
+        .route("/tts/cognitiveservices/v1", post(rest::synthesize))
+        .route("/cognitiveservices/voices/list", get(voices::list))
+        .route("/tts/cognitiveservices/voices/list", get(voices::list))
+        .route("/sts/v1.0/issueToken", post(token::issue_token))
 }
 
 type QueryPairs = Query<Vec<(String, String)>>;
@@ -85,7 +101,11 @@ async fn tts_ws(
         return r;
     }
     let pool = state.pools().tts.clone();
-    upgrade(state, peer, ws, pool, Kind::Tts).await
+    match take_first(&state, &peer, pool, Kind::Tts).await {
+        Ok((down, true)) => on_upgrade(&state, ws, |s| relay::serve(s, down)),
+        Ok((down, false)) => on_upgrade(&state, ws, |s| translate::tts::serve(s, down)),
+        Err(r) => r,
+    }
 }
 
 /// `GET /speech/recognition/{mode}/cognitiveservices/v1` (and under `/stt`).
@@ -132,7 +152,13 @@ async fn stt_ws(
             }
         }
     };
-    upgrade(state, peer, ws, pool, Kind::Stt).await
+    match take_first(&state, &peer, pool, Kind::Stt).await {
+        Ok((down, true)) => on_upgrade(&state, ws, |s| relay::serve(s, down)),
+        Ok((down, false)) => on_upgrade(&state, ws, move |s| {
+            translate::stt::serve(s, down, combination)
+        }),
+        Err(r) => r,
+    }
 }
 
 /// The STT combination a handshake asks for, refused as Azure refuses it: 404 for an
@@ -171,51 +197,54 @@ fn combination(mode: &str, query: &[(String, String)]) -> Result<Combination, Ap
     })
 }
 
-/// Takes the socket's connection (its session's first) and upgrades.
-async fn upgrade<M>(
-    state: AppState,
-    peer: Peer,
-    ws: WebSocketUpgrade,
+/// Takes the socket's first connection (its session's first turn), so a pool or
+/// upstream failure is the upgrade's HTTP status. Returns the socket's session and whether
+/// the connection relays Azure's protocol itself (else the socket is served by
+/// [`translate`]).
+async fn take_first<M>(
+    state: &AppState,
+    peer: &Peer,
     pool: Pool<M>,
     kind: Kind,
-) -> Response
+) -> Result<(Downstream<M>, bool), Response>
 where
     M: Manager<Error = SpeechError>,
     M::Resource: WireConnection,
 {
     let session = format!("azure-sdk:{}", speech_core::RequestId::new());
-    let client = client_id(&state, &peer);
-    if let Err(e) = check_session_cap(&state, &client, Some(&session)) {
-        return e.into_response();
+    let client = client_id(state, peer);
+    if let Err(e) = check_session_cap(state, &client, Some(&session)) {
+        return Err(e.into_response());
     }
-    let first = match acquire(&state, &pool, Some(&session)).await {
+    let first = match acquire(state, &pool, Some(&session)).await {
         Ok(g) => g,
-        Err(e) => return e.into_response(),
+        Err(e) => return Err(e.into_response()),
     };
-    if !first.0.speaks_wire() {
-        drop(first);
-        pool.release_for_session(&session).await;
-        return ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "backend_not_wire",
-            "the Azure Speech protocol needs the azure backend with websocket connections \
-             (SPEECH_BACKEND=azure, AZURE_TTS_TRANSPORT=websocket)",
-        )
-        .into_response();
-    }
+    let wire = first.0.speaks_wire();
     state.session_cap().record(&client, &session);
+    Ok((
+        Downstream {
+            state: state.clone(),
+            pool,
+            session,
+            first: Some(first),
+            kind,
+        },
+        wire,
+    ))
+}
+
+/// Upgrades, serving the socket with `serve` as tracked work (shutdown waits for it).
+fn on_upgrade<F, Fut>(state: &AppState, ws: WebSocketUpgrade, serve: F) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let token = state.tasks().token();
-    let down = Downstream {
-        state,
-        pool,
-        session,
-        first: Some(first),
-        kind,
-    };
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
-            relay::serve(socket, down).await;
+            serve(socket).await;
             drop(token);
         })
 }

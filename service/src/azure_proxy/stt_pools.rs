@@ -8,6 +8,11 @@
 //! (max size, timeouts, refresh) and a warm target of one connection, so its second caller
 //! is served warm. At most `max` such pools exist, so clients cannot make the service open
 //! connections for every language tag they can spell.
+//!
+//! `STT_LANGUAGES` names languages to serve warm from the first call: their pools (with
+//! `STT_MODE` / `STT_FORMAT`) are made at start-up with the STT pool's own warm target,
+//! count toward readiness and are filled by `AppState::warm_up`; they do not use up the
+//! bound on pools made on demand.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -60,6 +65,8 @@ pub struct SttPools {
     template: PoolConfig,
     max: usize,
     pools: Mutex<HashMap<(RecognitionMode, String, RecognitionFormat), Pool<RecognizerManager>>>,
+    /// The pools `STT_LANGUAGES` asked for (also in `pools`), in the order configured.
+    configured: Mutex<Vec<Pool<RecognizerManager>>>,
 }
 
 impl SttPools {
@@ -70,7 +77,64 @@ impl SttPools {
             template,
             max,
             pools: Mutex::new(HashMap::new()),
+            configured: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Makes the pool of a configured combination (`STT_LANGUAGES`): warm target as the
+    /// template's, outside the on-demand bound. Idempotent. Must run inside a tokio
+    /// runtime when the template has background warm-up.
+    pub fn add_configured(
+        &self,
+        combination: &Combination,
+    ) -> Result<Pool<RecognizerManager>, SttPoolError> {
+        let key = combination.key();
+        let mut pools = self.lock();
+        if let Some(p) = pools.get(&key) {
+            return Ok(p.clone());
+        }
+        let pool = self.build(combination, self.template.warm_target)?;
+        pools.insert(key, pool.clone());
+        drop(pools);
+        self.configured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pool.clone());
+        Ok(pool)
+    }
+
+    /// The pools of `STT_LANGUAGES`.
+    pub fn configured(&self) -> Vec<Pool<RecognizerManager>> {
+        self.configured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn build(
+        &self,
+        combination: &Combination,
+        warm_target: usize,
+    ) -> Result<Pool<RecognizerManager>, SttPoolError> {
+        let factory = self.factory.for_combination(
+            combination.mode,
+            &combination.language,
+            combination.format,
+        )?;
+        let config = PoolConfig {
+            name: format!(
+                "{}:{}:{}:{}",
+                self.template.name,
+                combination.mode.as_str(),
+                combination.key().1,
+                combination.format.as_str()
+            ),
+            warm_target,
+            ..self.template.clone()
+        };
+        Ok(Pool::builder(RecognizerManager::from_arc(factory))
+            .config(config)
+            .build()?)
     }
 
     fn lock(
@@ -90,28 +154,16 @@ impl SttPools {
         if let Some(p) = pools.get(&key) {
             return Ok(p.clone());
         }
-        if pools.len() >= self.max {
-            return Err(SttPoolError::Full(pools.len()));
+        let configured = self
+            .configured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        let on_demand = pools.len().saturating_sub(configured);
+        if on_demand >= self.max {
+            return Err(SttPoolError::Full(on_demand));
         }
-        let factory = self.factory.for_combination(
-            combination.mode,
-            &combination.language,
-            combination.format,
-        )?;
-        let config = PoolConfig {
-            name: format!(
-                "{}:{}:{}:{}",
-                self.template.name,
-                combination.mode.as_str(),
-                key.1,
-                combination.format.as_str()
-            ),
-            warm_target: self.template.warm_target.min(1),
-            ..self.template.clone()
-        };
-        let pool = Pool::builder(RecognizerManager::from_arc(factory))
-            .config(config)
-            .build()?;
+        let pool = self.build(combination, self.template.warm_target.min(1))?;
         pools.insert(key, pool.clone());
         Ok(pool)
     }

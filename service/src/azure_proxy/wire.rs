@@ -1,8 +1,10 @@
 //! Just enough of the protocol's framing to route a client's messages: the `Path` and
-//! `X-RequestId` headers of text and binary messages. Bodies and payloads are never
-//! parsed or changed; they go upstream byte for byte.
+//! `X-RequestId` headers of text and binary messages, read with speech-core's codec
+//! ([`speech_core::wire`]). For a relayed turn bodies and payloads are never parsed or
+//! changed; they go upstream byte for byte.
 
 use bytes::Bytes;
+use speech_core::wire::{self, Headers};
 
 /// The routing facts of one client message.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -14,42 +16,29 @@ pub struct Route {
     pub request_id: Option<String>,
 }
 
-fn route_of(block: &str) -> Route {
-    let mut route = Route::default();
-    for line in block.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let name = name.trim();
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("path") {
-            route.path = value.to_ascii_lowercase();
-        } else if name.eq_ignore_ascii_case("x-requestid") && !value.is_empty() {
-            route.request_id = Some(value.to_ascii_uppercase());
+impl Route {
+    fn of(headers: &Headers) -> Self {
+        Self {
+            path: headers.path().unwrap_or_default().to_ascii_lowercase(),
+            request_id: headers
+                .request_id()
+                .filter(|r| !r.is_empty())
+                .map(str::to_ascii_uppercase),
         }
     }
-    route
 }
 
 /// Routing facts of a text message: headers up to the first blank line.
 pub fn text_route(text: &str) -> Route {
-    let block = match text.find("\r\n\r\n") {
-        Some(i) => &text[..i],
-        None => text.split("\n\n").next().unwrap_or(text),
-    };
-    route_of(block)
+    Route::of(&wire::parse_text(text).headers)
 }
 
 /// Routing facts of a binary message (`[u16 BE header length][headers][payload]`), or
 /// `None` when the frame is too short for its declared header block.
 pub fn binary_route(data: &Bytes) -> Option<Route> {
-    if data.len() < 2 {
-        return None;
-    }
-    let len = usize::from(u16::from_be_bytes([data[0], data[1]]));
-    let block = data.get(2..2 + len)?;
-    Some(route_of(&String::from_utf8_lossy(block)))
+    wire::parse_binary(data.clone())
+        .ok()
+        .map(|m| Route::of(&m.headers))
 }
 
 #[cfg(test)]

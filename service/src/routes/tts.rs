@@ -164,8 +164,23 @@ pub async fn tts(
     let started = Instant::now();
     let (request, session) = build_request(&state, &body)?;
     let session = session_header.reconcile(session, "the body's session_id")?;
-    let client = client_id(&state, &peer);
-    check_session_cap(&state, &client, session.as_deref())?;
+    serve_turn(&state, &peer, request, session, started).await
+}
+
+/// Runs a validated synthesis turn from the TTS pool and answers with its audio as a
+/// chunked stream: the common part of `POST /api/v1/tts` and Azure's REST synthesis
+/// (`POST /cognitiveservices/v1`, `azure_proxy::rest`), so both have the same tiers,
+/// session affinity, retry before audio, barge-in, metrics and headers. `started` is when
+/// the request arrived (time to first audio counts from it).
+pub(crate) async fn serve_turn(
+    state: &AppState,
+    peer: &Peer,
+    request: SynthesisRequest,
+    session: Option<String>,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let client = client_id(state, peer);
+    check_session_cap(state, &client, session.as_deref())?;
     let format = request.format;
 
     let mut waited = Duration::ZERO;
@@ -174,10 +189,10 @@ pub async fn tts(
     let turn = loop {
         // Kept for a retry; the text is at most 64 KB, cheap next to a network turn.
         let mut retry = attempt.clone();
-        match start_turn(&state, attempt, session.as_deref(), &mut waited).await {
+        match start_turn(state, attempt, session.as_deref(), &mut waited).await {
             Ok(turn) => break turn,
             Err(TurnFailure::Upstream(e)) if !retried && retry_before_audio(e.class()) => {
-                record_failure(&state, &e);
+                record_failure(state, &e);
                 tracing::info!(
                     request_id = %retry.request_id,
                     session = session.as_deref(),
@@ -188,7 +203,7 @@ pub async fn tts(
                 retried = true;
                 attempt = retry;
             }
-            Err(failure) => return Err(failure.into_api_error(&state)),
+            Err(failure) => return Err(failure.into_api_error(state)),
         }
     };
     state

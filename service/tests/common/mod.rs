@@ -1,6 +1,9 @@
 //! Shared helpers for the service's integration tests.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod azure;
+pub mod sdk;
+
 use std::sync::Arc;
 
 use axum::body::Body;

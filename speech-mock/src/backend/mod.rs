@@ -7,6 +7,7 @@
 //!   [`mock_tts_manager`] and [`mock_stt_manager`] do both in one call.
 //! - [`MockConfig`] sets latencies (create, warm, per turn, per chunk) and faults (fail
 //!   every Nth create or warm, not ready after N uses or an age, drop mid-stream).
+//! - [`MOCK_VOICES`]: the voices list the synthesizer factory answers, in Azure's schema.
 //! - [`MockCounters`] count created, closed and open connections, warm-ups and turns, so
 //!   tests can prove nothing leaks: after a pool shuts down, `created == closed`.
 //!
@@ -36,7 +37,7 @@ mod tts;
 pub use config::MockConfig;
 pub use counters::{MockCounters, MockCountersSnapshot};
 pub use stt::{MockRecognizer, MockRecognizerFactory};
-pub use tts::{MockSynthesizer, MockSynthesizerFactory};
+pub use tts::{MOCK_VOICES, MockSynthesizer, MockSynthesizerFactory};
 
 /// A TTS pool manager backed by the mock, and the counters of every connection it creates.
 ///

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use speech_core::{
-    Connection, RECOGNITION_BYTES_PER_SECOND, RecognitionEvent, RecognitionRequest, Recognizer,
-    RecognizerFactory, RecognizerManager, SpeechError, pcm16k_bytes_to_ticks, phrase_status,
+    Connection, RECOGNITION_BYTES_PER_SECOND, RecognitionEvent, RecognitionFormat, RecognitionMode,
+    RecognitionRequest, Recognizer, RecognizerFactory, RecognizerManager, SpeechError,
+    pcm16k_bytes_to_ticks, phrase_status,
 };
 use tokio::sync::mpsc;
 
@@ -61,6 +62,23 @@ impl MockRecognizerFactory {
 impl RecognizerFactory for MockRecognizerFactory {
     async fn create(&self) -> Result<Box<dyn Recognizer>, SpeechError> {
         Ok(Box::new(self.connect().await?))
+    }
+
+    /// The mock's output does not depend on mode, language or format, so every
+    /// combination is served by a clone of this factory (same configuration, counters,
+    /// fault sequence and transcript position). A malformed language tag is refused as
+    /// Azure refuses it (a bad request).
+    fn for_combination(
+        &self,
+        mode: RecognitionMode,
+        language: &str,
+        format: RecognitionFormat,
+    ) -> Result<Arc<dyn RecognizerFactory>, SpeechError> {
+        let mut probe = RecognitionRequest::new(language);
+        probe.mode = mode;
+        probe.format = format;
+        probe.validate()?;
+        Ok(Arc::new(self.clone()))
     }
 }
 

@@ -62,7 +62,18 @@ impl SynthesizerFactory for MockSynthesizerFactory {
     async fn create(&self) -> Result<Box<dyn Synthesizer>, SpeechError> {
         Ok(Box::new(self.connect().await?))
     }
+
+    /// [`MOCK_VOICES`], after the create latency (the list is a request to the service).
+    async fn voices(&self) -> Result<bytes::Bytes, SpeechError> {
+        tokio::time::sleep(self.shared.config.create_latency).await;
+        Ok(bytes::Bytes::from_static(MOCK_VOICES.as_bytes()))
+    }
 }
+
+/// The mock's voices list, in Azure's `voices/list` schema. The mock speaks any
+/// well-formed voice name; these are the ones it lists (the service's default voice
+/// first).
+pub const MOCK_VOICES: &str = r#"[{"Name":"Microsoft Server Speech Text to Speech Voice (en-US, AvaMultilingualNeural)","DisplayName":"Ava Multilingual","LocalName":"Ava Multilingual","ShortName":"en-US-AvaMultilingualNeural","Gender":"Female","Locale":"en-US","LocaleName":"English (United States)","SampleRateHertz":"24000","VoiceType":"Neural","Status":"GA","WordsPerMinute":"150"},{"Name":"Microsoft Server Speech Text to Speech Voice (en-US, AndrewMultilingualNeural)","DisplayName":"Andrew Multilingual","LocalName":"Andrew Multilingual","ShortName":"en-US-AndrewMultilingualNeural","Gender":"Male","Locale":"en-US","LocaleName":"English (United States)","SampleRateHertz":"24000","VoiceType":"Neural","Status":"GA","WordsPerMinute":"150"},{"Name":"Microsoft Server Speech Text to Speech Voice (en-US, JennyNeural)","DisplayName":"Jenny","LocalName":"Jenny","ShortName":"en-US-JennyNeural","Gender":"Female","Locale":"en-US","LocaleName":"English (United States)","StyleList":["assistant","chat","cheerful"],"SampleRateHertz":"24000","VoiceType":"Neural","Status":"GA","WordsPerMinute":"152"},{"Name":"Microsoft Server Speech Text to Speech Voice (de-DE, KatjaNeural)","DisplayName":"Katja","LocalName":"Katja","ShortName":"de-DE-KatjaNeural","Gender":"Female","Locale":"de-DE","LocaleName":"German (Germany)","SampleRateHertz":"24000","VoiceType":"Neural","Status":"GA","WordsPerMinute":"125"},{"Name":"Microsoft Server Speech Text to Speech Voice (fr-FR, DeniseNeural)","DisplayName":"Denise","LocalName":"Denise","ShortName":"fr-FR-DeniseNeural","Gender":"Female","Locale":"fr-FR","LocaleName":"French (France)","SampleRateHertz":"24000","VoiceType":"Neural","Status":"GA","WordsPerMinute":"130"}]"#;
 
 /// A deterministic in-process synthesizer connection.
 ///

@@ -1,4 +1,6 @@
-//! The Azure Speech websocket message codec (docs/protocol.md#message-framing).
+//! The Azure Speech websocket message codec (docs/protocol.md#message-framing), shared by
+//! every crate that speaks the protocol: speech-azure as a client, the service as the
+//! server an official SDK talks to.
 //!
 //! Text messages are a header block, a blank line and a body; binary messages are a
 //! big-endian `u16` header length, the header block and a payload. Parsing is lenient
@@ -223,7 +225,7 @@ pub fn write_binary(headers: &Headers, payload: &[u8]) -> Result<Vec<u8>, FrameE
 /// `X-Timestamp` value: ISO-8601 UTC with milliseconds, as the JS SDK writes
 /// (`2026-07-13T15:52:35.123Z`).
 pub fn timestamp(now: SystemTime) -> String {
-    speech_core::rfc3339_millis(now)
+    crate::time::rfc3339_millis(now)
 }
 
 #[cfg(test)]
