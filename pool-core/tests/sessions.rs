@@ -367,3 +367,45 @@ async fn release_for_session_waits_for_the_current_user() {
     let g = pool.acquire().await.unwrap();
     assert_eq!((g.id, g.tier()), (id, Tier::Warm));
 }
+
+/// Ids are compared byte for byte whatever their length: short ones are stored inline in
+/// the session's slot and long ones on the heap, and ids that differ only past the inline
+/// length, or share a prefix, or are not ASCII, are still different sessions.
+#[tokio::test(start_paused = true)]
+async fn ids_of_every_length_are_distinct_sessions() {
+    let fake = FakeManager::new();
+    let pool = session_pool(&fake, 0);
+    let long = "c".repeat(300);
+    let ids = [
+        "a".to_owned(),
+        "550e8400-e29b-41d4-a716-446655440000".to_owned(),
+        "x".repeat(46),
+        "x".repeat(47),
+        "x".repeat(45),
+        format!("{long}-1"),
+        format!("{long}-2"),
+        "appel-über-café-☎".to_owned(),
+    ];
+    let mut bound = Vec::new();
+    for id in &ids {
+        let first = pool.acquire_for_session(id).await.unwrap();
+        assert_ne!(first.tier(), Tier::Dedicated, "{id:?} is a new session");
+        bound.push(first.id);
+    }
+    assert_eq!(
+        bound.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "each id bound its own resource"
+    );
+    assert_eq!(pool.snapshot().active_sessions, ids.len());
+    for (id, resource) in ids.iter().zip(&bound) {
+        let again = pool.acquire_for_session(id).await.unwrap();
+        assert_eq!(again.tier(), Tier::Dedicated, "{id:?}");
+        assert_eq!(again.id, *resource, "{id:?} got its own resource back");
+    }
+    for id in &ids {
+        assert!(pool.release_for_session(id).await, "{id:?} was live");
+        assert!(!pool.release_for_session(id).await, "{id:?} is gone");
+    }
+    assert_eq!(pool.snapshot().active_sessions, 0);
+}
