@@ -509,7 +509,9 @@ impl<M: Manager> Inner<M> {
         };
         if let Some((mut entry, permit)) = parked {
             let reset_ok = self.manager.reset(&mut entry.resource).await.is_ok();
-            let ready = reset_ok && self.manager.is_ready(&entry.resource);
+            // `usable`, like every other return path: a resource past `max_age` is closed
+            // here, not handed to a waiter (`place` does not look at its age).
+            let ready = reset_ok && self.usable(&entry);
             let mut st = self.lock();
             st.counts.undedicate(permit);
             self.give_back(st, entry, ready);

@@ -166,6 +166,62 @@ async fn a_session_resource_past_max_age_is_replaced() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_session_resource_past_max_age_is_closed_when_the_session_is_released() {
+    // Releasing a session gives its resource back like any return: one past max_age is
+    // closed, never parked in the idle set or handed to a caller waiting at that moment.
+    let fake = FakeManager::new();
+    let pool = Pool::builder(fake.clone())
+        .warm_target(1)
+        .session_awareness(true)
+        .max_age(Some(secs(60)))
+        .build()
+        .unwrap();
+    let g = pool.acquire_for_session("s").await.unwrap();
+    let id = g.id;
+    drop(g);
+    tokio::time::sleep(secs(61)).await;
+    assert!(pool.release_for_session("s").await);
+    let s = assert_no_leak(&pool, &fake).await;
+    assert_eq!(fake.closed_ids(), vec![id]);
+    assert_eq!(s.warm_pool_size, 0, "{s:#?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_when_an_expired_session_is_released_gets_a_fresh_resource() {
+    // The pool is full (max_size 1): a plain acquire waits. Releasing the session whose
+    // resource outlived max_age must close that resource and let the waiter create one
+    // (COLD), not hand the expired one over as WARM.
+    let fake = FakeManager::new();
+    let pool = Pool::builder(fake.clone())
+        .max_size(1)
+        .session_awareness(true)
+        .max_age(Some(secs(60)))
+        .build()
+        .unwrap();
+    let g = pool.acquire_for_session("s").await.unwrap();
+    let id = g.id;
+    drop(g);
+    tokio::time::sleep(secs(61)).await;
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await })
+    };
+    common::settle().await;
+    assert!(pool.release_for_session("s").await);
+    let g = waiter.await.unwrap().unwrap();
+    assert_ne!(
+        g.id,
+        id,
+        "the expired resource was handed over as {}",
+        g.tier()
+    );
+    assert_eq!(g.tier(), Tier::Cold);
+    assert_eq!(fake.closed_ids(), vec![id]);
+    drop(g);
+    assert_no_leak(&pool, &fake).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_idle_resource_past_max_age_is_never_handed_out() {
     // Without the maintainer nothing refreshes the idle set, but a resource older than
     // max_age must still not be handed out: it is closed and replaced.

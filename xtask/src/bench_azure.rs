@@ -9,8 +9,9 @@
 //!
 //! Here each of the 64 workers is a client of the service and each turn is one
 //! `POST /api/v1/tts` without a session id, so each turn takes a connection from the pool:
-//! - **cold**: the service with `WARM_POOL_ENABLED=false`, so every turn connects (TCP, TLS,
-//!   websocket upgrade, `speech.config`) before it can speak;
+//! - **cold**: the service with `WARM_POOL_ENABLED=false` and a 1 ms `POOL_MAX_AGE`, so no
+//!   connection is kept or handed on and every turn connects (TCP, TLS, websocket upgrade,
+//!   `speech.config`) before it can speak, as a service without a pool does;
 //! - **warm**: the service with a warm target of 64 per pool, prepared before timing, so
 //!   every turn gets a connected socket.
 //!
@@ -18,14 +19,15 @@
 //! (so it takes a connection from the warm set, not a session's), one second of audio sent
 //! at once, timed from opening the stream to the first recognition result; turn 0 left
 //! out. Every timed turn's tier is checked: a sample served by the other tier is counted,
-//! printed and left out; a case left with no sample fails the run. Known gap: the cold STT
-//! case is served WARM (the 1 ms `POOL_MAX_AGE` that makes TTS turns cold does not reach
-//! the STT path), so `--emulator` fails there; not in the test suite for that reason.
+//! printed and left out; a case left with no sample fails the run. That every cold turn
+//! really connected is checked twice: the service's pool must have created a connection
+//! and counted a COLD hand-out for each turn, and against the emulator the emulator must
+//! have accepted a websocket for each.
 //!
 //! With `AZURE_SPEECH_KEY` and `AZURE_SPEECH_REGION` (or `AZURE_SPEECH_ENDPOINT`) set it
 //! runs against Azure; without them it says so and exits 0. `--emulator` runs the same
-//! against the local emulator over TLS at a simulated round trip, which is how the test
-//! suite keeps the command working.
+//! against the local emulator over TLS at a simulated round trip; the test suite runs it
+//! that way, smaller (`a_small_emulator_run_meets_every_check`), so the command cannot rot.
 
 use std::time::{Duration, Instant};
 
@@ -162,7 +164,7 @@ fn config(target: &Target, warm: bool, concurrency: usize) -> Config {
     c
 }
 
-/// Latencies of one case, milliseconds.
+/// Latencies of one case, milliseconds, and what the turns cost in connections.
 #[derive(Debug, Default)]
 struct Samples {
     first: Vec<f64>,
@@ -170,6 +172,23 @@ struct Samples {
     /// Timed turns served by the other tier than the case's.
     wrong_tier: u64,
     errors: u64,
+    /// Turns run, turn 0 included.
+    turns: u64,
+    /// Connections the service's pool created while the turns ran (its `created_total`).
+    connects: u64,
+    /// Hand-outs the pool counted COLD while the turns ran.
+    cold_hand_outs: u64,
+    /// Websockets the emulator accepted while the turns ran (TTS and STT alike; with the
+    /// warm pools on, their background refills too). `None` against Azure.
+    emulator_opened: Option<u64>,
+}
+
+/// Websockets the emulator has accepted so far; `None` against Azure.
+fn emulator_opened(target: &Target) -> Option<u64> {
+    match target {
+        Target::Emulator(emulator, _) => Some(emulator.counters().connections_opened),
+        Target::Azure { .. } => None,
+    }
 }
 
 async fn run_async(args: &Args, target: &Target) -> anyhow::Result<()> {
@@ -201,8 +220,21 @@ async fn run_async(args: &Args, target: &Target) -> anyhow::Result<()> {
             .context("serving on 127.0.0.1")?;
         let client = Client::new(&format!("http://{}", served.addr()), None, REQUEST_BOUND)?;
         let tier = if warm { "warm" } else { "cold" };
-        let tts = workers(args, &client, tier, Kind::Tts).await;
-        let stt = workers(args, &client, tier, Kind::Stt).await;
+        let mut tts = Samples::default();
+        let mut stt = Samples::default();
+        for (kind, samples) in [(Kind::Tts, &mut tts), (Kind::Stt, &mut stt)] {
+            let pool = || match kind {
+                Kind::Tts => state.pools().tts.snapshot(),
+                Kind::Stt => state.pools().stt.snapshot(),
+            };
+            let (pool_before, emulator_before) = (pool(), emulator_opened(target));
+            *samples = workers(args, &client, tier, kind).await;
+            let (pool_after, emulator_after) = (pool(), emulator_opened(target));
+            samples.turns = (args.concurrency * args.turns) as u64;
+            samples.connects = pool_after.created_total - pool_before.created_total;
+            samples.cold_hand_outs = pool_after.allocations_cold - pool_before.allocations_cold;
+            samples.emulator_opened = emulator_before.zip(emulator_after).map(|(b, a)| a - b);
+        }
         served
             .stop(Duration::from_secs(30))
             .await
@@ -243,6 +275,29 @@ async fn run_async(args: &Args, target: &Target) -> anyhow::Result<()> {
             if s.first.is_empty() {
                 failures.push(format!("{tier} {kind}: no turn was served {tier}"));
             }
+            let emulator = s.emulator_opened.map_or_else(String::new, |n| {
+                format!("; the emulator accepted {n} websockets")
+            });
+            println!(
+                "{tier} {kind}: {} turns; the pool created {} connections and handed out {} COLD{emulator}",
+                s.turns, s.connects, s.cold_hand_outs
+            );
+            // The cold case means every turn connects: checked on the service's own count
+            // and, against the emulator, on the server's.
+            if *tier == "cold" && s.errors == 0 {
+                if s.connects < s.turns || s.cold_hand_outs < s.turns {
+                    failures.push(format!(
+                        "cold {kind}: {} turns but {} connections created and {} COLD hand-outs",
+                        s.turns, s.connects, s.cold_hand_outs
+                    ));
+                }
+                if s.emulator_opened.is_some_and(|n| n < s.turns) {
+                    failures.push(format!(
+                        "cold {kind}: {} turns but the emulator accepted {:?} websockets",
+                        s.turns, s.emulator_opened
+                    ));
+                }
+            }
         }
     }
     println!();
@@ -255,6 +310,12 @@ async fn run_async(args: &Args, target: &Target) -> anyhow::Result<()> {
             println!("bench.azure.{tier}.{what}_avg_ms: {:.1}", avg(v));
             println!("bench.azure.{tier}.{what}_p90_ms: {:.1}", pct(v, 90));
             println!("bench.azure.{tier}.{what}_p95_ms: {:.1}", pct(v, 95));
+        }
+        for (kind, s) in [("tts", tts), ("stt", stt)] {
+            println!(
+                "bench.azure.{tier}.{kind}_connects_per_turn: {:.2}",
+                s.connects as f64 / s.turns.max(1) as f64
+            );
         }
     }
     if let [(_, cold_tts, cold_stt), (_, warm_tts, warm_stt)] = rows.as_slice() {
@@ -365,6 +426,20 @@ fn pct(v: &[f64], p: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The command as `cargo xtask bench azure --emulator` runs it, with 8 workers instead
+    /// of 64: every turn served, every timed turn in its case's tier, every cold turn a new
+    /// connection by the pool's count and the emulator's (`run` fails otherwise).
+    #[test]
+    fn a_small_emulator_run_meets_every_check() {
+        let args = Args {
+            emulator: true,
+            rtt_ms: 20,
+            concurrency: 8,
+            turns: 3,
+        };
+        run(&args).expect("bench azure --emulator met every check");
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// The request header a load balancer hashes on for per-call affinity (HAProxy's
-/// `balance hdr(X-Session-Id)` in `deploy/haproxy.cfg`, Envoy's consistent hash): sent on
+/// The request header a load balancer routes on for per-call affinity (HAProxy's stick
+/// table and `balance hdr(X-Session-Id)` in `deploy/haproxy.cfg`, Envoy's consistent hash): sent on
 /// every request of a call, so each of its turns and its final DELETE reach one replica.
 pub(crate) use service::SESSION_HEADER;
 /// The response header `deploy/haproxy.cfg` adds: the name of the replica that served the

@@ -19,16 +19,22 @@
 //! 1. **single**: one replica, no load balancer: the DEDICATED share to match;
 //! 2. **cluster**: N replicas behind HAProxy: per replica and overall calls, turns, tier
 //!    shares, errors, cold share;
-//! 3. **rolling restart**: one replica at a time is put in DRAIN through the admin socket,
-//!    sent SIGTERM, started again, and put back once its `/readyz` answers 200 and
-//!    HAProxy's own check agrees; then the next;
+//! 3. **rolling restart**: one replica at a time is put in DRAIN then MAINT through the
+//!    admin socket, sent SIGTERM, started again, put back once its `/readyz` answers 200,
+//!    and counted back in once HAProxy's own check agrees; then the next;
 //! 4. **scale-out**: a replica N+1 joins with weight 0 while it warms and gets its weight
 //!    once ready.
 //!
 //! A call "remapped" by a step is one whose consecutive TTS turns straddle the step's
-//! window and were served by different replicas. Such a call continues where HAProxy sends
+//! window and were served by different replicas, or by the restarted replica's old and new
+//! process (the same name, but its connection there is gone); a call that moves away and
+//! back counts once, and is reported apart. Such a call continues where HAProxy sends
 //! it; its first turn there must not fail (it is WARM, or COLD if that replica's warm set
-//! happens to be empty). An STT stream is a websocket pinned to its replica: when that
+//! happens to be empty). With `deploy/haproxy.cfg`'s stick table a call moves only when its
+//! replica stops serving it (in MAINT, or answering 503 while it drains, HAProxy sends the
+//! request elsewhere and the call then stays there), never back when the replica returns,
+//! and not at all at scale-out: the new replica takes new calls only. A restarted replica,
+//! like the joining one, must serve no turn before its `/readyz` answered 200. An STT stream is a websocket pinned to its replica: when that
 //! replica drains it closes the stream between turns, and the caller opens a new one
 //! (through HAProxy, so on another replica) and says the turn again; those reconnects are
 //! counted and reported, not hidden.
@@ -217,7 +223,22 @@ fn service_binary() -> anyhow::Result<PathBuf> {
         .collect();
     let release = !cfg!(debug_assertions);
     let mut build = crate::cargo();
-    build.args(["build", "--quiet", "-p", "service", "--bin", "speech-pool"]);
+    // With xtask selected too, so that cargo resolves features exactly as for
+    // `cargo build --release -p xtask -p service` (xtask turns on the service's
+    // `test-support` and more tokio features): after that build this one is a no-op. With
+    // `-p service` alone cargo would build a second variant of the service and of every
+    // crate it shares with xtask, minutes on a small machine, on the first run after each
+    // change.
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        "xtask",
+        "-p",
+        "service",
+        "--bin",
+        "speech-pool",
+    ]);
     if release {
         build.arg("--release");
     }
@@ -675,13 +696,20 @@ fn label(replica: &str) -> String {
     }
 }
 
-/// Calls moved by a step in `[from, to]`: among calls with consecutive TTS turns whose
-/// interval overlaps the window, those whose replica changed between such turns; plus
-/// the tiers of the first turn after each move.
+/// Calls moved by a step in `[from, to]`. A call is live across the step when two of its
+/// consecutive TTS turns (each a routing decision) enclose part of the window; it moved when
+/// such a pair was served by different replicas, or by the restarted replica before its
+/// process exited and after the new one started (same name, but the connection the call
+/// held there is gone). Also: calls that moved more than once (away and back), the calls
+/// in progress when the step began (a TTS turn before `from` and one after) and how many of
+/// those moved, and the tier of the first turn after each move.
 #[derive(Debug, Default, Clone)]
 struct Remap {
     live: u64,
     moved: u64,
+    moved_twice: u64,
+    in_progress: u64,
+    in_progress_moved: u64,
     moved_turn_tiers: BTreeMap<String, u64>,
 }
 
@@ -693,26 +721,56 @@ impl Remap {
             self.moved as f64 / self.live as f64
         }
     }
+
+    fn in_progress_fraction(&self) -> f64 {
+        if self.in_progress == 0 {
+            0.0
+        } else {
+            self.in_progress_moved as f64 / self.in_progress as f64
+        }
+    }
 }
 
-fn remap(calls: &[CallRecord], from: Instant, to: Instant) -> Remap {
+/// A replica's process restart: its name, when the old process had exited, when the new
+/// one was started.
+#[derive(Debug, Clone)]
+struct Restart {
+    name: String,
+    exited: Instant,
+    started: Instant,
+    /// When the new process's `/readyz` first answered 200.
+    ready: Instant,
+}
+
+fn remap(calls: &[CallRecord], from: Instant, to: Instant, restart: Option<&Restart>) -> Remap {
     let mut out = Remap::default();
     for c in calls {
         let tts: Vec<&TurnRecord> = c.turns.iter().filter(|t| t.tts).collect();
         let mut live = false;
-        let mut moved = false;
+        let mut in_progress = false;
+        let mut moves = 0u64;
         for pair in tts.windows(2) {
             let (a, b) = (pair[0], pair[1]);
             if a.at <= to && b.at >= from {
                 live = true;
-                if a.replica != b.replica {
-                    moved = true;
+                in_progress |= a.at < from;
+                let restarted_under = restart.is_some_and(|r| {
+                    a.replica == r.name
+                        && b.replica == r.name
+                        && a.at < r.exited
+                        && b.at > r.started
+                });
+                if a.replica != b.replica || restarted_under {
+                    moves += 1;
                     *out.moved_turn_tiers.entry(b.tier.clone()).or_default() += 1;
                 }
             }
         }
         out.live += u64::from(live);
-        out.moved += u64::from(moved);
+        out.moved += u64::from(moves > 0);
+        out.moved_twice += u64::from(moves > 1);
+        out.in_progress += u64::from(in_progress);
+        out.in_progress_moved += u64::from(in_progress && moves > 0);
     }
     out
 }
@@ -727,6 +785,8 @@ struct Outcome {
     restart_failed_calls: u64,
     restart_steps: Vec<(String, Remap, Duration)>,
     restart_reconnects: u64,
+    /// Turns a restarted replica's new process served before its `/readyz` answered 200.
+    restart_turns_before_ready: u64,
     restart: Tiers,
     scale_failed_calls: u64,
     scale: Remap,
@@ -770,17 +830,23 @@ impl Outcome {
         );
         for (name, r, took) in &self.restart_steps {
             println!(
-                "  {name}: drained, SIGTERM, back and ready in {:.1} s; {} of {} live calls moved ({:.1} %); first turns after a move: {:?}",
+                "  {name}: drained, SIGTERM, back and ready in {:.1} s; {} of {} live calls moved ({:.1} %; {} of them twice); \
+                 of the {} in progress when the step began, {} moved ({:.1} %); first turns after a move: {:?}",
                 took.as_secs_f64(),
                 r.moved,
                 r.live,
                 r.fraction() * 100.0,
+                r.moved_twice,
+                r.in_progress,
+                r.in_progress_moved,
+                r.in_progress_fraction() * 100.0,
                 r.moved_turn_tiers
             );
         }
         println!(
-            "  STT streams reopened after their replica ended them: {}",
-            self.restart_reconnects
+            "  STT streams reopened after their replica ended them: {}; turns served by a \
+             restarted replica before it was ready: {}",
+            self.restart_reconnects, self.restart_turns_before_ready
         );
         println!(
             "-- scale-out: {} of {} live calls moved ({:.1} %); first turns after a move: {:?}; \
@@ -806,6 +872,10 @@ impl Outcome {
         println!(
             "cluster.rolling_restart.remapped_fraction_max: {:.3}",
             self.restart_max()
+        );
+        println!(
+            "cluster.rolling_restart.turns_before_ready: {}",
+            self.restart_turns_before_ready
         );
         println!(
             "cluster.scale_out.failed_calls: {}",
@@ -850,6 +920,12 @@ impl Outcome {
                 "a restart step moved {:.1} % of live calls (goal <= {:.1} %)",
                 self.restart_max() * 100.0,
                 restart_goal * 100.0
+            ));
+        }
+        if self.restart_turns_before_ready > 0 {
+            missed.push(format!(
+                "restarted replicas served {} turns before they were ready",
+                self.restart_turns_before_ready
             ));
         }
         if self.scale_failed_calls > 0 {
@@ -982,21 +1058,34 @@ async fn phases(
     let mut windows = Vec::new();
     for r in &mut replicas {
         let from = Instant::now();
+        // As deploy/haproxy.cfg tells an operator: DRAIN (no new calls; an operator may
+        // wait here for calls to end, this measures the worst case and does not), MAINT
+        // (its calls' next requests go elsewhere, what is open on it finishes), SIGTERM.
+        // In MAINT the restarted process takes nothing, not even its old calls' requests,
+        // until it is ready and put back.
         lb.command(&format!("set server {BACKEND}/{} state drain", r.name))
             .await?;
+        lb.command(&format!("set server {BACKEND}/{} state maint", r.name))
+            .await?;
         r.terminate().await?;
+        let exited = Instant::now();
         r.start(binary, warm, dir)?;
-        r.wait_ready(&http).await?;
-        lb.wait_server(&r.name, true).await?;
+        let restart = Restart {
+            name: r.name.clone(),
+            exited,
+            started: Instant::now(),
+            ready: r.wait_ready(&http).await?,
+        };
         lb.command(&format!("set server {BACKEND}/{} state ready", r.name))
             .await?;
+        lb.wait_server(&r.name, true).await?;
         let to = Instant::now();
         eprintln!(
             "cluster: {} restarted in {:.1} s",
             r.name,
             (to - from).as_secs_f64()
         );
-        windows.push((r.name.clone(), from, to));
+        windows.push((restart, from, to));
         tokio::time::sleep(settle(plan)).await;
     }
     stop.cancel();
@@ -1009,9 +1098,22 @@ async fn phases(
             .load(Ordering::Relaxed)
             .saturating_sub(calls.iter().map(|c| c.errors).sum());
     out.restart_reconnects = calls.iter().map(|c| c.reconnects).sum();
+    out.restart_turns_before_ready = windows
+        .iter()
+        .map(|(r, _, _)| {
+            calls
+                .iter()
+                .flat_map(|c| &c.turns)
+                .filter(|t| t.replica == r.name && t.at > r.started && t.at < r.ready)
+                .count() as u64
+        })
+        .sum();
     out.restart_steps = windows
         .into_iter()
-        .map(|(name, from, to)| (name, remap(&calls, from, to), to - from))
+        .map(|(restart, from, to)| {
+            let moved = remap(&calls, from, to, Some(&restart));
+            (restart.name, moved, to - from)
+        })
         .collect();
 
     // 4. Scale-out N -> N+1 under load.
@@ -1050,7 +1152,7 @@ async fn phases(
             .errors
             .load(Ordering::Relaxed)
             .saturating_sub(calls.iter().map(|c| c.errors).sum());
-    out.scale = remap(&calls, joined_at, joined_at);
+    out.scale = remap(&calls, joined_at, joined_at, None);
     out.scale_reconnects = calls.iter().map(|c| c.reconnects).sum();
     let joined: Vec<&TurnRecord> = calls
         .iter()
@@ -1132,10 +1234,50 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let r = remap(&calls, t0 + s, t0 + 2 * s);
+        let r = remap(&calls, t0 + s, t0 + 2 * s, None);
         assert_eq!((r.live, r.moved), (2, 1));
         assert_eq!(r.moved_turn_tiers.get("warm"), Some(&1));
         assert!((r.fraction() - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn remap_counts_a_move_back_once_and_a_restart_under_the_call_as_a_move() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let restart = Restart {
+            name: "r1".to_owned(),
+            exited: t0 + 2 * s,
+            started: t0 + 3 * s,
+            ready: t0 + 3 * s,
+        };
+        let calls = vec![
+            // Away while r1 restarts, then back: one call, moved twice.
+            CallRecord {
+                turns: vec![
+                    turn(t0, "r1", "dedicated"),
+                    turn(t0 + 2 * s, "r2", "warm"),
+                    turn(t0 + 5 * s, "r1", "warm"),
+                ],
+                ..Default::default()
+            },
+            // Stayed on r1 by name, but its process restarted between the turns.
+            CallRecord {
+                turns: vec![turn(t0, "r1", "dedicated"), turn(t0 + 4 * s, "r1", "warm")],
+                ..Default::default()
+            },
+            // Started during the step on r3 and stayed there.
+            CallRecord {
+                turns: vec![
+                    turn(t0 + 2 * s, "r3", "warm"),
+                    turn(t0 + 3 * s, "r3", "dedicated"),
+                ],
+                ..Default::default()
+            },
+        ];
+        let r = remap(&calls, t0 + s, t0 + 4 * s, Some(&restart));
+        assert_eq!((r.live, r.moved, r.moved_twice), (3, 2, 1));
+        assert_eq!((r.in_progress, r.in_progress_moved), (2, 2));
+        assert_eq!(r.moved_turn_tiers.get("warm"), Some(&3));
     }
 
     /// The whole command, small: 3 replicas and HAProxy, a rolling restart and a
@@ -1170,6 +1312,7 @@ mod tests {
         assert_eq!(out.restart_failed_calls, 0);
         assert_eq!(out.scale_failed_calls, 0);
         assert_eq!(out.scale_turns_before_ready, 0);
+        assert_eq!(out.restart_turns_before_ready, 0);
         assert!(
             out.scale_joined_turns > 0,
             "the new replica took no traffic"

@@ -141,8 +141,11 @@ enum BenchTarget {
     ///
     /// Runs against Azure when AZURE_SPEECH_KEY and AZURE_SPEECH_REGION (or
     /// AZURE_SPEECH_ENDPOINT) are set; without them says so and exits 0. `--emulator` runs
-    /// the same against the local emulator. Exits non-zero on a failed turn or a timed turn
-    /// served by the other tier. Prints `bench.azure.<tier>.<what>_<stat>_ms` lines.
+    /// the same against the local emulator. Timed turns served by the other tier are left
+    /// out and counted. Exits non-zero on a failed turn, a case with no turn in its tier, or
+    /// a cold turn that opened no connection (by the pool's count and, against the
+    /// emulator, the emulator's). Prints `bench.azure.<tier>.<what>_<stat>_ms` and
+    /// `bench.azure.<tier>.<kind>_connects_per_turn` lines.
     Azure(bench_azure::Args),
 }
 
