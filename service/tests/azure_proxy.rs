@@ -3,82 +3,33 @@
 //! being the emulator over TLS: ids, stream ids and message order as the SDK expects them,
 //! the tiers of each turn, the service key, and upstream failures as the SDK sees them.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 mod common;
 
+use common::azure::{UPSTREAM_KEY, Upstream};
 use common::sdk::{
     Got, HANG, Ws, binary, check_tts_turn, connect, recognize, speak, until_turn_end,
 };
 use futures_util::SinkExt;
-use service::config::BackendChoice;
 use service::secret::Secret;
-use service::test_support::{LoopbackServer, client, install_crypto_provider};
-use service::{AppState, Config, build_state};
-use speech_emulator::{
-    Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target, TurnPoint,
-};
+use service::test_support::client;
+use speech_emulator::{EmulatorConfig, Fault, FaultRule, Target, TurnPoint};
 
-const UPSTREAM_KEY: &str = "upstream-azure-key";
 const TRANSCRIPT: &str = "hello from the proxy";
 
-struct Setup {
-    emulator: EmulatorHandle,
-    ca: PathBuf,
-    state: AppState,
-    server: LoopbackServer,
-}
-
-async fn setup(service_key: Option<&str>) -> Setup {
-    install_crypto_provider();
-    let emulator = Emulator::start(
-        EmulatorConfig::default()
-            .with_key(UPSTREAM_KEY)
-            .with_transcript(TRANSCRIPT),
-    )
+async fn setup(service_key: Option<&str>) -> Upstream {
+    let emulator = EmulatorConfig::default()
+        .with_key(UPSTREAM_KEY)
+        .with_transcript(TRANSCRIPT);
+    Upstream::start_with(emulator, |config| {
+        config.warm_pool_tts_size = 2;
+        config.service_api_key = service_key.map(Secret::new);
+    })
     .await
-    .expect("emulator");
-    let ca = std::env::temp_dir().join(format!(
-        "speech-pool-proxy-ca-{}-{}.pem",
-        std::process::id(),
-        emulator.addr().port()
-    ));
-    std::fs::write(&ca, emulator.ca_cert_pem().expect("TLS emulator")).expect("write CA");
-    let mut config = Config::defaults();
-    config.backend = BackendChoice::Azure;
-    config.azure_speech_key = Some(Secret::new(UPSTREAM_KEY));
-    config.azure_speech_endpoint = Some(emulator.base_url_http());
-    config.azure_speech_ca_cert = Some(ca.clone());
-    config.warm_pool_tts_size = 2;
-    config.warm_pool_stt_size = 1;
-    config.service_api_key = service_key.map(Secret::new);
-    let state = build_state(&config).expect("azure state");
-    state.warm_up().await;
-    assert!(state.is_ready(), "{:?}", state.snapshots());
-    let server = LoopbackServer::start(&state, Duration::from_secs(5))
-        .await
-        .expect("serve");
-    Setup {
-        emulator,
-        ca,
-        state,
-        server,
-    }
 }
 
-impl Setup {
-    async fn finish(self) {
-        self.server.stop(HANG).await.expect("stop");
-        let left = self
-            .emulator
-            .wait_for_counters(|c| c.connections_open == 0, HANG)
-            .await;
-        assert!(left.is_ok(), "connections left open: {left:?}");
-        self.emulator.shutdown().await;
-        let _ = std::fs::remove_file(self.ca);
-    }
-
+impl Upstream {
     async fn connect(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
         connect(&self.server, path_and_query, headers).await
     }

@@ -25,10 +25,14 @@ impl Upstream {
     /// Starts both; `configure` adjusts the service's configuration (small warm pools,
     /// the emulator as its Azure endpoint) before the state is built and warmed.
     pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with(EmulatorConfig::default().with_key(UPSTREAM_KEY), configure).await
+    }
+
+    /// Like [`Upstream::start`], with the emulator configured as `emulator` says (its key
+    /// must be [`UPSTREAM_KEY`]).
+    pub async fn start_with(emulator: EmulatorConfig, configure: impl FnOnce(&mut Config)) -> Self {
         install_crypto_provider();
-        let emulator = Emulator::start(EmulatorConfig::default().with_key(UPSTREAM_KEY))
-            .await
-            .expect("emulator");
+        let emulator = Emulator::start(emulator).await.expect("emulator");
         let ca = std::env::temp_dir().join(format!(
             "speech-pool-upstream-ca-{}-{}.pem",
             std::process::id(),

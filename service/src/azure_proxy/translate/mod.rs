@@ -32,11 +32,12 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use pool_core::{Manager, Pooled};
-use speech_core::SpeechError;
 use speech_core::wire::{self, Headers};
+use speech_core::{ErrorClass, SpeechError};
 
-use super::relay::Downstream;
-use crate::routes::acquire;
+use super::relay::{Downstream, close_for};
+use crate::routes::{acquire, keep_after_error};
+use crate::state::AppState;
 
 /// Longest `X-RequestId` accepted (Azure's are 32 hex digits; some clients send dashed
 /// UUIDs, 36 characters).
@@ -127,6 +128,35 @@ where
             close(sink, code, e.message).await;
             None
         }
+    }
+}
+
+/// A turn that failed: the fault is counted (a cancellation is not a fault), the
+/// connection is kept when the failure leaves it usable and closed otherwise, and the SDK,
+/// if still there, gets the close Azure would send for it.
+pub(super) async fn turn_failed<M>(
+    state: &AppState,
+    pool: &str,
+    guard: Pooled<M>,
+    e: &SpeechError,
+    gone: bool,
+    sink: &mut Sink,
+    span: &tracing::Span,
+) where
+    M: Manager<Error = SpeechError>,
+{
+    if e.class() != ErrorClass::Cancelled {
+        state.metrics().record_upstream_error(pool, e.class());
+    }
+    if keep_after_error(e.class()) {
+        drop(guard);
+    } else {
+        guard.discard();
+    }
+    if !gone {
+        let (code, reason) = close_for(e);
+        tracing::info!(parent: span, error = %e, close = code, "turn failed; closing the SDK's socket");
+        close(sink, code, reason).await;
     }
 }
 

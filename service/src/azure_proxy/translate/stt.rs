@@ -19,17 +19,17 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use speech_core::wire::{self, BinaryMessage};
 use speech_core::{
-    ErrorClass, RecognitionEvent, RecognitionFormat, RecognitionMode, RecognitionRequest,
-    RecognizerManager, phrase_status,
+    RecognitionEvent, RecognitionFormat, RecognitionMode, RecognitionRequest, RecognizerManager,
+    phrase_status,
 };
 use tokio::sync::mpsc;
 
 use super::{
-    Sink, close, finish, new_id, same_id, service_text, turn_connection, valid_request_id,
+    Sink, close, finish, new_id, same_id, service_text, turn_connection, turn_failed,
+    valid_request_id,
 };
-use crate::azure_proxy::relay::{Downstream, close_for};
+use crate::azure_proxy::relay::Downstream;
 use crate::azure_proxy::stt_pools::Combination;
-use crate::routes::keep_after_error;
 
 /// Audio chunks and events buffered per turn; small so back-pressure reaches the SDK.
 const TURN_BUFFER: usize = 16;
@@ -399,21 +399,7 @@ async fn turn(
             TurnEnd::Next(next)
         }
         Err(e) => {
-            if e.class() != ErrorClass::Cancelled {
-                state
-                    .metrics()
-                    .record_upstream_error(down.pool.name(), e.class());
-            }
-            if keep_after_error(e.class()) {
-                drop(guard);
-            } else {
-                guard.discard();
-            }
-            if !gone {
-                let (code, reason) = close_for(&e);
-                tracing::info!(parent: &span, error = %e, close = code, "turn failed; closing the SDK's socket");
-                close(sink, code, reason).await;
-            }
+            turn_failed(&state, down.pool.name(), guard, &e, gone, sink, &span).await;
             TurnEnd::Closed
         }
     }

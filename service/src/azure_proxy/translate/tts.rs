@@ -19,17 +19,16 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use speech_core::wire::{self, TextMessage};
 use speech_core::{
-    AudioFormat, ErrorClass, StopSignal, SynthesisEvent, SynthesisRequest, SynthesizerManager,
+    AudioFormat, StopSignal, SynthesisEvent, SynthesisRequest, SynthesizerManager,
     TICKS_PER_SECOND, duration_to_ticks,
 };
 use tokio::sync::mpsc;
 
 use super::{
-    Sink, audio_frame, close, finish, new_id, same_id, service_text, turn_connection,
+    Sink, audio_frame, close, finish, new_id, same_id, service_text, turn_connection, turn_failed,
     valid_request_id,
 };
-use crate::azure_proxy::relay::{Downstream, close_for};
-use crate::routes::keep_after_error;
+use crate::azure_proxy::relay::Downstream;
 use crate::routes::tts::{RelayBounds, relay_turn};
 
 /// Events buffered between the backend, the relay and the socket.
@@ -434,21 +433,7 @@ async fn turn(
             true
         }
         Err(e) => {
-            if e.class() != ErrorClass::Cancelled {
-                state
-                    .metrics()
-                    .record_upstream_error(down.pool.name(), e.class());
-            }
-            if keep_after_error(e.class()) {
-                drop(guard);
-            } else {
-                guard.discard();
-            }
-            if !gone {
-                let (code, reason) = close_for(&e);
-                tracing::info!(parent: &span, error = %e, close = code, "turn failed; closing the SDK's socket");
-                close(sink, code, reason).await;
-            }
+            turn_failed(&state, down.pool.name(), guard, &e, gone, sink, &span).await;
             false
         }
     }
