@@ -62,6 +62,18 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// A request body that could not be read: 413 when it is over the size limit, else
+    /// 400, with axum's reason.
+    pub fn from_body_rejection(rejection: &axum::extract::rejection::BytesRejection) -> Self {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "bad_request"
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+
     /// 503 because the service is shutting down.
     pub fn draining() -> Self {
         Self::new(

@@ -98,15 +98,7 @@ fn request(
             .parse::<AudioFormat>()
             .map_err(|e| ApiError::bad_request(e.to_string()))?,
     };
-    let body = body.map_err(|r| {
-        let status = r.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else {
-            "bad_request"
-        };
-        ApiError::new(status, code, r.body_text())
-    })?;
+    let body = body.map_err(|r| ApiError::from_body_rejection(&r))?;
     let ssml = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the SSML body is not UTF-8"))?;
     let request = SynthesisRequest::ssml(ssml, format);

@@ -152,15 +152,7 @@ pub async fn tts(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
-    let body = body.map_err(|r| {
-        let status = r.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else {
-            "bad_request"
-        };
-        ApiError::new(status, code, r.body_text())
-    })?;
+    let body = body.map_err(|r| ApiError::from_body_rejection(&r))?;
     let started = Instant::now();
     let (request, session) = build_request(&state, &body)?;
     let session = session_header.reconcile(session, "the body's session_id")?;
