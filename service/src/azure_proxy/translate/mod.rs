@@ -16,7 +16,7 @@
 //!   (simple or detailed, as the socket's `format` says), `speech.endDetected`, and
 //!   `turn.end`; late audio of a finished turn is ignored (the JavaScript SDK sends its end
 //!   frame twice);
-//! - failures are Azure's closes ([`close_for`](super::relay::close_for)): 1007 for a request the service
+//! - failures are Azure's closes ([`close_for`]): 1007 for a request the service
 //!   refuses (bad SSML, unsupported audio), 4429 throttled, 1011 for anything the SDK may
 //!   retry on a new socket, 1002 for a message without the headers a turn needs.
 //!
