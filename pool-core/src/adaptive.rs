@@ -7,8 +7,9 @@
 //! demand during one create is `λL` (Little's law); arrivals are bursty (Poisson), so the
 //! target adds three standard deviations, `3√(λL)`. Two windows, as in Knative's
 //! autoscaler: a 60 s stable window decides normally, so the target falls slowly; a 6 s
-//! panic window takes over when it asks for at least twice the current target, and while
-//! panicking (60 s after the last trigger) the target never falls.
+//! panic window takes over when it asks for at least twice what the stable window asks
+//! for (a rise in progress), and while panicking (until 60 s after the last tick that saw
+//! the rise) the target never falls.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -52,7 +53,7 @@ impl std::fmt::Display for TargetReason {
 pub(crate) const PANIC_WINDOW_SECS: usize = 6;
 /// The long window that decides when there is no burst, and how long panic lasts.
 pub(crate) const STABLE_WINDOW_SECS: usize = 60;
-/// The panic window takes over when it asks for this many times the current target.
+/// The panic window takes over when it asks for this many times the stable window's target.
 const PANIC_THRESHOLD: f64 = 2.0;
 /// Standard deviations of Poisson headroom above the mean demand during one create.
 const HEADROOM_SIGMAS: f64 = 3.0;
@@ -136,7 +137,12 @@ impl Estimator {
         };
         let stable = desired(rate(STABLE_WINDOW_SECS));
         let panic = desired(rate(PANIC_WINDOW_SECS));
-        if panic as f64 >= PANIC_THRESHOLD * current.max(1) as f64 && panic > current {
+        // A rise is in progress while the short window asks for twice what the long one
+        // expects. That is compared with the long window's answer, not with the current
+        // target: panic raises the current target, so comparing with it would stop
+        // re-arming panic in the middle of a rise, and a panic begun earlier would expire
+        // there and drop the target back to the long window's lagging answer.
+        if panic as f64 >= PANIC_THRESHOLD * stable.max(1) as f64 && panic > current {
             self.panic_ticks_left = STABLE_WINDOW_SECS;
         }
         let wanted = if self.panic_ticks_left > 0 {
@@ -218,5 +224,30 @@ mod tests {
             8,
             "capped by max"
         );
+    }
+
+    /// A panic begun by the first seconds of traffic used to expire 60 s later even when a
+    /// rise was under way then, dropping the target mid-rise (12 → 6 in a step-load run).
+    #[test]
+    fn the_target_never_falls_while_demand_is_rising() {
+        let mut estimator = Estimator::new();
+        estimator.record_create(Duration::from_millis(800));
+        let (mut total, mut target) = (0, 2);
+        for _ in 0..60 {
+            total += 2;
+            target = estimator.tick(total, 1, target, 2, 200);
+        }
+        let mut during_rise = Vec::new();
+        for _ in 0..30 {
+            total += 20;
+            target = estimator.tick(total, 1, target, 2, 200);
+            during_rise.push(target);
+        }
+        assert!(
+            during_rise.windows(2).all(|pair| pair[1] >= pair[0]),
+            "the target fell during the rise: {during_rise:?}"
+        );
+        // 20/s × 0.8 s = 16 during one create, + 3√16 = 28.
+        assert_eq!(target, 28);
     }
 }

@@ -23,9 +23,10 @@ pub struct PoolConfig {
     /// hand-outs that need a new warm resource (WARM and COLD acquires) and the create+warm
     /// latency, and keeps enough idle resources for the demand expected during one create
     /// (Little's law) plus headroom for Poisson bursts. It rises within seconds of a burst
-    /// (a 6 s window that takes over at twice the current target) and falls over a minute
-    /// (a 60 s window), never below `warm_target` (the floor) nor above `max_size`. Needs
-    /// `background_warmup`; without the maintainer it has no effect. Default false.
+    /// (a 6 s window takes over while it asks for twice what the 60 s window asks for) and
+    /// falls over a minute (the 60 s window), never below `warm_target` (the floor) nor
+    /// above `max_size`. Needs `background_warmup`; without the maintainer it has no
+    /// effect. Default false.
     pub adaptive_warm_target: bool,
     /// Most background creates (refill and refresh) started per second, on average, with
     /// bursts of one second's worth: backends throttle bursts of new connections. `None`

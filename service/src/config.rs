@@ -248,6 +248,20 @@ pub struct Config {
     )]
     pub pool_create_rate_limit: usize,
 
+    /// Most background connects in flight at once per pool. Refills can sustain at most
+    /// this many divided by the connect time per second: at 16 and a 0.4 s connect that is
+    /// 40 a second, so `POOL_CREATE_RATE_LIMIT` (20) is what bounds a surge, not this. At 4
+    /// (pool-core's default) a surge of 20 new calls a second outran the refills and its
+    /// first seconds were served COLD whatever the warm target said.
+    #[arg(
+        long,
+        env = "POOL_CREATE_CONCURRENCY",
+        default_value = "16",
+        value_name = "N",
+        value_parser = count()
+    )]
+    pub pool_create_concurrency: usize,
+
     /// Most TTS connections open at once (idle + in use + dedicated + connecting +
     /// closing). Azure's default real-time TTS quota for a Standard (S0) resource is 200
     /// requests per second and it sets no connection limit; 200 connections each starting
@@ -599,6 +613,12 @@ impl Config {
                     "{var} is {size} but {max_var} is {max}; expected {var} <= {max_var}"
                 )));
             }
+        }
+        if self.pool_create_concurrency == 0 {
+            let var = variable("pool_create_concurrency");
+            return Err(ConfigError(format!(
+                "{var} is 0; expected at least 1 connect at a time"
+            )));
         }
         if self.max_body_bytes == 0 {
             let var = variable("max_body_bytes");
@@ -1151,6 +1171,11 @@ mod tests {
             c.validate().unwrap_err().to_string(),
             "POOL_STT_MAX_SIZE is 0; expected at least 1 connection"
         );
+        let c = parse(&["--pool-create-concurrency", "0"]).unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "POOL_CREATE_CONCURRENCY is 0; expected at least 1 connect at a time"
+        );
         let c = parse(&["--max-body-bytes", "0"]).unwrap();
         assert!(
             c.validate()
@@ -1240,6 +1265,7 @@ mod tests {
             "WARM_POOL_SESSION_MAX_AGE",
             "POOL_TTS_MAX_SIZE",
             "POOL_STT_MAX_SIZE",
+            "POOL_CREATE_CONCURRENCY",
             "POOL_ACQUIRE_TIMEOUT",
             "SERVICE_API_KEY",
             "AZURE_SPEECH_KEY",

@@ -91,6 +91,7 @@ pub fn pool_config(config: &Config, pool: PoolKind) -> PoolConfig {
         adaptive_warm_target: config.warm_pool_enabled && config.warm_pool_adaptive,
         create_rate_limit: (config.pool_create_rate_limit > 0)
             .then_some(config.pool_create_rate_limit as f64),
+        create_concurrency: config.pool_create_concurrency,
         // Always on: a call's turns must reuse its connection (the DEDICATED tier).
         session_awareness: true,
         session_max_age: config.warm_pool_session_max_age,
@@ -504,5 +505,17 @@ mod tests {
         assert_eq!(pool_config(&c, PoolKind::Tts).warm_target, 3);
         assert_eq!(pool_config(&c, PoolKind::Stt).warm_target, 2);
         assert_eq!(pool_config(&c, PoolKind::Stt).name, STT_POOL);
+    }
+
+    #[test]
+    fn the_create_concurrency_reaches_every_pool() {
+        let mut c = Config::defaults();
+        for pool in PoolKind::ALL {
+            assert_eq!(pool_config(&c, pool).create_concurrency, 16);
+        }
+        c.pool_create_concurrency = 3;
+        for pool in PoolKind::ALL {
+            assert_eq!(pool_config(&c, pool).create_concurrency, 3);
+        }
     }
 }
