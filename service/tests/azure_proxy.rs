@@ -201,6 +201,62 @@ async fn upstream_faults_reach_the_sdk_as_azure_closes_and_the_next_socket_is_se
     s.finish().await;
 }
 
+/// Azure's idle and age closes are normal closes (1000) that can cross a turn's first
+/// message on the wire. Before the SDK was sent anything, the turn is replayed on a fresh
+/// connection and the SDK never notices; after it, the SDK gets 1011 (a normal close in the
+/// middle of a turn leaves the JavaScript SDK waiting for the turn's end for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_close_racing_a_turn_is_invisible_before_output_and_1011_after() {
+    let s = setup(None).await;
+    let path = "/tts/cognitiveservices/websocket/v1";
+    let mut ws = s.connect(path, &[]).await.expect("upgrade");
+    let rid1 = "1111D8904BB94E2A8C6E7C1F3A5B2D10";
+    speak(&mut ws, rid1, "first turn", true).await;
+    check_tts_turn(&until_turn_end(&mut ws).await.expect("turn 1"), rid1);
+
+    s.emulator.add_fault(
+        FaultRule::new(Fault::Close {
+            code: 1000,
+            reason: Some("Idle timeout".into()),
+            at: TurnPoint::BeforeTurnStart,
+        })
+        .target(Target::TtsWs)
+        .once(),
+    );
+    let rid2 = "2222D8904BB94E2A8C6E7C1F3A5B2D10";
+    speak(&mut ws, rid2, "crossed an idle close", true).await;
+    let got = until_turn_end(&mut ws)
+        .await
+        .expect("served on a fresh connection without the SDK noticing");
+    check_tts_turn(&got, rid2);
+    let rid3 = "3333D8904BB94E2A8C6E7C1F3A5B2D10";
+    speak(&mut ws, rid3, "and the socket goes on", true).await;
+    check_tts_turn(&until_turn_end(&mut ws).await.expect("turn 3"), rid3);
+
+    s.emulator.add_fault(
+        FaultRule::new(Fault::Close {
+            code: 1000,
+            reason: None,
+            at: TurnPoint::AfterFrames(1),
+        })
+        .target(Target::TtsWs)
+        .once(),
+    );
+    speak(
+        &mut ws,
+        "4444D8904BB94E2A8C6E7C1F3A5B2D10",
+        "cut after audio",
+        true,
+    )
+    .await;
+    let (code, _) = until_turn_end(&mut ws).await.expect_err("closed");
+    assert_eq!(
+        code, 1011,
+        "a normal close after output reaches the SDK as 1011"
+    );
+    s.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stt_combinations_get_pools_of_their_own_and_turns_keep_their_connection() {
     let s = setup(None).await;

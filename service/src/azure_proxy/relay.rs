@@ -17,9 +17,13 @@
 //! - anything else with a new `X-RequestId` starts a turn; the turn's messages go upstream
 //!   unchanged, and the upstream's come back unchanged until its `turn.end`.
 //!
-//! When the upstream fails mid-turn the SDK sees the close it would see from Azure itself:
-//! the upstream's own code when there was one (4429 throttled, 1007 bad request, 1011 ...),
-//! and 1011 for a connection that died without one, which the SDKs treat as retryable.
+//! An upstream that closes on its own (1000 or 1001: an idle or age close that crossed the
+//! turn's first message on the wire) before the SDK was sent anything is replaced once and
+//! the turn replayed on the fresh connection, so the SDK does not notice. Otherwise, when
+//! the upstream fails mid-turn the SDK sees the close it would see from Azure itself: the
+//! upstream's own code when there was one (4429 throttled, 1007 bad request, 1011 ...), and
+//! 1011 for a connection that died without one or closed normally mid-turn, which the SDKs
+//! treat as retryable.
 
 use std::time::{Duration, Instant};
 
@@ -138,8 +142,11 @@ fn absorbed(route: &Route, finished: Option<&str>) -> bool {
 /// The close an SDK expects for an upstream failure (see the module comment).
 pub fn close_for(err: &SpeechError) -> (u16, String) {
     let code = match err {
+        // A normal close (1000, 1001) ends a turn the SDK is waiting on without an error,
+        // and the JavaScript SDK then waits for the turn's end for ever: the SDK gets
+        // 1011, the failure it retries, instead.
         SpeechError::ConnectionClosed {
-            code: Some(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)),
+            code: Some(c @ (1002 | 1003 | 1007..=1014 | 3000..=4999)),
             ..
         } => *c,
         _ => match err.class() {
@@ -246,59 +253,109 @@ where
             kind = ?down.kind,
         );
         let started = Instant::now();
-        let (to_service, service_rx) = mpsc::channel(TURN_BUFFER);
-        let (client_tx, mut to_client) = mpsc::channel(TURN_BUFFER);
-        // Cannot fail: the receiver is alive and the buffer empty.
-        let _ = to_service.try_send(first.wire);
+        // Copies of the turn's messages to the upstream, kept while the SDK has been sent
+        // nothing: an upstream that closes on its own before answering (an idle or age
+        // close that crossed the turn's first message on the wire) is replaced once and
+        // the turn replayed on the new connection, so the SDK never notices. A turn of
+        // more than `TURN_BUFFER` messages is not replayable.
+        let mut replay: Option<Vec<WireMessage>> = Some(vec![first.wire]);
+        let mut replayed = false;
+        let mut sent_to_sdk = false;
         let mut first_audio = false;
         let mut reading = true;
-        let outcome = {
-            let relay = guard.relay(service_rx, client_tx);
-            tokio::pin!(relay);
-            loop {
-                tokio::select! {
-                    result = &mut relay => break Some(result),
-                    Some(m) = to_client.recv() => {
-                        if !first_audio && matches!(m, WireMessage::Binary(_)) {
-                            first_audio = true;
-                            if down.kind == Kind::Tts {
-                                down.state.metrics().record_first_audio(tier, started.elapsed());
+        let (outcome, to_client) = loop {
+            let (to_service, service_rx) = mpsc::channel(TURN_BUFFER);
+            let (client_tx, mut to_client) = mpsc::channel(TURN_BUFFER);
+            // Cannot fail: the receiver is alive and the replay fits the buffer.
+            for m in replay.iter().flatten() {
+                let _ = to_service.try_send(m.clone());
+            }
+            let outcome = {
+                let relay = guard.relay(service_rx, client_tx);
+                tokio::pin!(relay);
+                loop {
+                    tokio::select! {
+                        result = &mut relay => break Some(result),
+                        Some(m) = to_client.recv() => {
+                            if !first_audio && matches!(m, WireMessage::Binary(_)) {
+                                first_audio = true;
+                                if down.kind == Kind::Tts {
+                                    down.state.metrics().record_first_audio(tier, started.elapsed());
+                                }
                             }
-                        }
-                        if sink.send(to_axum(m)).await.is_err() {
-                            break None;
-                        }
-                    }
-                    m = stream.next(), if reading => {
-                        let Some(Ok(m)) = m else { break None };
-                        if matches!(m, Message::Close(_)) {
-                            break None;
-                        }
-                        match classify(m) {
-                            None => {}
-                            Some(Err((code, why))) => {
-                                close(&mut sink, code, why.into()).await;
+                            sent_to_sdk = true;
+                            replay = None;
+                            if sink.send(to_axum(m)).await.is_err() {
                                 break None;
                             }
-                            Some(Ok(m)) => {
-                                let same = m.route.request_id.as_deref() == Some(request_id.as_str());
-                                if same && m.route.path != "telemetry" {
-                                    if to_service.send(m.wire).await.is_err() {
+                        }
+                        m = stream.next(), if reading => {
+                            let Some(Ok(m)) = m else { break None };
+                            if matches!(m, Message::Close(_)) {
+                                break None;
+                            }
+                            match classify(m) {
+                                None => {}
+                                Some(Err((code, why))) => {
+                                    close(&mut sink, code, why.into()).await;
+                                    break None;
+                                }
+                                Some(Ok(m)) => {
+                                    let same = m.route.request_id.as_deref() == Some(request_id.as_str());
+                                    if same && m.route.path != "telemetry" {
+                                        if let Some(kept) = replay.as_mut() {
+                                            if kept.len() < TURN_BUFFER {
+                                                kept.push(m.wire.clone());
+                                            } else {
+                                                replay = None;
+                                            }
+                                        }
+                                        if to_service.send(m.wire).await.is_err() {
+                                            reading = false;
+                                        }
+                                    } else if !absorbed(&m.route, finished.as_deref()) && !same {
+                                        // The next turn's first message (the SDK only sends one
+                                        // after this turn's end, but a client may pipeline):
+                                        // keep it and stop reading until this turn is over.
+                                        pending = Some(m);
                                         reading = false;
                                     }
-                                } else if !absorbed(&m.route, finished.as_deref()) && !same {
-                                    // The next turn's first message (the SDK only sends one
-                                    // after this turn's end, but a client may pipeline):
-                                    // keep it and stop reading until this turn is over.
-                                    pending = Some(m);
-                                    reading = false;
                                 }
                             }
                         }
                     }
                 }
+            };
+            let closed_on_its_own = matches!(
+                &outcome,
+                Some(Err(SpeechError::ConnectionClosed {
+                    code: Some(1000 | 1001),
+                    ..
+                }))
+            );
+            if !(closed_on_its_own
+                && !replayed
+                && !sent_to_sdk
+                && replay.is_some()
+                && to_client.is_empty())
+            {
+                break (outcome, to_client);
             }
+            // The failed connection is not ready: dropping the guard discards it, and the
+            // session binds a fresh one.
+            drop(guard);
+            replayed = true;
+            tracing::info!(parent: &span, "upstream closed before answering; replaying the turn on a fresh connection");
+            guard = match acquire(&down.state, &down.pool, Some(&down.session)).await {
+                Ok((g, _)) => g,
+                Err(e) => {
+                    let code = if e.status.as_u16() == 429 { 4429 } else { 1011 };
+                    close(&mut sink, code, e.message.chars().take(120).collect()).await;
+                    break 'socket;
+                }
+            };
         };
+        let mut to_client = to_client;
         match outcome {
             None => {
                 // The SDK went away mid-turn. The relay future is dropped, so the
@@ -350,7 +407,8 @@ mod tests {
         let code = |e: SpeechError| close_for(&e).0;
         assert_eq!(code(SpeechError::from_close_code(4429, "throttled")), 4429);
         assert_eq!(code(SpeechError::from_close_code(1007, "bad ssml")), 1007);
-        assert_eq!(code(SpeechError::from_close_code(1000, "idle")), 1000);
+        assert_eq!(code(SpeechError::from_close_code(1000, "idle")), 1011);
+        assert_eq!(code(SpeechError::from_close_code(1001, "going away")), 1011);
         assert_eq!(code(SpeechError::from_close_code(1013, "later")), 1011);
         // A drop without a close frame (1006 cannot be sent) is a retryable 1011.
         assert_eq!(code(SpeechError::connection_closed(None, "reset")), 1011);
