@@ -97,9 +97,11 @@ done
 ws_url="ws://${url#http://}"
 echo "emulator at $ws_url"
 
+# Every test is bounded (--test-timeout, 2 min): an SDK that waits for ever fails the run
+# with the test named, instead of holding CI until its limit.
 echo "== node --test (microsoft-cognitiveservices-speech-sdk)"
 status=0
-(cd "$here" && EMULATOR_URL="$ws_url" EMULATOR_KEY="$key" EMULATOR_TRANSCRIPT="$transcript" node --test emulator.test.mjs) || status=$?
+(cd "$here" && EMULATOR_URL="$ws_url" EMULATOR_KEY="$key" EMULATOR_TRANSCRIPT="$transcript" node --test --test-timeout=120000 emulator.test.mjs) || status=$?
 if [ "$status" -ne 0 ]; then
   echo "conformance: FAILED (emulator log follows)" >&2
   tail -n 50 "$work/stderr" >&2
@@ -169,7 +171,7 @@ echo "== node --test service.test.mjs (the SDK through the service, relayed to t
 status=0
 (cd "$here" && SERVICE_URL="ws://127.0.0.1:$svc_port" SERVICE_KEY="$service_key" SERVICE_BACKEND=azure \
   EMULATOR_HTTP="$tls_url" EMULATOR_TRANSCRIPT="$transcript" NODE_EXTRA_CA_CERTS="$work/ca.pem" \
-  node --test service.test.mjs) || status=$?
+  node --test --test-timeout=120000 service.test.mjs) || status=$?
 if [ "$status" -ne 0 ]; then
   echo "conformance: the service run FAILED (service log follows)" >&2
   tail -n 50 "$work/svc-stderr" >&2
@@ -188,7 +190,7 @@ echo "service at ws://127.0.0.1:$svc_port (mock backend)"
 echo "== node --test service.test.mjs (the SDK through the service, translated onto the mock)"
 status=0
 (cd "$here" && SERVICE_URL="ws://127.0.0.1:$svc_port" SERVICE_KEY="$service_key" SERVICE_BACKEND=mock \
-  EMULATOR_TRANSCRIPT="$transcript" node --test service.test.mjs) || status=$?
+  EMULATOR_TRANSCRIPT="$transcript" node --test --test-timeout=120000 service.test.mjs) || status=$?
 if [ "$status" -ne 0 ]; then
   echo "conformance: the mock service run FAILED (service log follows)" >&2
   tail -n 50 "$work/svc-stderr" >&2
