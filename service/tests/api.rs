@@ -215,6 +215,16 @@ async fn bad_tts_input_is_400_with_a_reason() {
             "voice",
         ),
         (json!({"ssml": long_ssml}).to_string(), "65536"),
+        // SSML Azure could not parse: refused here, as Azure would, before a connection.
+        (json!({"ssml": "<speak"}).to_string(), "not well-formed"),
+        (
+            json!({"ssml": "<speak><voice name='x'>hi</speak>"}).to_string(),
+            "not well-formed",
+        ),
+        (
+            json!({"ssml": "<voice name='x'>hi</voice>"}).to_string(),
+            "<speak>",
+        ),
         (
             json!({"text": "hi", "ssml": "<speak/>"}).to_string(),
             "not both",

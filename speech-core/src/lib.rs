@@ -25,6 +25,7 @@ mod event;
 mod format;
 mod manager;
 mod request;
+mod ssml;
 mod stop;
 mod text_stream;
 mod time;

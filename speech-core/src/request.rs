@@ -165,8 +165,9 @@ impl SynthesisRequest {
     /// - the text / SSML is not empty or whitespace only;
     /// - it contains no character XML 1.0 forbids (control characters other than tab,
     ///   CR, LF; U+FFFE, U+FFFF), which escaping cannot fix;
-    /// - SSML has a `<speak` root element;
     /// - the final SSML is at most [`MAX_SSML_BYTES`];
+    /// - SSML is well-formed XML with one `<speak>` root element (Azure closes a websocket
+    ///   with 1007 on SSML it cannot parse, which would cost the pooled connection);
     /// - the voice is well-formed ([`validate_voice_name`]); required for text input.
     ///
     /// Does not allocate.
@@ -186,12 +187,7 @@ impl SynthesisRequest {
         }
         match &self.input {
             SynthesisInput::Text(_) => validate_voice_name(&self.voice)?,
-            SynthesisInput::Ssml(s) => {
-                if !s.contains("<speak") {
-                    return Err(SpeechError::bad_request(
-                        "SSML must have a <speak> root element",
-                    ));
-                }
+            SynthesisInput::Ssml(_) => {
                 if !self.voice.is_empty() {
                     validate_voice_name(&self.voice)?;
                 }
@@ -205,6 +201,10 @@ impl SynthesisRequest {
             return Err(SpeechError::bad_request(format!(
                 "SSML is {len} bytes; the limit is {MAX_SSML_BYTES} bytes per request"
             )));
+        }
+        // After the size check, so an oversized document is refused without being read.
+        if let SynthesisInput::Ssml(s) = &self.input {
+            crate::ssml::check_well_formed(s)?;
         }
         Ok(())
     }

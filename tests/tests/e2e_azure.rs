@@ -210,6 +210,48 @@ async fn upstream_rejections_map_to_clear_statuses() {
     no_connection_left(emulator, ca).await;
 }
 
+/// SSML that does not parse would make Azure close the websocket with 1007, throwing the
+/// call's connection away. It is refused before it reaches the connection: a 400 naming
+/// the fault, and the call's next turn is still served by its own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_ssml_is_refused_without_costing_the_calls_connection() {
+    let (emulator, ca) = emulator("hello world").await;
+    let state = build_state(&azure_config(&emulator, &ca, KEY)).expect("azure state");
+    state.warm_up().await;
+    let running = spawn_service(&state).await;
+    let (status, tier, _) = tts(&running, json!({"text": "First", "session_id": "ssml-1"})).await;
+    assert_eq!((status, tier.as_deref()), (200, Some("warm")));
+    let opened = emulator.counters().connections_opened;
+
+    for ssml in [
+        "<speak version='1.0' xml:lang='en-US'><voice name='en-US-AvaNeural'>unclosed</speak>",
+        "<speak version='1.0'><voice name='en-US-AvaNeural>Hi</voice></speak>",
+    ] {
+        let r = tests::client()
+            .post(running.url("/api/v1/tts"))
+            .json(&json!({"ssml": ssml, "session_id": "ssml-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{ssml}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("not well-formed"), "{message}");
+    }
+
+    let (status, tier, _) = tts(
+        &running,
+        json!({"text": "Still mine", "session_id": "ssml-1"}),
+    )
+    .await;
+    assert_eq!((status, tier.as_deref()), (200, Some("dedicated")));
+    let counters = emulator.counters();
+    assert_eq!(counters.connections_opened, opened, "{counters:?}");
+    running.stop(HANG).await.expect("clean shutdown");
+    no_connection_left(emulator, ca).await;
+}
+
 /// The emulator restarts while no call is running: every pooled websocket is closed by the
 /// server. The pools must notice on their own (not only when a caller trips over a dead
 /// connection), stop counting the dead ones as warm, and refill with live connections.
