@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::accounting::CreatePermit;
 use crate::adaptive::TargetReason;
 use crate::error::PoolError;
+use crate::in_flight::{InFlight, Unwarmed};
 use crate::manager::Manager;
 use crate::pool::{CreateFor, Entry, Inner, Lent, Origin, RefillLimits};
 use crate::tier::Tier;
@@ -97,6 +98,7 @@ impl<M: Manager> Inner<M> {
         self: &Arc<Self>,
         limits: RefillLimits,
     ) -> Vec<oneshot::Receiver<Result<(), PoolError<M::Error>>>> {
+        crate::maintainer::ensure_running(self);
         let mut started = Vec::new();
         let mut st = self.lock();
         if st.closed {
@@ -149,9 +151,11 @@ impl<M: Manager> Inner<M> {
         done: oneshot::Sender<Result<(), PoolError<M::Error>>>,
         permit: CreatePermit,
     ) {
+        let creating = InFlight::new(self, permit, Self::create_cut_off);
         let inner = self.clone();
         self.tasks.spawn(async move {
             let outcome = inner.create_and_warm(CreateFor::IdleSet).await;
+            let permit = creating.finish();
             let reported = match outcome {
                 Ok(entry) => {
                     let mut st = inner.lock();
@@ -196,6 +200,14 @@ impl<M: Manager> Inner<M> {
         });
     }
 
+    /// A create whose task was dropped before it ended (its runtime shut down): the slot
+    /// is free again, for a waiting caller or a later refill.
+    fn create_cut_off(&self, permit: CreatePermit) {
+        let mut st = self.lock();
+        st.counts.end_create(permit);
+        self.slot_freed(&mut st);
+    }
+
     /// Exponential backoff with "equal jitter": half fixed, half random, so retries from
     /// many pools never synchronise yet never retry immediately.
     pub(crate) fn backoff_delay(&self, streak: u32) -> Duration {
@@ -214,9 +226,12 @@ impl<M: Manager> Inner<M> {
         permit: CreatePermit,
     ) -> oneshot::Receiver<Delivery<M>> {
         let (tx, rx) = oneshot::channel();
+        let creating = InFlight::new(self, permit, Self::create_cut_off);
         let inner = self.clone();
         self.tasks.spawn(async move {
-            match inner.create_and_warm(CreateFor::Caller).await {
+            let outcome = inner.create_and_warm(CreateFor::Caller).await;
+            let permit = creating.finish();
+            match outcome {
                 Ok(entry) => {
                     let permit = inner.lock().counts.created_for_caller(permit);
                     if let Err(Ok((entry, permit))) = tx.send(Ok((entry, permit))) {
@@ -247,19 +262,22 @@ impl<M: Manager> Inner<M> {
         let timeout = self.config.create_timeout;
         let began = Instant::now();
         let deadline = began + timeout;
-        let mut resource = match tokio::time::timeout_at(deadline, self.manager.create()).await {
+        let resource = match tokio::time::timeout_at(deadline, self.manager.create()).await {
             Ok(Ok(resource)) => resource,
             Ok(Err(error)) => return Err(self.record_create_failure(PoolError::Create(error))),
             Err(_) => return Err(self.record_create_failure(PoolError::CreateTimeout(timeout))),
         };
         self.stats.created_total.fetch_add(1, Relaxed);
+        let mut unwarmed = Unwarmed::new(&self.stats.closed_total, resource);
         let warming = async {
+            let resource = unwarmed.resource_mut();
             match purpose {
-                CreateFor::Caller => self.manager.warm_for_caller(&mut resource).await,
-                CreateFor::IdleSet => self.manager.warm(&mut resource).await,
+                CreateFor::Caller => self.manager.warm_for_caller(resource).await,
+                CreateFor::IdleSet => self.manager.warm(resource).await,
             }
         };
         let warmed = tokio::time::timeout_at(deadline, warming).await;
+        let resource = unwarmed.warmed();
         let error = match warmed {
             Ok(Ok(())) => {
                 if self.config.adaptive_warm_target {

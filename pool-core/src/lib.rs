@@ -54,6 +54,7 @@ mod config;
 mod create;
 mod error;
 mod guard;
+mod in_flight;
 mod maintainer;
 mod manager;
 mod metrics;

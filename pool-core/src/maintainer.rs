@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::adaptive::TargetReason;
+use crate::in_flight::TaskRunning;
 use crate::manager::Manager;
 use crate::pool::Inner;
 use crate::tier::Tier;
@@ -24,7 +25,12 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
     let wake = inner.maintainer_wake.clone();
     let adaptive = inner.config.adaptive_warm_target;
     let readiness = inner.manager.readiness_signal();
+    inner.maintainer_running.store(true, Relaxed);
+    let running = TaskRunning::new(weak.clone(), |inner: &Inner<M>| {
+        inner.maintainer_running.store(false, Relaxed);
+    });
     inner.tasks.spawn(async move {
+        let _running = running;
         let mut next_housekeeping = Instant::now() + interval;
         let mut wake_at = Instant::now();
         // The adaptive target is re-estimated once a second.
@@ -73,6 +79,18 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
             inner.plan_maintenance(wake_at);
         }
     });
+}
+
+/// Starts the maintainer again if it went down with the runtime it ran on (a pool used
+/// from one runtime after another): one relaxed load when it is running.
+pub(crate) fn ensure_running<M: Manager>(inner: &Arc<Inner<M>>) {
+    if inner.config.background_warmup
+        && !inner.maintainer_running.load(Relaxed)
+        && !inner.stop.is_cancelled()
+        && tokio::runtime::Handle::try_current().is_ok()
+    {
+        spawn(inner);
+    }
 }
 
 /// Resolves when the backend signals that an idle resource may no longer be ready; never,

@@ -17,6 +17,7 @@ use crate::adaptive::{Estimator, Ramp, TargetReason};
 use crate::config::{PoolBuilder, PoolConfig};
 use crate::error::PoolError;
 use crate::guard::Pooled;
+use crate::in_flight::InFlight;
 use crate::manager::Manager;
 use crate::metrics::Stats;
 use crate::session::SessionHandle;
@@ -209,6 +210,10 @@ pub(crate) struct Inner<M: Manager> {
     /// The acquire-timeout reaper is spawned on the first timed wait, not at build time,
     /// so pools that never wait (and builds outside a runtime) have no such task.
     pub(crate) reaper_started: AtomicBool,
+    /// The maintainer runs. Cleared when its task ends, which happens with its runtime's
+    /// shutdown too: a pool used from one runtime after another (a `static` shared by
+    /// `#[tokio::test]`s) then starts it again on the next refill.
+    pub(crate) maintainer_running: AtomicBool,
     /// Wakes the reaper when a waiter's deadline is earlier than its planned wake-up.
     /// Shared with the reaper task, which waits on it holding only a `Weak` to the pool.
     pub(crate) reaper_wake: Arc<Notify>,
@@ -296,6 +301,7 @@ impl<M: Manager> Pool<M> {
             reclaim_wanted: AtomicBool::new(false),
             estimator: Mutex::new(Estimator::new()),
             reaper_started: AtomicBool::new(false),
+            maintainer_running: AtomicBool::new(false),
             reaper_wake: Arc::new(Notify::new()),
             session_released: Arc::new(Notify::new()),
             sessions: Mutex::new(HashMap::default()),
@@ -572,6 +578,7 @@ impl<M: Manager> Inner<M> {
         started: Option<Instant>,
     ) -> Option<Lent<M::Resource>> {
         if below_target && self.config.background_warmup {
+            crate::maintainer::ensure_running(self);
             self.maintainer_wake.notify_one();
         }
         if self.usable(&entry) {
@@ -830,10 +837,13 @@ impl<M: Manager> Inner<M> {
             self.close_finished(permit);
             return;
         }
+        // Completed or cut off, the close ends the same way: the backend no longer sees
+        // the resource (a dropped resource closes its socket).
+        let closing = InFlight::new(self, permit, Self::close_finished);
         let inner = self.clone();
         self.tasks.spawn(async move {
             inner.manager.close(resource).await;
-            inner.close_finished(permit);
+            drop(closing);
         });
     }
 

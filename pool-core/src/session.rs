@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::accounting::{Dedicated, ReclaimPermit};
 use crate::error::{PoolError, SessionBusyDetails};
 use crate::guard::Pooled;
+use crate::in_flight::InFlight;
 use crate::manager::Manager;
 use crate::pool::{Entry, Holder, Inner, sample_start};
 use crate::tier::Tier;
@@ -620,10 +621,12 @@ impl<M: Manager> Inner<M> {
             self.close(closing);
             return;
         }
+        let reclaiming = InFlight::new(self, permit, Self::reclaim_cut_off);
         let inner = self.clone();
         self.tasks.spawn(async move {
             // The next session must not see this one's state.
             let reset_ok = inner.manager.reset(&mut entry.resource).await.is_ok();
+            let permit = reclaiming.finish();
             let ready = reset_ok && inner.usable(&entry);
             inner.stats.reclaims_total.fetch_add(1, Relaxed);
             tracing::debug!(pool = %inner.config.name, ready, "reclaimed a parked session resource for a waiting caller");
@@ -631,6 +634,15 @@ impl<M: Manager> Inner<M> {
             st.counts.end_reclaim(permit);
             inner.give_back(st, entry, ready);
         });
+    }
+
+    /// A reset whose task was dropped (its runtime shut down): the resource went with the
+    /// task, unclosed, so it counts as closed and its slot is free.
+    fn reclaim_cut_off(&self, permit: ReclaimPermit) {
+        self.stats.closed_total.fetch_add(1, Relaxed);
+        let mut st = self.lock();
+        st.counts.end_reclaim(permit);
+        self.slot_freed(&mut st);
     }
 
     /// Shutdown's part for sessions: every slot leaves the map and is marked evicted; the

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::accounting::{CheckedOut, CreatePermit};
 use crate::error::{PoolError, TimeoutDetails};
+use crate::in_flight::TaskRunning;
 use crate::manager::Manager;
 use crate::pool::{Entry, Inner, Lent, State};
 use crate::tier::Tier;
@@ -135,7 +136,14 @@ impl<M: Manager> Inner<M> {
         let weak = Arc::downgrade(self);
         let stop = self.stop.clone();
         let wake = self.reaper_wake.clone();
+        let running = TaskRunning::new(weak.clone(), |inner: &Inner<M>| {
+            // A deadline planned for a reaper that is gone would keep the next waiter from
+            // starting a new one.
+            inner.lock().reaper_next = None;
+            inner.reaper_started.store(false, Relaxed);
+        });
         self.tasks.spawn(async move {
+            let _running = running;
             loop {
                 let next = {
                     let Some(inner) = weak.upgrade() else {

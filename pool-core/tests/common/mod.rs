@@ -171,6 +171,9 @@ impl FakeManager {
     pub fn set_reset_failing(&self, on: bool) {
         self.reset_failing.store(on, SeqCst);
     }
+    pub fn set_close_latency(&self, d: Duration) {
+        self.close_latency_ms.store(ms(d), SeqCst);
+    }
     pub fn set_create_latency(&self, d: Duration) {
         self.create_latency_ms.store(ms(d), SeqCst);
     }
