@@ -461,6 +461,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     print_table(&cases, &cells);
     print_machine_lines(&cases, &cells);
+    print_floor(params.uncontended_ops * 4, params.rounds);
 
     let failed: Vec<String> = cells
         .iter()
@@ -477,6 +478,52 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the machine's synchronisation primitives cost one thread, uncontended (median of
+/// `rounds` runs of `ops` each), and the least a DEDICATED hit can cost when its guard is
+/// `'static`: the guard keeps the pool and the session slot alive (two `Arc` clone + drop),
+/// the resource is taken from the slot and parked back under a lock (two lock + unlock), and
+/// the tier counter is exact (one atomic add). The sum is a floor, not a measurement of
+/// any pool: it says how far a target such as "a DEDICATED hit under 50 ns" is from what
+/// this machine allows.
+fn print_floor(ops: u64, rounds: u32) {
+    fn per_op(ops: u64, rounds: u32, mut body: impl FnMut()) -> f64 {
+        let mut runs: Vec<f64> = (0..rounds.max(1))
+            .map(|_| {
+                let started = Instant::now();
+                for _ in 0..ops {
+                    body();
+                }
+                started.elapsed().as_nanos() as f64 / ops as f64
+            })
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        runs[runs.len() / 2]
+    }
+    let counter = AtomicU64::new(0);
+    let atomic_add = per_op(ops, rounds, || {
+        black_box(&counter).fetch_add(1, Ordering::Relaxed);
+    });
+    let lock = std::sync::Mutex::new(0u64);
+    let lock_unlock = per_op(ops, rounds, || {
+        *black_box(&lock).lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    });
+    let shared = Arc::new(0u64);
+    let arc_clone_drop = per_op(ops, rounds, || {
+        drop(black_box(Arc::clone(black_box(&shared))));
+    });
+    let static_guard_hit = 2.0 * arc_clone_drop + 2.0 * lock_unlock + atomic_add;
+    println!();
+    println!(
+        "floor (one thread, uncontended): atomic add {atomic_add:.1} ns, mutex lock + unlock \
+         {lock_unlock:.1} ns, Arc clone + drop {arc_clone_drop:.1} ns; a DEDICATED hit with a \
+         'static guard needs at least 2 Arc + 2 lock + 1 add = {static_guard_hit:.1} ns"
+    );
+    println!("bench.floor.atomic_add_ns: {atomic_add:.1}");
+    println!("bench.floor.mutex_lock_unlock_ns: {lock_unlock:.1}");
+    println!("bench.floor.arc_clone_drop_ns: {arc_clone_drop:.1}");
+    println!("bench.floor.static_guard_dedicated_hit_ns: {static_guard_hit:.1}");
 }
 
 /// The contenders in this round's order: rotated by the round, reversed on odd rounds, so
