@@ -160,6 +160,9 @@ impl ReplayBuffer {
         self.chunks.push_back(chunk);
         let excess = (self.end - self.start).saturating_sub(self.max);
         if excess > 0 {
+            // Whole 16-bit samples only: a client may send frames of odd length, and a
+            // replay that began mid-sample would be heard as noise from its first byte.
+            let excess = (excess + 1) & !1;
             self.overflowed += excess;
             self.trim_to(self.start + excess);
         }
@@ -242,6 +245,22 @@ mod tests {
         // Trimming past what was received stops at the end.
         r.trim_to(100);
         assert_eq!((r.start(), r.chunks().count()), (20, 0));
+    }
+
+    #[test]
+    fn overflow_drops_whole_samples_when_frames_have_odd_lengths() {
+        let mut r = ReplayBuffer::new(Duration::from_millis(1)); // 32 bytes
+        for i in 0..7u8 {
+            r.push(Bytes::from(vec![i; 9]));
+            assert_eq!(
+                r.start() % 2,
+                0,
+                "replay would begin mid-sample at {}",
+                r.start()
+            );
+            assert!(r.end() - r.start() <= 32);
+        }
+        assert_eq!((r.start(), r.end(), r.overflowed()), (32, 63, 32));
     }
 
     #[test]
