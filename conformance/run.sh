@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Conformance: Microsoft's JavaScript Speech SDK against the speech-emulator crate, and
 # through the speech-pool service (service.test.mjs) twice: with that emulator, over TLS,
-# upstream (turns relayed), and on the service's mock backend (turns translated).
+# upstream (turns relayed), and on the service's mock backend (turns translated). Each
+# service run also drives Microsoft's native Python SDK through it (python_sdk.py).
 #
 # Builds and starts `speech-emulator --plain --port 0 --capture`, reads the address it prints,
 # installs the SDK (npm ci) if needed, runs `node --test` here, then records what the SDK sends
@@ -47,6 +48,30 @@ if [ ! -d "$here/node_modules/microsoft-cognitiveservices-speech-sdk" ]; then
   echo "== npm ci"
   (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# Microsoft's native Speech SDK for Python (python_sdk.py runs it through the service),
+# pinned like the JS SDK, in a venv under the target directory. PyPI is one of CI's
+# registries; a failed install fails the run.
+py_sdk_version="1.53.0"
+py_venv="$target_dir/python-sdk-venv"
+if ! "$py_venv/bin/python" -c "import azure.cognitiveservices.speech as s; assert s.__version__ == '$py_sdk_version'" 2>/dev/null; then
+  echo "== pip install azure-cognitiveservices-speech==$py_sdk_version"
+  python3 -m venv "$py_venv"
+  "$py_venv/bin/pip" install -q --disable-pip-version-check "azure-cognitiveservices-speech==$py_sdk_version"
+fi
+
+# Runs python_sdk.py against the running service; $1 says which run it is.
+python_sdk() {
+  echo "== python_sdk.py (Microsoft's native Python SDK through the service, $1)"
+  local status=0
+  (cd "$here" && SERVICE_URL="ws://127.0.0.1:$svc_port" SERVICE_KEY="$service_key" \
+    EMULATOR_TRANSCRIPT="$transcript" timeout 300 "$py_venv/bin/python" python_sdk.py) || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "conformance: the Python SDK run ($1) FAILED (service log follows)" >&2
+    tail -n 50 "$work/svc-stderr" >&2
+    exit "$status"
+  fi
+}
 
 work="$(mktemp -d)"
 emu_pid=""
@@ -177,6 +202,7 @@ if [ "$status" -ne 0 ]; then
   tail -n 50 "$work/svc-stderr" >&2
   exit "$status"
 fi
+python_sdk "relayed to the emulator"
 stop_pid "$svc_pid"
 svc_pid=""
 
@@ -196,3 +222,4 @@ if [ "$status" -ne 0 ]; then
   tail -n 50 "$work/svc-stderr" >&2
   exit "$status"
 fi
+python_sdk "translated onto the mock"
