@@ -298,16 +298,19 @@ impl AppState {
     /// least once. Pools created on demand for SDK clients do not count: one warming up
     /// must not take the replica out of its load balancer.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining()
-            && self.pools().tts.snapshot().ready
-            && self.pools().stt.snapshot().ready
-            && self.pools().tts_stream.snapshot().ready
-            && self
-                .inner
-                .sdk_stt
-                .configured()
-                .iter()
-                .all(|p| p.snapshot().ready)
+        !self.is_draining() && self.readiness_snapshots().iter().all(|s| s.ready)
+    }
+
+    /// The snapshots of the pools that decide readiness ([`is_ready`](Self::is_ready)):
+    /// the configured ones, not those made on demand.
+    pub fn readiness_snapshots(&self) -> Vec<PoolSnapshot> {
+        let mut s = vec![
+            self.pools().tts.snapshot(),
+            self.pools().stt.snapshot(),
+            self.pools().tts_stream.snapshot(),
+        ];
+        s.extend(self.inner.sdk_stt.configured().iter().map(|p| p.snapshot()));
+        s
     }
 
     /// Whether shutdown has begun.

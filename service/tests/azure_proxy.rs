@@ -322,3 +322,51 @@ async fn stt_combinations_get_pools_of_their_own_and_turns_keep_their_connection
     );
     s.finish().await;
 }
+
+/// A recognizer in a language outside `STT_LANGUAGES` gets a pool made on demand. While
+/// that pool cannot fill (here the speech service throttles every new STT connection), the
+/// replica must stay ready: its configured pools serve every other caller warm, and a
+/// 503 from `/readyz` would take it out of the load balancer for one client's language.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_pool_that_cannot_fill_leaves_the_replica_ready() {
+    let s = setup(None).await;
+    let readyz = || async {
+        let r = client()
+            .get(s.server.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.expect("json"))
+    };
+    assert_eq!(readyz().await.0, 200);
+    s.emulator.add_fault(
+        FaultRule::new(Fault::Handshake {
+            status: 429,
+            retry_after: Some(1),
+        })
+        .target(Target::SttWs),
+    );
+    let name = "speech-stt:interactive:de-de:simple";
+    if let Ok(mut ws) = s
+        .connect(
+            "/speech/recognition/interactive/cognitiveservices/v1?language=de-DE",
+            &[],
+        )
+        .await
+    {
+        recognize(&mut ws, "DE0ED8904BB94E2A8C6E7C1F3A5B2D10", 0.5, true).await;
+        let _ = until_turn_end(&mut ws).await;
+    }
+    let pool = s.pool(name).await;
+    assert_eq!(
+        pool["ready"], false,
+        "the scenario needs an unfilled pool: {pool}"
+    );
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
+    assert!(body["pools"].get(name).is_none(), "{body}");
+    s.emulator.clear_faults();
+    s.finish().await;
+}

@@ -33,24 +33,27 @@ pub async fn livez() -> impl IntoResponse {
 pub struct Readiness {
     /// `ready`, `warming` or `draining`.
     pub status: &'static str,
-    /// Per pool: whether it has reached its warm target.
+    /// Per configured pool: whether it has reached its warm target. Pools made on demand
+    /// for SDK clients are not listed (see `/api/v1/pools`): they do not decide readiness.
     pub pools: std::collections::BTreeMap<String, bool>,
 }
 
-/// `GET /readyz`: 200 once every pool first reached its warm target; 503 before that and
-/// while draining, so a load balancer sends traffic only to an instance that will serve
-/// it warm.
+/// `GET /readyz`: 200 once every configured pool first reached its warm target; 503 before
+/// that and while draining, so a load balancer sends traffic only to an instance that will
+/// serve it warm. Pools made on demand (an SDK recognizer in a language outside
+/// `STT_LANGUAGES`) do not count: one that cannot fill (throttled, or a language the speech
+/// service refuses) must not take the replica out of its load balancer.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
     responses(
-        (status = 200, description = "Every pool reached its warm target", body = Readiness),
+        (status = 200, description = "Every configured pool reached its warm target", body = Readiness),
         (status = 503, description = "Warming up or draining", body = Readiness),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let snapshots = state.snapshots();
+    let snapshots = state.readiness_snapshots();
     let pools = snapshots
         .iter()
         .map(|s| (s.name.clone(), s.ready))
