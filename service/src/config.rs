@@ -403,6 +403,20 @@ pub struct Config {
     )]
     pub stt_languages: LanguageList,
 
+    /// Most STT pools made on demand, for SDK recognizers whose language, mode or format is
+    /// neither the STT pool's nor in STT_LANGUAGES (each keeps one connection warm). When a
+    /// new combination needs room, the least recently used pool that has had no caller for a
+    /// minute is closed to make it; past that, the new combination is refused. 0 serves
+    /// only the configured combinations.
+    #[arg(
+        long,
+        env = "STT_ON_DEMAND_POOLS",
+        default_value = "8",
+        value_name = "N",
+        value_parser = count()
+    )]
+    pub stt_on_demand_pools: usize,
+
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(
         long,
@@ -1099,6 +1113,13 @@ mod tests {
     #[test]
     fn stt_languages_are_bcp47_tags_without_duplicates() {
         assert!(Config::defaults().stt_languages.tags().is_empty());
+        assert_eq!(Config::defaults().stt_on_demand_pools, 8);
+        assert_eq!(
+            parse(&["--stt-on-demand-pools", "0"])
+                .unwrap()
+                .stt_on_demand_pools,
+            0
+        );
         let c = parse(&[
             "--stt-languages",
             " en-US, de-DE,,fr-FR ,EN-us,zh-Hans-CN,es-419",
@@ -1272,6 +1293,7 @@ mod tests {
             "AZURE_SPEECH_REGION",
             "AZURE_SPEECH_ENDPOINT",
             "STT_LANGUAGES",
+            "STT_ON_DEMAND_POOLS",
         ] {
             assert!(help.contains(var), "--help lacks {var}");
         }

@@ -127,6 +127,8 @@ pub struct ServiceOptions {
     /// Extra languages whose SDK STT pools are made and warmed at start-up
     /// (`STT_LANGUAGES`).
     pub stt_languages: Vec<String>,
+    /// Most STT pools made on demand for SDK clients (`STT_ON_DEMAND_POOLS`).
+    pub stt_on_demand_pools: usize,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
     /// Which backend serves the pools (`mock` or `azure`), reported in `/api/v1/pools`.
@@ -159,6 +161,7 @@ impl ServiceOptions {
             stt_mode: config.stt_mode,
             stt_format: config.stt_format,
             stt_languages: config.stt_languages.tags().to_vec(),
+            stt_on_demand_pools: config.stt_on_demand_pools,
             max_body_bytes: config.max_body_bytes,
             backend: backend.to_owned(),
             // Slightly longer than the pool's own acquire timeout, so that an exhausted
@@ -217,7 +220,7 @@ impl AppState {
                 sdk_stt: crate::azure_proxy::stt_pools::SttPools::new(
                     std::sync::Arc::clone(pools.stt.manager().factory()),
                     pools.stt.config().clone(),
-                    crate::azure_proxy::stt_pools::DEFAULT_MAX_POOLS,
+                    options.stt_on_demand_pools,
                 ),
                 token_issuer: crate::azure_proxy::token::TokenIssuer::new(options.api_key.as_ref()),
                 voices: Default::default(),
