@@ -252,3 +252,64 @@ async fn delete_cancels_a_streaming_turn_and_keeps_its_connection() {
     assert_eq!(body["error"]["code"], "bad_request", "{body}");
     t.finish().await;
 }
+
+/// The caller hangs up while the agent is still speaking: `DELETE /api/v1/sessions/{id}`
+/// stops the call's turn in flight (nobody listens any more) and releases the session,
+/// instead of waiting for the rest of the answer; the stopped turn's connection goes back
+/// to the warm set, not to the bin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_session_stops_its_turn_in_flight_and_keeps_the_connection() {
+    let t = setup().await;
+    let client = service::test_support::client();
+    let (mut resp, tier) = first_chunk(&client, &t.server, "hang-up-1").await;
+    assert_eq!(tier, "warm");
+    t.settle().await;
+    let opened = t.emulator.counters().connections_opened;
+
+    let r = tokio::time::timeout(
+        HANG,
+        client
+            .delete(t.server.url("/api/v1/sessions/hang-up-1"))
+            .send(),
+    )
+    .await
+    .expect("the release does not wait for the rest of the answer")
+    .expect("DELETE sent");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.expect("JSON");
+    assert_eq!(body["tts_turns_stopped"], 1, "{body}");
+    assert_eq!(body["released"]["speech-tts"], true, "{body}");
+
+    // The answer's stream ends early.
+    let full = long_text().len() as u64 * 60 * 48;
+    let mut got = 0u64;
+    tokio::time::timeout(HANG, async {
+        while let Ok(Some(c)) = resp.chunk().await {
+            got += c.len() as u64;
+        }
+    })
+    .await
+    .expect("the stopped stream ends");
+    assert!(got < full, "{got} of {full} bytes");
+
+    // The session is gone and its connection is warm again: the next call's first turn
+    // takes it, and nothing new was opened.
+    t.settle().await;
+    let tts = t.state.pools().tts.snapshot();
+    assert_eq!((tts.active_sessions, tts.dedicated), (0, 0), "{tts:?}");
+    let r = client
+        .post(t.server.url("/api/v1/tts"))
+        .json(&json!({"text": "Hello?", "session_id": "hang-up-2"}))
+        .send()
+        .await
+        .expect("next call");
+    assert_eq!(
+        r.headers().get(service::TIER_HEADER).map(|v| v.as_bytes()),
+        Some(&b"warm"[..])
+    );
+    assert!(r.bytes().await.expect("whole body").len() > 44);
+    let counters = t.emulator.counters();
+    assert_eq!(counters.connections_opened, opened, "{counters:?}");
+    assert_eq!(counters.turns_stopped, 1, "{counters:?}");
+    t.finish().await;
+}

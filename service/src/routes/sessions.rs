@@ -19,13 +19,16 @@ pub struct Released {
     /// Per pool: whether the session held a connection there.
     #[schema(value_type = std::collections::BTreeMap<String, bool>)]
     pub released: std::collections::BTreeMap<&'static str, bool>,
-    /// Open STT streams of the session that were ended.
+    /// Open STT streams (and text-streaming TTS sockets) of the session that were ended.
     pub streams_closed: usize,
+    /// `POST /api/v1/tts` turns of the session that were still speaking and were stopped.
+    pub tts_turns_stopped: usize,
 }
 
 /// `DELETE /api/v1/sessions/{id}`: ends the session's open STT streams (after their
-/// current turn), then gives its TTS and STT connections back to the warm sets. 404 when
-/// no pool knows the session.
+/// current turn) and stops its TTS turns still speaking (the call is over: as a barge-in,
+/// keeping their connections), then gives its TTS and STT connections back to the warm
+/// sets. 404 when no pool knows the session.
 ///
 /// Behind a load balancer that hashes on `X-Session-Id`, send the id in that header too:
 /// the path is not what the balancer hashes, and without the header this request may
@@ -59,6 +62,7 @@ pub async fn delete_session(
         .reconcile(Some(id), "the path's session id")?
         .unwrap_or_default();
     let streams_closed = state.streams().cancel(&id);
+    let tts_turns_stopped = state.tts_turns().stop_session(&id);
     state.session_cap().forget(&id);
     // Run the releases in their own task: a release waits for the session's current user
     // and must not be abandoned half-way if this client hangs up.
@@ -87,7 +91,7 @@ pub async fn delete_session(
             format!("no pool holds session {id}"),
         ));
     }
-    tracing::info!(session = %id, tts, stt, tts_stream, streams_closed, "session released");
+    tracing::info!(session = %id, tts, stt, tts_stream, streams_closed, tts_turns_stopped, "session released");
     let mut response = Json(Released {
         session_id: id.clone(),
         released: [
@@ -98,6 +102,7 @@ pub async fn delete_session(
         .into_iter()
         .collect(),
         streams_closed,
+        tts_turns_stopped,
     })
     .into_response();
     session_header::echo(response.headers_mut(), Some(&id));

@@ -317,7 +317,7 @@ async fn start_turn(
     let stop = StopSignal::new();
     // Registered for the turn's whole life (the task owns the registration), so a cancel
     // finds it until its connection is back in the pool.
-    let registration = TurnRegistry::register(state, &request_id, stop.clone());
+    let registration = TurnRegistry::register(state, &request_id, session, stop.clone());
     // The turn runs in its own task, tracked so shutdown waits for it, and owns the
     // connection. The response body only forwards what the relay passes on. When the
     // client hangs up (hyper drops the body, and with it the relay's receiver), stops
@@ -573,23 +573,40 @@ pub(crate) async fn relay_turn(
     }
 }
 
-/// The TTS turns in flight, by request id (lowercase), so that
-/// `DELETE /api/v1/tts/{request_id}` can stop one.
+/// The TTS turns in flight, by request id (lowercase), with their sessions, so that
+/// `DELETE /api/v1/tts/{request_id}` can stop one and `DELETE /api/v1/sessions/{id}` can stop
+/// a call's turn at once instead of waiting for it to finish.
 #[derive(Debug, Default)]
 pub(crate) struct TurnRegistry {
-    turns: Mutex<HashMap<String, StopSignal>>,
+    turns: Mutex<HashMap<String, RegisteredTurn>>,
+}
+
+#[derive(Debug)]
+struct RegisteredTurn {
+    stop: StopSignal,
+    session: Option<String>,
 }
 
 impl TurnRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, StopSignal>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RegisteredTurn>> {
         // Only plain map operations run under this lock; a poisoned map is still valid.
         self.turns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers the turn `id` of `state`, stopped by `stop`, until the registration drops.
-    fn register(state: &AppState, id: &RequestId, stop: StopSignal) -> TurnRegistration {
+    /// Registers the turn `id` of `state` (of `session`, if any), stopped by `stop`, until
+    /// the registration drops.
+    fn register(
+        state: &AppState,
+        id: &RequestId,
+        session: Option<&str>,
+        stop: StopSignal,
+    ) -> TurnRegistration {
         let key = id.as_str().to_ascii_lowercase();
-        state.tts_turns().lock().insert(key.clone(), stop);
+        let turn = RegisteredTurn {
+            stop,
+            session: session.map(str::to_owned),
+        };
+        state.tts_turns().lock().insert(key.clone(), turn);
         TurnRegistration {
             state: state.clone(),
             key,
@@ -602,8 +619,21 @@ impl TurnRegistry {
         let stop = self
             .lock()
             .get(&id.as_str().to_ascii_lowercase())
-            .cloned()?;
+            .map(|turn| turn.stop.clone())?;
         Some(stop.stop())
+    }
+
+    /// Stops every turn of `session` in flight (the call ended: nobody listens any more);
+    /// returns how many this call stopped. Each ends as a cancelled turn does, keeping its
+    /// connection, so the session's release that follows does not wait for it.
+    pub(crate) fn stop_session(&self, session: &str) -> usize {
+        let stops: Vec<StopSignal> = self
+            .lock()
+            .values()
+            .filter(|turn| turn.session.as_deref() == Some(session))
+            .map(|turn| turn.stop.clone())
+            .collect();
+        stops.into_iter().filter(|stop| stop.stop()).count()
     }
 
     fn remove(&self, key: &str) {
