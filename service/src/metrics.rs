@@ -15,6 +15,7 @@ use metrics::{
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use metrics_util::MetricKindMask;
 use pool_core::{PoolSnapshot, Tier};
 use speech_core::ErrorClass;
 
@@ -46,6 +47,13 @@ pub mod names {
     pub const HTTP_IN_FLIGHT: &str = "http_requests_in_flight";
 }
 
+/// How long a series may go without an update before the exporter forgets it. A pool's
+/// figures are recorded at every scrape, so a live pool's series never go idle; the series
+/// of an on-demand STT pool that was closed to make room for another combination (its
+/// language is in the pool's name) go away an hour later, so languages clients ask for one
+/// after another cannot grow the registry without bound.
+const SERIES_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The service's metrics registry. Cheap to share behind the app state's `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -62,7 +70,12 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with histogram buckets and descriptions set.
     pub fn new() -> Self {
-        let builder = PrometheusBuilder::new();
+        Self::forgetting_idle_series_after(SERIES_IDLE_TIMEOUT)
+    }
+
+    /// A registry that forgets a series nobody has updated for `idle`.
+    fn forgetting_idle_series_after(idle: Duration) -> Self {
+        let builder = PrometheusBuilder::new().idle_timeout(MetricKindMask::ALL, Some(idle));
         // set_buckets_for_metric fails only for an empty bucket list; ours are constants.
         let builder = match builder
             .set_buckets_for_metric(
@@ -277,6 +290,21 @@ fn record_snapshot(s: &PoolSnapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_nobody_updates_are_forgotten() {
+        let m = Metrics::forgetting_idle_series_after(Duration::from_millis(200));
+        let closed_pool = "speech-stt:interactive:xx-xx:simple";
+        m.record_acquire(closed_pool, Tier::Cold, Duration::from_millis(80));
+        m.record_acquire("speech-tts", Tier::Warm, Duration::from_micros(3));
+        assert!(m.render(&[]).contains(closed_pool));
+        // Only the live pool is used from now on.
+        std::thread::sleep(Duration::from_millis(400));
+        m.record_acquire("speech-tts", Tier::Warm, Duration::from_micros(3));
+        let text = m.render(&[]);
+        assert!(!text.contains(closed_pool), "{text}");
+        assert!(text.contains("pool=\"speech-tts\""), "{text}");
+    }
 
     #[test]
     fn registries_are_independent() {
