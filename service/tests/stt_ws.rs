@@ -277,6 +277,17 @@ async fn a_second_stream_of_a_busy_session_is_refused_not_hung() {
     let error = events.last().unwrap();
     assert_eq!(error["status"], 409, "{events:?}");
     assert_eq!(error["code"], "session_busy", "{events:?}");
+    // The close says why too, for clients that only log the close.
+    let close = loop {
+        match tokio::time::timeout(HANG, second.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+    .expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 1013);
+    assert_eq!(close.reason, "no speech connection available: session_busy");
     drop(first);
     stop(server).await;
 }

@@ -356,7 +356,7 @@ async fn run_stream(
                 Ok(acquired) => acquired,
                 Err(e) => {
                     send_error(&mut socket, &e).await;
-                    close = (1013, "no speech connection available".to_owned());
+                    close = (1013, format!("no speech connection available: {}", e.code));
                     break;
                 }
             };

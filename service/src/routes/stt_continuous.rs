@@ -467,7 +467,8 @@ impl Stream<'_> {
             }
             (Purpose::Leg, Err(e)) => {
                 if !self.started {
-                    return Err((e, (1013, "no speech connection available".to_owned())));
+                    let reason = format!("no speech connection available: {}", e.code);
+                    return Err((e, (1013, reason)));
                 }
                 tracing::warn!(pool = STT_POOL, error = %e.message, "no connection to resume the stream");
                 self.failures += 1;
