@@ -2,7 +2,7 @@
 //! the passes it runs (refresh marking, pruning, surplus trim, the adaptive target).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 
 use std::time::Duration;
 
@@ -82,12 +82,17 @@ pub(crate) fn spawn<M: Manager>(inner: &Arc<Inner<M>>) {
 }
 
 /// Starts the maintainer again if it went down with the runtime it ran on (a pool used
-/// from one runtime after another): one relaxed load when it is running.
+/// from one runtime after another): one relaxed load when it is running, and a
+/// compare-and-swap so that two callers racing here start one maintainer, not two.
 pub(crate) fn ensure_running<M: Manager>(inner: &Arc<Inner<M>>) {
     if inner.config.background_warmup
         && !inner.maintainer_running.load(Relaxed)
         && !inner.stop.is_cancelled()
         && tokio::runtime::Handle::try_current().is_ok()
+        && inner
+            .maintainer_running
+            .compare_exchange(false, true, AcqRel, Relaxed)
+            .is_ok()
     {
         spawn(inner);
     }
