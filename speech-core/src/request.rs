@@ -170,7 +170,7 @@ impl SynthesisRequest {
     ///   with 1007 on SSML it cannot parse, which would cost the pooled connection);
     /// - the voice is well-formed ([`validate_voice_name`]); required for text input.
     ///
-    /// Does not allocate.
+    /// Allocates only to check SSML attributes for repeats and to describe an error.
     pub fn validate(&self) -> Result<(), SpeechError> {
         let (body, what) = match &self.input {
             SynthesisInput::Text(t) => (t.as_str(), "text"),

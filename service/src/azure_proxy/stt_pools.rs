@@ -85,9 +85,9 @@ pub struct SttPools {
     factory: Arc<dyn RecognizerFactory>,
     template: PoolConfig,
     max: usize,
+    /// Every pool, configured (`STT_LANGUAGES`) or made on demand, told apart by
+    /// [`Held::configured`].
     pools: Mutex<HashMap<Key, Held>>,
-    /// The pools `STT_LANGUAGES` asked for (also in `pools`), in the order configured.
-    configured: Mutex<Vec<Pool<RecognizerManager>>>,
     /// Shutdowns of evicted pools, awaited by [`shutdown`](Self::shutdown).
     evicted: TaskTracker,
 }
@@ -100,7 +100,6 @@ impl SttPools {
             template,
             max,
             pools: Mutex::new(HashMap::new()),
-            configured: Mutex::new(Vec::new()),
             evicted: TaskTracker::new(),
         }
     }
@@ -127,20 +126,19 @@ impl SttPools {
                 last_used: Instant::now(),
             },
         );
-        drop(pools);
-        self.configured
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pool.clone());
         Ok(pool)
     }
 
-    /// The pools of `STT_LANGUAGES`.
+    /// The pools of `STT_LANGUAGES`, by name.
     pub fn configured(&self) -> Vec<Pool<RecognizerManager>> {
-        self.configured
+        let mut configured: Vec<_> = self
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .values()
+            .filter(|h| h.configured)
+            .map(|h| h.pool.clone())
+            .collect();
+        configured.sort_by(|a, b| a.config().name.cmp(&b.config().name));
+        configured
     }
 
     fn build(
