@@ -203,7 +203,7 @@ async fn upstream_faults_reach_the_sdk_as_azure_closes_and_the_next_socket_is_se
 
 /// Azure's idle and age closes are normal closes (1000) that can cross a turn's first
 /// message on the wire. Before the SDK was sent anything, the turn is replayed on a fresh
-/// connection and the SDK never notices; after it, the SDK gets 1011 (a normal close in the
+/// connection (again if that one closes too, up to three times) and the SDK never notices; after it, the SDK gets 1011 (a normal close in the
 /// middle of a turn leaves the JavaScript SDK waiting for the turn's end for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_normal_close_racing_a_turn_is_invisible_before_output_and_1011_after() {
@@ -232,6 +232,24 @@ async fn a_normal_close_racing_a_turn_is_invisible_before_output_and_1011_after(
     let rid3 = "3333D8904BB94E2A8C6E7C1F3A5B2D10";
     speak(&mut ws, rid3, "and the socket goes on", true).await;
     check_tts_turn(&until_turn_end(&mut ws).await.expect("turn 3"), rid3);
+
+    // Connections warmed together idle out together: the replacements close as well, one
+    // after the other (two warm ones and then the next), and the turn is still served.
+    s.emulator.add_fault(
+        FaultRule::new(Fault::Close {
+            code: 1000,
+            reason: Some("Idle timeout".into()),
+            at: TurnPoint::BeforeTurnStart,
+        })
+        .target(Target::TtsWs)
+        .times(3),
+    );
+    let rid3b = "3BBBD8904BB94E2A8C6E7C1F3A5B2D10";
+    speak(&mut ws, rid3b, "its replacements closed too", true).await;
+    let got = until_turn_end(&mut ws)
+        .await
+        .expect("served after three replacements closed in turn");
+    check_tts_turn(&got, rid3b);
 
     s.emulator.add_fault(
         FaultRule::new(Fault::Close {

@@ -262,3 +262,48 @@ async fn upstream_throttling_reaches_the_client_as_azures_429() {
     assert_eq!(&r.bytes().await.expect("audio")[..4], b"RIFF");
     up.finish().await;
 }
+
+/// Azure's idle and age closes (1000) can cross a turn's first message, and the
+/// connections warmed together idle out together: a turn with no audio yet moves to a
+/// fresh connection up to three times, so the caller sees nothing. A server that keeps
+/// closing costs the caller one clear error, not a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_closes_before_any_audio_move_the_turn_to_a_fresh_connection_a_bounded_number_of_times()
+ {
+    let up = common::azure::Upstream::start(|c| {
+        c.azure_tts_transport = TtsTransport::Websocket;
+        c.warm_pool_tts_size = 2;
+    })
+    .await;
+    let idle_close = |times| {
+        FaultRule::new(Fault::Close {
+            code: 1000,
+            reason: Some("Idle timeout".into()),
+            at: speech_emulator::TurnPoint::BeforeTurnStart,
+        })
+        .target(Target::TtsWs)
+        .times(times)
+    };
+    let synthesize = || {
+        client()
+            .post(up.server.url("/cognitiveservices/v1"))
+            .header("content-type", "application/ssml+xml")
+            .header("X-Microsoft-OutputFormat", "riff-24khz-16bit-mono-pcm")
+            .body(SSML)
+            .send()
+    };
+    up.emulator.add_fault(idle_close(3));
+    let r = synthesize().await.expect("send");
+    assert_eq!(r.status(), 200, "three closes in a row are invisible");
+    assert_eq!(&r.bytes().await.expect("audio")[..4], b"RIFF");
+
+    up.emulator.add_fault(idle_close(4));
+    let r = synthesize().await.expect("send");
+    assert_eq!(r.status(), 503, "the fourth close reaches the caller");
+    let body = r.text().await.expect("body");
+    assert!(body.contains("Idle timeout"), "{body}");
+    // And the service serves again once the upstream does.
+    let r = synthesize().await.expect("send");
+    assert_eq!(r.status(), 200);
+    up.finish().await;
+}

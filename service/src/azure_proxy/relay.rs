@@ -18,12 +18,12 @@
 //!   unchanged, and the upstream's come back unchanged until its `turn.end`.
 //!
 //! An upstream that closes on its own (1000 or 1001: an idle or age close that crossed the
-//! turn's first message on the wire) before the SDK was sent anything is replaced once and
-//! the turn replayed on the fresh connection, so the SDK does not notice. Otherwise, when
-//! the upstream fails mid-turn the SDK sees the close it would see from Azure itself: the
-//! upstream's own code when there was one (4429 throttled, 1007 bad request, 1011 ...), and
-//! 1011 for a connection that died without one or closed normally mid-turn, which the SDKs
-//! treat as retryable.
+//! turn's first message on the wire) before the SDK was sent anything is replaced and the
+//! turn replayed on the fresh connection (up to `routes::MAX_MOVES_AFTER_A_NORMAL_CLOSE`
+//! times), so the SDK does not notice. Otherwise, when the upstream fails mid-turn the SDK
+//! sees the close it would see from Azure itself: the upstream's own code when there was
+//! one (4429 throttled, 1007 bad request, 1011 ...), and 1011 for a connection that died
+//! without one or closed normally mid-turn, which the SDKs treat as retryable.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ use speech_core::{ErrorClass, SpeechError, WireMessage};
 use tokio::sync::mpsc;
 
 use super::wire::{Route, binary_route, text_route};
-use crate::routes::acquire;
+use crate::routes::{MAX_MOVES_AFTER_A_NORMAL_CLOSE, acquire, closed_on_its_own};
 use crate::state::AppState;
 
 /// Messages buffered per direction during a turn; small so back-pressure reaches the
@@ -255,11 +255,12 @@ where
         let started = Instant::now();
         // Copies of the turn's messages to the upstream, kept while the SDK has been sent
         // nothing: an upstream that closes on its own before answering (an idle or age
-        // close that crossed the turn's first message on the wire) is replaced once and
-        // the turn replayed on the new connection, so the SDK never notices. A turn of
+        // close that crossed the turn's first message on the wire) is replaced and the
+        // turn replayed on the new connection, up to `MAX_MOVES_AFTER_A_NORMAL_CLOSE`
+        // times, so the SDK never notices. A turn of
         // more than `TURN_BUFFER` messages is not replayable.
         let mut replay: Option<Vec<WireMessage>> = Some(vec![first.wire]);
-        let mut replayed = false;
+        let mut replays: u32 = 0;
         let mut sent_to_sdk = false;
         let mut first_audio = false;
         let mut reading = true;
@@ -326,15 +327,9 @@ where
                     }
                 }
             };
-            let closed_on_its_own = matches!(
-                &outcome,
-                Some(Err(SpeechError::ConnectionClosed {
-                    code: Some(1000 | 1001),
-                    ..
-                }))
-            );
-            if !(closed_on_its_own
-                && !replayed
+            let idle_or_age_close = matches!(&outcome, Some(Err(e)) if closed_on_its_own(e));
+            if !(idle_or_age_close
+                && replays < MAX_MOVES_AFTER_A_NORMAL_CLOSE
                 && !sent_to_sdk
                 && replay.is_some()
                 && to_client.is_empty())
@@ -344,8 +339,8 @@ where
             // The failed connection is not ready: dropping the guard discards it, and the
             // session binds a fresh one.
             drop(guard);
-            replayed = true;
-            tracing::info!(parent: &span, "upstream closed before answering; replaying the turn on a fresh connection");
+            replays += 1;
+            tracing::info!(parent: &span, replays, "upstream closed before answering; replaying the turn on a fresh connection");
             guard = match acquire(&down.state, &down.pool, Some(&down.session)).await {
                 Ok((g, _)) => g,
                 Err(e) => {

@@ -185,6 +185,27 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// How many times a turn that has produced nothing yet moves to a fresh connection after
+/// its connection closed on its own (see [`closed_on_its_own`]). More than once because
+/// connections warmed together idle out together: when Azure's idle close reaches one of
+/// them, the replacement taken from the warm set may have its own close already on the
+/// wire and not yet read (the SDK conformance run saw exactly that). Bounded so a server
+/// that closes every connection at once costs the caller one error, not a loop.
+pub(crate) const MAX_MOVES_AFTER_A_NORMAL_CLOSE: u32 = 3;
+
+/// Whether a turn failed because its connection closed normally (1000 or 1001): Azure's
+/// idle and age closes, which can cross a turn's first message on the wire. The request
+/// was not the problem, and the connection was going away anyway.
+pub(crate) fn closed_on_its_own(e: &SpeechError) -> bool {
+    matches!(
+        e,
+        SpeechError::ConnectionClosed {
+            code: Some(1000 | 1001),
+            ..
+        }
+    )
+}
+
 /// Whether a connection that failed a turn with this error may serve another one. After
 /// anything but a rejected request or a caller hanging up, its state is unknown: a fresh
 /// connection costs one connect, a broken one would fail the next turn.

@@ -22,8 +22,9 @@ use tracing::Instrument;
 
 use super::session_header::{self, SessionHeader};
 use super::{
-    Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
-    check_session_cap, client_id, keep_after_error, require_json, validate_session_id,
+    MAX_MOVES_AFTER_A_NORMAL_CLOSE, Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER,
+    acquire, acquire_timing, check_session_cap, client_id, closed_on_its_own, keep_after_error,
+    require_json, validate_session_id,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::LogLimiter;
@@ -106,6 +107,8 @@ fn build_request(
 /// A turn whose connection dies before any audio (closed, dropped, a transient server
 /// error) is retried once on a fresh connection: synthesis has no side effects and the
 /// caller has received nothing yet, so the retry is invisible but for the time it takes.
+/// An idle or age close (1000/1001) is retried up to three times, since the connections
+/// warmed together with the closed one idle out together.
 /// Throttling is not retried (that would add load exactly when the service asks for less),
 /// nor is anything after the first audio byte.
 ///
@@ -176,23 +179,24 @@ pub(crate) async fn serve_turn(
     let format = request.format;
 
     let mut waited = Duration::ZERO;
-    let mut retried = false;
+    let mut retries: u32 = 0;
     let mut attempt = request;
     let turn = loop {
         // Kept for a retry; the text is at most 64 KB, cheap next to a network turn.
         let mut retry = attempt.clone();
         match start_turn(state, attempt, session.as_deref(), &mut waited).await {
             Ok(turn) => break turn,
-            Err(TurnFailure::Upstream(e)) if !retried && retry_before_audio(e.class()) => {
+            Err(TurnFailure::Upstream(e)) if retry_before_audio(&e, retries) => {
                 record_failure(state, &e);
                 tracing::info!(
                     request_id = %retry.request_id,
                     session = session.as_deref(),
-                    "the connection failed before any audio; retrying once on a fresh connection"
+                    error = %e,
+                    "the connection failed before any audio; retrying on a fresh connection"
                 );
                 // Azure refuses a reused request id.
                 retry.request_id = RequestId::new();
-                retried = true;
+                retries += 1;
                 attempt = retry;
             }
             Err(failure) => return Err(failure.into_api_error(state)),
@@ -237,10 +241,20 @@ pub(crate) async fn serve_turn(
     Ok(response)
 }
 
-/// Failures a turn is retried for when they happen before any audio: the connection, not
-/// the request, was the problem.
-fn retry_before_audio(class: ErrorClass) -> bool {
-    matches!(class, ErrorClass::ConnectionClosed | ErrorClass::Transient)
+/// Whether a turn that failed before any audio, after `retries` retries, is retried on a
+/// fresh connection: the connection, not the request, was the problem. An idle or age
+/// close is retried up to `MAX_MOVES_AFTER_A_NORMAL_CLOSE` times (the connections warmed
+/// with this one may be closing too); any other lost connection or transient error once.
+fn retry_before_audio(e: &SpeechError, retries: u32) -> bool {
+    if closed_on_its_own(e) {
+        retries < MAX_MOVES_AFTER_A_NORMAL_CLOSE
+    } else {
+        retries == 0
+            && matches!(
+                e.class(),
+                ErrorClass::ConnectionClosed | ErrorClass::Transient
+            )
+    }
 }
 
 /// A turn that has produced its first audio.
