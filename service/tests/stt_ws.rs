@@ -291,3 +291,87 @@ async fn a_second_stream_of_a_busy_session_is_refused_not_hung() {
     drop(first);
     stop(server).await;
 }
+
+/// Azure's idle and age closes (1000) can cross a turn's first audio, and the connections
+/// warmed together idle out together. A turn whose connection closes before the client was
+/// sent anything moves to a fresh connection with the audio it was given, up to three
+/// times, so the caller's words are recognised, not lost. A fourth close reaches the
+/// client as an error, and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_whose_connection_closes_before_answering_moves_with_its_audio() {
+    use common::azure::{UPSTREAM_KEY, Upstream};
+    use speech_emulator::{EmulatorConfig, Fault, FaultRule, Target, TurnPoint};
+
+    let words = "the words survive the move";
+    let up = Upstream::start_with(
+        EmulatorConfig::default()
+            .with_key(UPSTREAM_KEY)
+            .with_transcript(words),
+        |c| {
+            c.warm_pool_stt_size = 2;
+            // Longer than `HANG`: a move that lost the client's end of audio would hang
+            // the turn instead of being rescued by the audio idle timeout.
+            c.limits.stt_audio_idle_timeout = Duration::from_secs(120);
+        },
+    )
+    .await;
+    let idle_close = |times| {
+        FaultRule::new(Fault::Close {
+            code: 1000,
+            reason: Some("Idle timeout".into()),
+            at: TurnPoint::BeforeTurnStart,
+        })
+        .target(Target::SttWs)
+        .times(times)
+    };
+    let (mut ws, _) = connect_async(up.server.ws_url("/api/v1/stt?session_id=moves").as_str())
+        .await
+        .expect("connect");
+    assert_eq!(next(&mut ws).await["type"], "connected");
+    let audio = pcm(1.0);
+    // The emulator's phrase covers all the audio its connection received: one second,
+    // exactly, when nothing was lost or sent twice across the moves.
+    let whole_second = |events: &[Value]| {
+        events
+            .iter()
+            .find(|e| e["type"] == "phrase")
+            .and_then(|e| e["duration"].as_u64())
+            == Some(10_000_000)
+    };
+
+    let events = turn(&mut ws, &audio).await;
+    assert_eq!(phrase(&events), Some(words), "{events:?}");
+    assert!(whole_second(&events), "{events:?}");
+
+    up.emulator.add_fault(idle_close(3));
+    let events = turn(&mut ws, &audio).await;
+    assert_eq!(events[0]["type"], "turn_start", "{events:?}");
+    assert_eq!(events[0]["tier"], "dedicated", "{events:?}");
+    assert!(
+        events.iter().all(|e| e["type"] != "error"),
+        "three closes in a row are invisible: {events:?}"
+    );
+    assert_eq!(phrase(&events), Some(words), "{events:?}");
+    assert!(whole_second(&events), "the moved audio, whole: {events:?}");
+    assert_eq!(events.last().unwrap()["type"], "turn_end", "{events:?}");
+
+    up.emulator.add_fault(idle_close(4));
+    let events = turn(&mut ws, &audio).await;
+    let error = events.last().unwrap();
+    assert_eq!(
+        error["type"], "error",
+        "the fourth close reaches the client: {events:?}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Idle timeout"),
+        "{error}"
+    );
+    // The stream goes on: the next turn is served.
+    let events = turn(&mut ws, &audio).await;
+    assert_eq!(phrase(&events), Some(words), "{events:?}");
+    ws.close(None).await.expect("close");
+    up.finish().await;
+}

@@ -22,7 +22,11 @@
 //! its first audio arrives and gives it back at `turn_end`; between turns it is parked in
 //! the session (DEDICATED next time) or returned to the warm set. So an open but silent
 //! socket costs the pools nothing. When no connection can be had the client gets an
-//! `error` message and the socket closes with 1013 (try again later).
+//! `error` message and the socket closes with 1013 (try again later). A turn whose
+//! connection closes on its own (1000/1001: an idle or age close crossing the turn's first
+//! audio) before the client was sent any event moves to a fresh connection with the audio
+//! it had been given, up to three times; the client sees only its `turn_start` (whose
+//! tier and request id are those of the first connection) and then the results.
 //!
 //! Limits: a turn whose audio stops for `STT_AUDIO_IDLE_TIMEOUT` is ended with what was
 //! said so far, giving its connection back while the socket stays open; a socket that
@@ -33,6 +37,7 @@
 //! Two streams of one session share its connection: a turn of the second waits (up to
 //! the pool's acquire timeout) for the first's turn to end, else gets `session_busy`.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::QueryRejection;
@@ -52,7 +57,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::session_header::{self, SessionHeader};
-use super::{Peer, acquire, check_session_cap, client_id, keep_after_error, validate_session_id};
+use super::{
+    MAX_MOVES_AFTER_A_NORMAL_CLOSE, Peer, acquire, check_session_cap, client_id, closed_on_its_own,
+    keep_after_error, validate_session_id,
+};
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::ClientId;
 use crate::state::{AppState, STT_POOL};
@@ -138,6 +146,16 @@ pub(super) struct StreamContext {
     pub(super) mode: RecognitionMode,
     /// `stream=continuous`: one call-long stream (see `stt_continuous`).
     pub(super) continuous: bool,
+}
+
+impl StreamContext {
+    /// A recognition request for this stream, with a request id of its own.
+    pub(super) fn request(&self) -> RecognitionRequest {
+        let mut request = RecognitionRequest::new(self.language.clone());
+        request.format = self.format;
+        request.mode = self.mode;
+        request
+    }
 }
 
 /// `GET /api/v1/stt`.
@@ -340,7 +358,7 @@ async fn run_stream(
     }
     let mut turn: u32 = 0;
     let mut close = (1000, "done".to_owned());
-    loop {
+    'turns: loop {
         let audio = match wait_for_audio(&mut socket, &stop, idle_close).await {
             NextTurn::Audio(chunk) => chunk,
             NextTurn::Done => break,
@@ -364,38 +382,85 @@ async fn run_stream(
             state.session_cap().record(&client, id);
         }
         turn += 1;
-        let mut request = RecognitionRequest::new(context.language.clone());
-        request.format = context.format;
-        request.mode = context.mode;
-        let request_id = request.request_id.clone();
+        let mut request = context.request();
+        let first_request_id = request.request_id.clone();
         let start = ServerMessage::TurnStart {
             turn,
             tier: guard.tier(),
             acquire_ms: waited.as_secs_f64() * 1000.0,
-            request_id: request_id.as_str(),
+            request_id: first_request_id.as_str(),
         };
         if send_json(&mut socket, &start).await.is_err() {
             return;
         }
         let started = Instant::now();
-        // Everything the turn logs, here and in the backend, carries the request id,
-        // session, pool and tier, so one slow turn can be followed through the logs.
-        let span = tracing::info_span!(
-            "stt_turn",
-            request_id = %request_id,
-            session = context.session.as_deref(),
-            pool = STT_POOL,
-            tier = %guard.tier(),
-            turn
-        );
-        let (result, client_end) =
-            run_turn(&mut socket, &mut **guard, request, audio, &stop, audio_idle)
-                .instrument(span)
-                .await;
+        let mut queued = VecDeque::from([audio]);
+        let mut audio_ended = false;
+        let mut moves: u32 = 0;
+        let (result, client_end) = loop {
+            let request_id = request.request_id.clone();
+            // Everything the turn logs, here and in the backend, carries the request id,
+            // session, pool and tier, so one slow turn can be followed through the logs.
+            let span = tracing::info_span!(
+                "stt_turn",
+                request_id = %request_id,
+                session = context.session.as_deref(),
+                pool = STT_POOL,
+                tier = %guard.tier(),
+                turn
+            );
+            let attempt = TurnAudio {
+                queued,
+                ended: audio_ended,
+            };
+            let (result, client_end, unanswered) = run_turn(
+                &mut socket,
+                &mut **guard,
+                request,
+                attempt,
+                &stop,
+                audio_idle,
+            )
+            .instrument(span.clone())
+            .await;
+            // A connection that closed on its own (an idle or age close crossing the
+            // turn's first audio) before the client was sent anything: the turn moves to
+            // a fresh connection with the audio it was sent, so the caller's words are
+            // not lost (the connections warmed together may be closing too, hence up to
+            // `MAX_MOVES_AFTER_A_NORMAL_CLOSE` times).
+            let movable = match (&result, &client_end, unanswered) {
+                (Err(e), None, Some(audio))
+                    if closed_on_its_own(e)
+                        && moves < MAX_MOVES_AFTER_A_NORMAL_CLOSE
+                        && !stop.is_cancelled() =>
+                {
+                    Some((e.clone(), audio))
+                }
+                _ => None,
+            };
+            let Some((e, audio)) = movable else {
+                break (result, client_end);
+            };
+            state.metrics().record_upstream_error(STT_POOL, e.class());
+            tracing::info!(parent: &span, error = %e, "the connection closed before answering; moving the turn to a fresh connection");
+            guard.discard();
+            moves += 1;
+            guard = match acquire(&state, &state.pools().stt, context.session.as_deref()).await {
+                Ok((g, _)) => g,
+                Err(e) => {
+                    send_error(&mut socket, &e).await;
+                    close = (1013, format!("no speech connection available: {}", e.code));
+                    break 'turns;
+                }
+            };
+            request = context.request();
+            queued = audio.queued;
+            audio_ended = audio.ended;
+        };
         let client_gone = client_end.is_some();
         match result {
             Ok(()) => {
-                tracing::debug!(%request_id, turn, elapsed = ?started.elapsed(), "recognition turn done");
+                tracing::debug!(request_id = %first_request_id, turn, moves, elapsed = ?started.elapsed(), "recognition turn done");
                 drop(guard);
             }
             Err(e) => {
@@ -406,7 +471,7 @@ async fn run_stream(
                 }
                 if e.class() != speech_core::ErrorClass::Cancelled {
                     state.metrics().record_upstream_error(STT_POOL, e.class());
-                    tracing::warn!(pool = STT_POOL, %request_id, class = %e.class(), error = %e, "recognition failed");
+                    tracing::warn!(pool = STT_POOL, request_id = %first_request_id, class = %e.class(), error = %e, "recognition failed");
                     if !client_gone {
                         send_error(&mut socket, &ApiError::from_speech(&e)).await;
                     }
@@ -507,23 +572,46 @@ async fn reserve(
 /// broke the protocol, the stream must close with that code and reason.
 type ClientEnd = Option<Option<(u16, String)>>;
 
+/// The audio a turn attempt starts with: chunks to forward before reading more from the
+/// client, and whether the client had already ended the turn's audio.
+struct TurnAudio {
+    queued: VecDeque<Bytes>,
+    ended: bool,
+}
+
+/// Audio kept for a move to a fresh connection is bounded: 30 s of 16 kHz 16-bit mono.
+/// A connection that has taken this much audio without answering is not an idle close
+/// crossing the turn's start, and the copy would only cost memory.
+const UNANSWERED_AUDIO_LIMIT: usize = 30 * 32_000;
+
 /// Runs one recognition turn: forwards client audio to the connection and events back,
-/// until the backend ends the turn. Returns the turn's result and how the client left, if
-/// it did. Never abandons the backend's future mid-turn (that would leave the connection
-/// in an unknown state); once the client is gone, silent for `audio_idle`, or the stream
-/// is stopped, it ends the audio and lets the turn finish with what was said.
+/// until the backend ends the turn. Returns the turn's result, how the client left, if
+/// it did, and, while the client has been sent no event, the audio the connection was
+/// given (so a turn whose connection closed before answering can move to another one).
+/// Never abandons the backend's future mid-turn (that would leave the connection in an
+/// unknown state); once the client is gone, silent for `audio_idle`, or the stream is
+/// stopped, it ends the audio and lets the turn finish with what was said.
 async fn run_turn(
     socket: &mut WebSocket,
     conn: &mut dyn Recognizer,
     request: RecognitionRequest,
-    first: Bytes,
+    audio: TurnAudio,
     stop: &CancellationToken,
     audio_idle: Duration,
-) -> (Result<(), SpeechError>, ClientEnd) {
+) -> (Result<(), SpeechError>, ClientEnd, Option<TurnAudio>) {
     let (audio_tx, audio_rx) = mpsc::channel(TURN_BUFFER);
     let (events_tx, mut events_rx) = mpsc::channel::<RecognitionEvent>(TURN_BUFFER);
+    let TurnAudio {
+        mut queued,
+        ended: ended_before,
+    } = audio;
     let mut audio_tx = Some(audio_tx);
-    let mut pending = Some(first);
+    // What the connection was given, while the client has been sent nothing.
+    let mut unanswered = Some(TurnAudio {
+        queued: VecDeque::new(),
+        ended: false,
+    });
+    let mut unanswered_bytes = 0usize;
     let mut client_end: ClientEnd = None;
     let mut result = None;
     let mut events_open = true;
@@ -532,18 +620,34 @@ async fn run_turn(
     let recognize = conn.recognize(request, audio_rx, events_tx);
     tokio::pin!(recognize);
     while result.is_none() || events_open {
+        if ended_before && queued.is_empty() && audio_tx.is_some() {
+            // A moved turn whose client had already ended its audio: end it here too,
+            // once everything it sent has been forwarded.
+            audio_tx = None;
+            if let Some(u) = unanswered.as_mut() {
+                u.ended = true;
+            }
+        }
         // The branches only produce a step; acting on it happens after the select, once
         // no branch future borrows the channels or the socket any more.
         let step = tokio::select! {
             r = &mut recognize, if result.is_none() => Step::Finished(r),
             ev = events_rx.recv(), if events_open => Step::Event(ev),
-            permit = reserve(&audio_tx), if pending.is_some() => {
-                if let (Ok(permit), Some(chunk)) = (permit, pending.take()) {
+            permit = reserve(&audio_tx), if !queued.is_empty() => {
+                if let (Ok(permit), Some(chunk)) = (permit, queued.pop_front()) {
+                    if let Some(u) = unanswered.as_mut() {
+                        unanswered_bytes += chunk.len();
+                        if unanswered_bytes > UNANSWERED_AUDIO_LIMIT {
+                            unanswered = None;
+                        } else {
+                            u.queued.push_back(chunk.clone());
+                        }
+                    }
                     permit.send(chunk);
                 }
                 Step::Forwarded
             }
-            msg = socket.recv(), if pending.is_none() && audio_tx.is_some() && client_end.is_none() => {
+            msg = socket.recv(), if queued.is_empty() && audio_tx.is_some() && client_end.is_none() => {
                 Step::Client(msg)
             }
             () = stop.cancelled(), if audio_tx.is_some() => Step::Stop,
@@ -552,11 +656,12 @@ async fn run_turn(
         match step {
             Step::Finished(r) => result = Some(r),
             Step::Event(Some(ev)) => {
+                unanswered = None;
                 if client_end.is_none() && send_json(socket, &ev).await.is_err() {
                     // Keep draining events so the backend is never blocked on us.
                     client_end = Some(None);
                     audio_tx = None;
-                    pending = None;
+                    queued.clear();
                 }
             }
             Step::Event(None) => events_open = false,
@@ -565,12 +670,15 @@ async fn run_turn(
                 idle.as_mut()
                     .reset(tokio::time::Instant::now() + audio_idle);
                 if !b.is_empty() {
-                    pending = Some(b);
+                    queued.push_back(b);
                 }
             }
             Step::Client(Some(Ok(Message::Text(t)))) => {
                 if is_end_message(&t) {
                     audio_tx = None;
+                    if let Some(u) = unanswered.as_mut() {
+                        u.ended = true;
+                    }
                 }
             }
             Step::Client(Some(Err(e))) => {
@@ -587,12 +695,20 @@ async fn run_turn(
                 // audio so the turn finishes with what was said so far and its
                 // connection goes back to the pool.
                 audio_tx = None;
-                pending = None;
+                queued.clear();
+                if let Some(u) = unanswered.as_mut() {
+                    u.ended = true;
+                }
             }
         }
     }
     let result = result.unwrap_or(Err(SpeechError::Cancelled));
-    (result, client_end)
+    if let Some(u) = unanswered.as_mut() {
+        // Audio the client sent that the connection never got: a move forwards it too.
+        u.queued.extend(queued);
+        u.ended |= ended_before;
+    }
+    (result, client_end, unanswered)
 }
 
 #[cfg(test)]

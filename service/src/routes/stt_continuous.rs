@@ -39,9 +39,7 @@ use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use pool_core::{Pooled, Tier};
 use serde::Serialize;
-use speech_core::{
-    ErrorClass, RecognitionEvent, RecognitionRequest, RecognizerManager, SpeechError,
-};
+use speech_core::{ErrorClass, RecognitionEvent, RecognizerManager, SpeechError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -508,9 +506,7 @@ impl Stream<'_> {
         let force_at = switch_at + plan / 20;
         let (audio_tx, audio_rx) = mpsc::channel(LEG_AUDIO_BUFFER);
         let (events_tx, events_rx) = mpsc::channel(LEG_EVENTS_BUFFER);
-        let mut request = RecognitionRequest::new(self.context.language.clone());
-        request.format = self.context.format;
-        request.mode = self.context.mode;
+        let request = self.context.request();
         let request_id = request.request_id.as_str().to_owned();
         self.legs += 1;
         let span = tracing::info_span!(
