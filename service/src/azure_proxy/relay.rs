@@ -257,8 +257,8 @@ where
         // nothing: an upstream that closes on its own before answering (an idle or age
         // close that crossed the turn's first message on the wire) is replaced and the
         // turn replayed on the new connection, up to `MAX_MOVES_AFTER_A_NORMAL_CLOSE`
-        // times, so the SDK never notices. A turn of
-        // more than `TURN_BUFFER` messages is not replayable.
+        // times, so the SDK never notices. A turn of more than `TURN_BUFFER` messages is
+        // not replayable.
         let mut replay: Option<Vec<WireMessage>> = Some(vec![first.wire]);
         let mut replays: u32 = 0;
         let mut sent_to_sdk = false;
