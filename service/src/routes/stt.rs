@@ -579,10 +579,12 @@ struct TurnAudio {
     ended: bool,
 }
 
-/// Audio kept for a move to a fresh connection is bounded: 30 s of 16 kHz 16-bit mono.
-/// A connection that has taken this much audio without answering is not an idle close
-/// crossing the turn's start, and the copy would only cost memory.
-const UNANSWERED_AUDIO_LIMIT: usize = 30 * 32_000;
+/// Audio kept for a move to a fresh connection is bounded: 5 s of 16 kHz 16-bit mono
+/// (160 KB per turn). An idle or age close crosses a turn's start within a round trip or
+/// so; a connection that has taken 5 s of audio without a close is not that case (a
+/// silent caller gets no event from it for a while), and keeping more would let silent
+/// sockets hold memory for nothing.
+const UNANSWERED_AUDIO_LIMIT: usize = 5 * 32_000;
 
 /// Runs one recognition turn: forwards client audio to the connection and events back,
 /// until the backend ends the turn. Returns the turn's result, how the client left, if
