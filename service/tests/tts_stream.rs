@@ -331,3 +331,109 @@ async fn bad_messages_and_parameters_get_clear_reasons() {
     assert!(r.status().is_client_error(), "{}", r.status());
     s.finish().await;
 }
+
+/// Azure's idle and age closes (1000) can cross an utterance's first text, and the
+/// connections warmed together idle out together. An utterance whose connection closes
+/// before the client had any audio moves to a fresh connection with all the text it was
+/// given, up to three times: the client gets the whole utterance, said once, under the
+/// request id it was given. A fourth close reaches the client as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_utterance_whose_connection_closes_before_audio_moves_with_its_text() {
+    use speech_emulator::{Fault, FaultRule, Target, TurnPoint};
+
+    let s = setup(Duration::ZERO).await;
+    let pieces = [
+        "Nothing", " said", " here", " is", " lost,", " nor", " said", " twice.",
+    ];
+    // Sends the utterance; returns the messages, the audio bytes and the close.
+    async fn say(ws: &mut Ws, pieces: &[&str]) -> (Vec<Value>, usize, (Option<u16>, String)) {
+        for p in pieces {
+            send(ws, json!({"type": "text", "text": p})).await;
+        }
+        send(ws, json!({"type": "end"})).await;
+        rest(ws).await
+    }
+    let spoken = |msgs: &[Value]| -> Vec<String> {
+        msgs.iter()
+            .filter(|m| m["type"] == "word")
+            .filter_map(|m| m["text"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let query = "?session_id=moves&format=raw-24khz-16bit-mono-pcm";
+
+    // The reference: the utterance on a connection that stays up.
+    let (mut ws, _, _) = s.open(query).await;
+    let (msgs, reference_audio, close) = say(&mut ws, &pieces).await;
+    assert_eq!(close, (Some(1000), "turn complete".to_owned()), "{msgs:?}");
+    let reference_words = spoken(&msgs);
+    assert_eq!(reference_words.len(), pieces.len(), "{msgs:?}");
+
+    let idle_close = |times| {
+        FaultRule::new(Fault::Close {
+            code: 1000,
+            reason: Some("Idle timeout".into()),
+            at: TurnPoint::BeforeTurnStart,
+        })
+        .target(Target::TtsWs)
+        .times(times)
+    };
+    s.emulator.add_fault(idle_close(3));
+    let (mut ws, tier, hello) = s.open(query).await;
+    assert_eq!(tier, "dedicated");
+    let (msgs, audio, close) = say(&mut ws, &pieces).await;
+    assert_eq!(
+        close,
+        (Some(1000), "turn complete".to_owned()),
+        "three closes in a row are invisible: {msgs:?}"
+    );
+    assert_eq!(spoken(&msgs), reference_words, "{msgs:?}");
+    assert_eq!(audio, reference_audio, "the whole utterance, said once");
+    let end = msgs.last().expect("turn_end");
+    assert_eq!(end["type"], "turn_end", "{msgs:?}");
+    assert_eq!(end["request_id"], hello["request_id"], "{end}");
+    assert_eq!(end["audio_bytes"], audio as u64, "{end}");
+
+    // The close arrives after the connection was given the text (its first audio is
+    // delayed, and the text went out long before the close): the text moves too.
+    s.emulator.add_fault(
+        FaultRule::new(Fault::FirstAudioDelay { ms: 3_000 })
+            .target(Target::TtsWs)
+            .once(),
+    );
+    let (mut ws, _, hello) = s.open(query).await;
+    for p in &pieces {
+        send(&mut ws, json!({"type": "text", "text": p})).await;
+    }
+    send(&mut ws, json!({"type": "end"})).await;
+    // Time for the text to reach the emulator (milliseconds); the scenario, not a check.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.emulator.close_all(Target::TtsWs, 1000, "Idle timeout") > 0);
+    let (msgs, audio, close) = rest(&mut ws).await;
+    assert_eq!(
+        close,
+        (Some(1000), "turn complete".to_owned()),
+        "a close after the text was given is invisible too: {msgs:?}"
+    );
+    assert_eq!(spoken(&msgs), reference_words, "{msgs:?}");
+    assert_eq!(audio, reference_audio, "the whole utterance, said once");
+    assert_eq!(msgs.last().unwrap()["request_id"], hello["request_id"]);
+
+    s.emulator.add_fault(idle_close(4));
+    let (mut ws, _, _) = s.open(query).await;
+    let (msgs, audio, close) = say(&mut ws, &pieces).await;
+    assert_eq!(audio, 0);
+    let error = msgs.last().expect("error");
+    assert_eq!(
+        error["type"], "error",
+        "the fourth close reaches the client: {msgs:?}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Idle timeout"),
+        "{error}"
+    );
+    assert_eq!(close.0, Some(1011));
+    s.finish().await;
+}

@@ -23,6 +23,11 @@
 //!   `timings` is the in-band `Server-Timing`: `acquire_ms`, `first_audio_ms` (first text
 //!   piece received → first audio sent) and `total_ms` (upgrade → `turn_end`).
 //!
+//! An utterance whose connection closes on its own (1000/1001: an idle or age close
+//! crossing its first text) before the client had any audio or word moves to a fresh
+//! connection with all the text it was given, up to three times; the client sees nothing
+//! of it (its messages keep the request id it was given).
+//!
 //! Bad messages close the socket with a reason: 1003 for a binary message, 1007 for a
 //! text message that is not one of the three JSON messages, 1008 for text after `end` or
 //! more than `MAX_STREAMED_TEXT_BYTES` of text, 1009 for a message over 64 KiB. A socket
@@ -50,8 +55,9 @@ use tracing::Instrument;
 
 use super::session_header::{self, SessionHeader};
 use super::{
-    Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
-    check_session_cap, client_id, keep_after_error, validate_session_id,
+    MAX_MOVES_AFTER_A_NORMAL_CLOSE, Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER,
+    acquire, acquire_timing, check_session_cap, client_id, closed_on_its_own, keep_after_error,
+    validate_session_id,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, TTS_STREAM_POOL};
@@ -283,6 +289,24 @@ struct Relay {
     end: ClientEnd,
     first_text: Option<Instant>,
     first_audio: Option<Instant>,
+    /// While the client has had no audio or word: everything needed to say the utterance
+    /// on a fresh connection, should this one have closed on its own.
+    carry: Option<Carry>,
+}
+
+/// The client's side of an utterance so far, handed from a connection that closed before
+/// any output to the next one.
+#[derive(Default)]
+struct Carry {
+    /// Text to forward before reading more from the client: on a move, every piece the
+    /// closed connection was given, then those it had not taken yet.
+    backlog: VecDeque<String>,
+    /// The client has sent `end`.
+    end_requested: bool,
+    /// Bytes of text the client has sent (bounded by `MAX_STREAMED_TEXT_BYTES`).
+    sent_bytes: usize,
+    /// When the first piece arrived (`first_audio_ms` counts from it).
+    first_text: Option<Instant>,
 }
 
 async fn run(mut socket: WebSocket, state: AppState, utterance: Utterance) {
@@ -314,22 +338,71 @@ async fn run(mut socket: WebSocket, state: AppState, utterance: Utterance) {
     if send_json(&mut socket, &connected).await.is_err() {
         return;
     }
-    let span = tracing::info_span!(
-        "tts_stream_turn",
-        request_id = %request_id,
-        session = session.as_deref(),
-        pool = TTS_STREAM_POOL,
-        tier = %guard.tier()
-    );
-    let (text_tx, text_rx) = mpsc::channel(BUFFER);
-    let (events_tx, events_rx) = mpsc::channel(BUFFER);
     let idle = state.options().limits.stt_idle_close_timeout;
-    let (result, relay) = tokio::join!(
-        guard
-            .synthesize_text_stream(request, text_rx, events_tx)
-            .instrument(span.clone()),
-        relay(&mut socket, text_tx, events_rx, &stop, idle)
-    );
+    let mut carry = Carry::default();
+    let mut moves: u32 = 0;
+    let mut attempt_request = request;
+    let (result, relay) = loop {
+        let span = tracing::info_span!(
+            "tts_stream_turn",
+            request_id = %attempt_request.request_id,
+            session = session.as_deref(),
+            pool = TTS_STREAM_POOL,
+            tier = %guard.tier()
+        );
+        let (text_tx, text_rx) = mpsc::channel(BUFFER);
+        let (events_tx, events_rx) = mpsc::channel(BUFFER);
+        let (result, mut relay) = tokio::join!(
+            guard
+                .synthesize_text_stream(attempt_request.clone(), text_rx, events_tx)
+                .instrument(span.clone()),
+            relay(&mut socket, text_tx, events_rx, &stop, idle, carry)
+        );
+        // A connection that closed on its own (an idle or age close crossing the
+        // utterance's first text) before the client was sent any audio: the utterance
+        // moves to a fresh connection with all the text it was given, so the client sees
+        // nothing (the connections warmed together may be closing too, hence up to
+        // `MAX_MOVES_AFTER_A_NORMAL_CLOSE` times).
+        let movable = match (&result, &relay.end, relay.carry.take()) {
+            (Err(e), ClientEnd::Finished, Some(c))
+                if closed_on_its_own(e)
+                    && moves < MAX_MOVES_AFTER_A_NORMAL_CLOSE
+                    && !stop.is_cancelled() =>
+            {
+                Some((e.clone(), c))
+            }
+            _ => None,
+        };
+        let Some((e, next)) = movable else {
+            break (result, relay);
+        };
+        state
+            .metrics()
+            .record_upstream_error(TTS_STREAM_POOL, e.class());
+        tracing::info!(parent: &span, error = %e, "the connection closed before any audio; moving the utterance to a fresh connection");
+        guard.discard();
+        moves += 1;
+        guard = match acquire(&state, &state.pools().tts_stream, session.as_deref()).await {
+            Ok((g, _)) => g,
+            Err(api) => {
+                let msg = ServerMessage::Error {
+                    status: api.status.as_u16(),
+                    code: api.code,
+                    message: &api.message,
+                };
+                let _ = send_json(&mut socket, &msg).await;
+                let frame = CloseFrame {
+                    code: 1013,
+                    reason: format!("no speech connection available: {}", api.code).into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        };
+        // Azure refuses a request id it has seen; the client keeps the one it was given.
+        attempt_request.request_id = speech_core::RequestId::new();
+        carry = next;
+    };
     match &result {
         Err(e) if !keep_after_error(e.class()) => guard.discard(),
         _ => drop(guard),
@@ -429,18 +502,29 @@ async fn relay(
     mut events: mpsc::Receiver<SynthesisEvent>,
     stop: &CancellationToken,
     idle_close: Duration,
+    carry: Carry,
 ) -> Relay {
-    let mut text = Some(text_tx);
     // Pieces read from the client and not yet taken by the synthesis. Reading the socket
     // never waits for the synthesis, which may itself be waiting for us to forward its
     // audio; the total is bounded by MAX_STREAMED_TEXT_BYTES.
-    let mut backlog: VecDeque<String> = VecDeque::new();
-    let mut end_requested = false;
-    let mut sent_bytes = 0usize;
+    let Carry {
+        mut backlog,
+        mut end_requested,
+        mut sent_bytes,
+        first_text,
+    } = carry;
+    let mut text = (!(end_requested && backlog.is_empty())).then_some(text_tx);
+    // The pieces the synthesis was given, kept while the client has had no output, for a
+    // move to a fresh connection.
+    let mut forwarded: Option<Vec<String>> = Some(Vec::new());
+    // The synthesis stopped reading (it failed or finished): nothing more is forwarded,
+    // and its result tells the client why.
+    let mut synthesis_gone = false;
     let mut out = Relay {
         end: ClientEnd::Finished,
-        first_text: None,
+        first_text,
         first_audio: None,
+        carry: None,
     };
     let idle = tokio::time::sleep(idle_close);
     tokio::pin!(idle);
@@ -463,16 +547,17 @@ async fn relay(
                         None => std::future::pending().await,
                     }
                 }
-            }, if !backlog.is_empty() => {
+            }, if !backlog.is_empty() && !synthesis_gone => {
                 match permit {
                     Ok(permit) => {
                         if let Some(piece) = backlog.pop_front() {
+                            if let Some(kept) = forwarded.as_mut() {
+                                kept.push(piece.clone());
+                            }
                             permit.send(piece);
                         }
                     }
-                    // The synthesis stopped reading (it failed or finished): its result
-                    // tells the client why.
-                    Err(_) => backlog.clear(),
+                    Err(_) => synthesis_gone = true,
                 }
                 if backlog.is_empty() && end_requested {
                     text = None;
@@ -485,11 +570,13 @@ async fn relay(
                         continue;
                     }
                     out.first_audio.get_or_insert_with(Instant::now);
+                    forwarded = None;
                     if socket.send(Message::Binary(bytes)).await.is_err() {
                         break ClientEnd::Gone;
                     }
                 }
                 Some(SynthesisEvent::WordBoundary { text: word, audio_offset, duration, text_offset, word_length }) => {
+                    forwarded = None;
                     let msg = ServerMessage::Word {
                         text: &word,
                         audio_offset_ms: ms(audio_offset),
@@ -570,5 +657,14 @@ async fn relay(
     // Dropping the receiver (and the text sender) cancels a synthesis still running.
     drop(events);
     drop(text);
+    out.carry = forwarded.map(|mut pieces| {
+        pieces.extend(backlog);
+        Carry {
+            backlog: pieces.into(),
+            end_requested,
+            sent_bytes,
+            first_text: out.first_text,
+        }
+    });
     out
 }
