@@ -375,3 +375,59 @@ async fn a_turn_whose_connection_closes_before_answering_moves_with_its_audio() 
     ws.close(None).await.expect("close");
     up.finish().await;
 }
+
+/// A connection dropped (or found dead) before the client was sent any result costs the
+/// caller nothing but time: the turn moves once to a fresh connection with its audio. When
+/// the fresh one drops too, the client gets the error and the stream goes on.
+#[tokio::test]
+async fn a_connection_lost_before_any_result_moves_the_turn_once() {
+    // Every second recognition turn of the factory drops before its first chunk.
+    let mock = MockConfig {
+        drop_after_chunks: Some(0),
+        drop_every_nth_turn: Some(2),
+        transcript: vec!["one".into(), "two".into(), "three".into()],
+        ..MockConfig::default()
+    };
+    let t = build(&config(), mock);
+    t.state.warm_up().await;
+    let server = start(&t.state).await;
+    let (mut ws, _) = connect_async(server.ws_url("/api/v1/stt?session_id=lost").as_str())
+        .await
+        .expect("connect");
+    next(&mut ws).await;
+    let events = turn(&mut ws, &pcm(0.5)).await;
+    assert_eq!(phrase(&events), Some("one"), "{events:?}");
+    // Factory turn 2 drops on the session's connection; the turn moves and is factory
+    // turn 3, on a fresh connection.
+    let events = turn(&mut ws, &pcm(0.5)).await;
+    assert_eq!(events[0]["tier"], "dedicated", "{events:?}");
+    assert!(events.iter().all(|e| e["type"] != "error"), "{events:?}");
+    assert_eq!(phrase(&events), Some("three"), "{events:?}");
+    assert_eq!(t.stt.snapshot().dropped_mid_stream, 1);
+    drop(ws);
+    stop(server).await;
+
+    // When every turn drops, the one move drops too and the client gets a clear error.
+    let mock = MockConfig {
+        drop_after_chunks: Some(0),
+        ..MockConfig::default()
+    };
+    let t = build(&config(), mock);
+    t.state.warm_up().await;
+    let server = start(&t.state).await;
+    let (mut ws, _) = connect_async(server.ws_url("/api/v1/stt").as_str())
+        .await
+        .expect("connect");
+    next(&mut ws).await;
+    let events = turn(&mut ws, &pcm(0.5)).await;
+    let error = events.last().unwrap();
+    assert_eq!(error["type"], "error", "{events:?}");
+    assert_eq!(error["status"], 503, "{error}");
+    assert_eq!(
+        t.stt.snapshot().dropped_mid_stream,
+        2,
+        "one attempt and one move"
+    );
+    drop(ws);
+    stop(server).await;
+}

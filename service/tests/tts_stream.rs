@@ -336,7 +336,8 @@ async fn bad_messages_and_parameters_get_clear_reasons() {
 /// connections warmed together idle out together. An utterance whose connection closes
 /// before the client had any audio moves to a fresh connection with all the text it was
 /// given, up to three times: the client gets the whole utterance, said once, under the
-/// request id it was given. A fourth close reaches the client as an error.
+/// request id it was given. A fourth close reaches the client as an error. A drop moves
+/// the utterance once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_utterance_whose_connection_closes_before_audio_moves_with_its_text() {
     use speech_emulator::{Fault, FaultRule, Target, TurnPoint};
@@ -417,6 +418,25 @@ async fn an_utterance_whose_connection_closes_before_audio_moves_with_its_text()
     assert_eq!(spoken(&msgs), reference_words, "{msgs:?}");
     assert_eq!(audio, reference_audio, "the whole utterance, said once");
     assert_eq!(msgs.last().unwrap()["request_id"], hello["request_id"]);
+
+    // A drop (no close frame) before any audio moves the utterance once.
+    let drop = |times| {
+        FaultRule::new(Fault::Disconnect {
+            at: TurnPoint::BeforeTurnStart,
+            rst: false,
+        })
+        .target(Target::TtsWs)
+        .times(times)
+    };
+    s.emulator.add_fault(drop(1));
+    let (mut ws, _, _) = s.open(query).await;
+    let (msgs, audio, close) = say(&mut ws, &pieces).await;
+    assert_eq!(close.0, Some(1000), "a drop is moved once: {msgs:?}");
+    assert_eq!(audio, reference_audio);
+    s.emulator.add_fault(drop(2));
+    let (mut ws, _, _) = s.open(query).await;
+    let (msgs, _, close) = say(&mut ws, &pieces).await;
+    assert_eq!(close.0, Some(1011), "a second drop is not: {msgs:?}");
 
     s.emulator.add_fault(idle_close(4));
     let (mut ws, _, _) = s.open(query).await;

@@ -206,6 +206,24 @@ pub(crate) fn closed_on_its_own(e: &SpeechError) -> bool {
     )
 }
 
+/// Whether a turn that failed before its client got any output, after `moves` moves,
+/// moves to a fresh connection: the connection, not the request, was the problem, and the
+/// client has lost nothing yet. An idle or age close moves up to
+/// [`MAX_MOVES_AFTER_A_NORMAL_CLOSE`] times; any other lost connection or transient error
+/// (a drop, a dead socket) once. Throttling never: that would add load exactly when the
+/// speech service asks for less.
+pub(crate) fn moves_to_a_fresh_connection(e: &SpeechError, moves: u32) -> bool {
+    if closed_on_its_own(e) {
+        moves < MAX_MOVES_AFTER_A_NORMAL_CLOSE
+    } else {
+        moves == 0
+            && matches!(
+                e.class(),
+                ErrorClass::ConnectionClosed | ErrorClass::Transient
+            )
+    }
+}
+
 /// Whether a connection that failed a turn with this error may serve another one. After
 /// anything but a rejected request or a caller hanging up, its state is unknown: a fresh
 /// connection costs one connect, a broken one would fail the next turn.

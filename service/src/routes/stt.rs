@@ -23,10 +23,11 @@
 //! the session (DEDICATED next time) or returned to the warm set. So an open but silent
 //! socket costs the pools nothing. When no connection can be had the client gets an
 //! `error` message and the socket closes with 1013 (try again later). A turn whose
-//! connection closes on its own (1000/1001: an idle or age close crossing the turn's first
-//! audio) before the client was sent any event moves to a fresh connection with the audio
-//! it had been given, up to three times; the client sees only its `turn_start` (whose
-//! tier and request id are those of the first connection) and then the results.
+//! connection is lost before the client was sent any event moves to a fresh connection
+//! with the audio it had been given: once after a drop or a dead socket, up to three times
+//! after a normal close (1000/1001: an idle or age close crossing the turn's first audio).
+//! The client sees only its `turn_start` (whose tier and request id are those of the first
+//! connection) and then the results.
 //!
 //! Limits: a turn whose audio stops for `STT_AUDIO_IDLE_TIMEOUT` is ended with what was
 //! said so far, giving its connection back while the socket stays open; a socket that
@@ -58,8 +59,8 @@ use tracing::Instrument;
 
 use super::session_header::{self, SessionHeader};
 use super::{
-    MAX_MOVES_AFTER_A_NORMAL_CLOSE, Peer, acquire, check_session_cap, client_id, closed_on_its_own,
-    keep_after_error, validate_session_id,
+    Peer, acquire, check_session_cap, client_id, keep_after_error, moves_to_a_fresh_connection,
+    validate_session_id,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::ClientId;
@@ -423,16 +424,13 @@ async fn run_stream(
             )
             .instrument(span.clone())
             .await;
-            // A connection that closed on its own (an idle or age close crossing the
-            // turn's first audio) before the client was sent anything: the turn moves to
-            // a fresh connection with the audio it was sent, so the caller's words are
-            // not lost (the connections warmed together may be closing too, hence up to
-            // `MAX_MOVES_AFTER_A_NORMAL_CLOSE` times).
+            // The connection was lost (an idle or age close crossing the turn's first
+            // audio, a drop, a dead socket) before the client was sent anything: the turn
+            // moves to a fresh connection with the audio it was sent, so the caller's
+            // words are not lost (see `moves_to_a_fresh_connection` for how many times).
             let movable = match (&result, &client_end, unanswered) {
                 (Err(e), None, Some(audio))
-                    if closed_on_its_own(e)
-                        && moves < MAX_MOVES_AFTER_A_NORMAL_CLOSE
-                        && !stop.is_cancelled() =>
+                    if moves_to_a_fresh_connection(e, moves) && !stop.is_cancelled() =>
                 {
                     Some((e.clone(), audio))
                 }

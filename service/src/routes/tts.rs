@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use pool_core::Tier;
 use serde::{Deserialize, Serialize};
 use speech_core::{
-    AudioFormat, ErrorClass, RequestId, SpeechError, StopSignal, SynthesisEvent, SynthesisRequest,
+    AudioFormat, RequestId, SpeechError, StopSignal, SynthesisEvent, SynthesisRequest,
     SynthesisSummary,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -22,9 +22,9 @@ use tracing::Instrument;
 
 use super::session_header::{self, SessionHeader};
 use super::{
-    MAX_MOVES_AFTER_A_NORMAL_CLOSE, Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER,
-    acquire, acquire_timing, check_session_cap, client_id, closed_on_its_own, keep_after_error,
-    require_json, validate_session_id,
+    Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
+    check_session_cap, client_id, keep_after_error, moves_to_a_fresh_connection, require_json,
+    validate_session_id,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::LogLimiter;
@@ -186,7 +186,7 @@ pub(crate) async fn serve_turn(
         let mut retry = attempt.clone();
         match start_turn(state, attempt, session.as_deref(), &mut waited).await {
             Ok(turn) => break turn,
-            Err(TurnFailure::Upstream(e)) if retry_before_audio(&e, retries) => {
+            Err(TurnFailure::Upstream(e)) if moves_to_a_fresh_connection(&e, retries) => {
                 record_failure(state, &e);
                 tracing::info!(
                     request_id = %retry.request_id,
@@ -239,22 +239,6 @@ pub(crate) async fn serve_turn(
     }
     session_header::echo(headers, session.as_deref());
     Ok(response)
-}
-
-/// Whether a turn that failed before any audio, after `retries` retries, is retried on a
-/// fresh connection: the connection, not the request, was the problem. An idle or age
-/// close is retried up to `MAX_MOVES_AFTER_A_NORMAL_CLOSE` times (the connections warmed
-/// with this one may be closing too); any other lost connection or transient error once.
-fn retry_before_audio(e: &SpeechError, retries: u32) -> bool {
-    if closed_on_its_own(e) {
-        retries < MAX_MOVES_AFTER_A_NORMAL_CLOSE
-    } else {
-        retries == 0
-            && matches!(
-                e.class(),
-                ErrorClass::ConnectionClosed | ErrorClass::Transient
-            )
-    }
 }
 
 /// A turn that has produced its first audio.

@@ -23,10 +23,11 @@
 //!   `timings` is the in-band `Server-Timing`: `acquire_ms`, `first_audio_ms` (first text
 //!   piece received → first audio sent) and `total_ms` (upgrade → `turn_end`).
 //!
-//! An utterance whose connection closes on its own (1000/1001: an idle or age close
-//! crossing its first text) before the client had any audio or word moves to a fresh
-//! connection with all the text it was given, up to three times; the client sees nothing
-//! of it (its messages keep the request id it was given).
+//! An utterance whose connection is lost before the client had any audio or word moves to
+//! a fresh connection with all the text it was given: once after a drop or a dead socket,
+//! up to three times after a normal close (1000/1001: an idle or age close crossing its
+//! first text). The client sees nothing of it (its messages keep the request id it was
+//! given).
 //!
 //! Bad messages close the socket with a reason: 1003 for a binary message, 1007 for a
 //! text message that is not one of the three JSON messages, 1008 for text after `end` or
@@ -55,8 +56,8 @@ use tracing::Instrument;
 
 use super::session_header::{self, SessionHeader};
 use super::{
-    MAX_MOVES_AFTER_A_NORMAL_CLOSE, Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER,
-    acquire, acquire_timing, check_session_cap, client_id, closed_on_its_own, keep_after_error,
+    Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
+    check_session_cap, client_id, keep_after_error, moves_to_a_fresh_connection,
     validate_session_id,
 };
 use crate::error::{ApiError, ErrorBody};
@@ -358,16 +359,13 @@ async fn run(mut socket: WebSocket, state: AppState, utterance: Utterance) {
                 .instrument(span.clone()),
             relay(&mut socket, text_tx, events_rx, &stop, idle, carry)
         );
-        // A connection that closed on its own (an idle or age close crossing the
-        // utterance's first text) before the client was sent any audio: the utterance
-        // moves to a fresh connection with all the text it was given, so the client sees
-        // nothing (the connections warmed together may be closing too, hence up to
-        // `MAX_MOVES_AFTER_A_NORMAL_CLOSE` times).
+        // The connection was lost (an idle or age close crossing the utterance's first
+        // text, a drop, a dead socket) before the client was sent any audio: the
+        // utterance moves to a fresh connection with all the text it was given, so the
+        // client sees nothing (see `moves_to_a_fresh_connection` for how many times).
         let movable = match (&result, &relay.end, relay.carry.take()) {
             (Err(e), ClientEnd::Finished, Some(c))
-                if closed_on_its_own(e)
-                    && moves < MAX_MOVES_AFTER_A_NORMAL_CLOSE
-                    && !stop.is_cancelled() =>
+                if moves_to_a_fresh_connection(e, moves) && !stop.is_cancelled() =>
             {
                 Some((e.clone(), c))
             }
