@@ -39,6 +39,9 @@ pub mod names {
     pub const TTS_FIRST_AUDIO: &str = "speech_tts_first_audio_seconds";
     /// Counter: failed speech turns and connects, labels `pool`, `class`.
     pub const UPSTREAM_ERRORS: &str = "speech_upstream_errors_total";
+    /// Counter: turns moved to a fresh connection because theirs was lost before the
+    /// client had any output (the client saw nothing of it), label `pool`.
+    pub const TURN_MOVES: &str = "speech_turn_moves_total";
     /// Counter: HTTP requests, labels `method`, `route`, `status`.
     pub const HTTP_REQUESTS: &str = "http_requests_total";
     /// Histogram: HTTP time to response headers, labels `method`, `route`, `status`.
@@ -123,6 +126,14 @@ impl Metrics {
             counter!(names::UPSTREAM_ERRORS, "pool" => pool, "class" => class.as_str())
                 .increment(1);
         });
+    }
+
+    /// Counts a turn moved to a fresh connection before its client had any output. The
+    /// lost connection is counted in [`names::UPSTREAM_ERRORS`] as well; this counter says
+    /// how many of those the clients never saw.
+    pub fn record_turn_move(&self, pool: &str) {
+        let pool = pool.to_owned();
+        self.with(|| counter!(names::TURN_MOVES, "pool" => pool).increment(1));
     }
 
     /// Counts one HTTP request and its time to response headers. `route` is the matched
@@ -224,6 +235,10 @@ fn describe_all() {
     describe_counter!(
         names::UPSTREAM_ERRORS,
         "Failed speech connects and turns by error class"
+    );
+    describe_counter!(
+        names::TURN_MOVES,
+        "Turns moved to a fresh connection because theirs was lost before any output"
     );
     describe_counter!(
         names::HTTP_REQUESTS,

@@ -305,5 +305,14 @@ async fn idle_closes_before_any_audio_move_the_turn_to_a_fresh_connection_a_boun
     // And the service serves again once the upstream does.
     let r = synthesize().await.expect("send");
     assert_eq!(r.status(), 200);
+    // Operators see the moves the callers did not: three, then three more before the
+    // fourth close reached the caller.
+    let metrics = up.state.metrics().render(&up.state.snapshots());
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "speech_turn_moves_total{pool=\"speech-tts\"} 6"),
+        "{metrics}"
+    );
     up.finish().await;
 }

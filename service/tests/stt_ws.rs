@@ -404,6 +404,13 @@ async fn a_connection_lost_before_any_result_moves_the_turn_once() {
     assert!(events.iter().all(|e| e["type"] != "error"), "{events:?}");
     assert_eq!(phrase(&events), Some("three"), "{events:?}");
     assert_eq!(t.stt.snapshot().dropped_mid_stream, 1);
+    let metrics = t.state.metrics().render(&t.state.snapshots());
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "speech_turn_moves_total{pool=\"speech-stt\"} 1"),
+        "the move is counted: {metrics}"
+    );
     drop(ws);
     stop(server).await;
 

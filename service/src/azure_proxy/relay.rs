@@ -336,6 +336,11 @@ where
             {
                 break (outcome, to_client);
             }
+            if let Some(Err(e)) = &outcome {
+                let metrics = down.state.metrics();
+                metrics.record_upstream_error(down.pool.name(), e.class());
+                metrics.record_turn_move(down.pool.name());
+            }
             // The failed connection is not ready: dropping the guard discards it, and the
             // session binds a fresh one.
             drop(guard);

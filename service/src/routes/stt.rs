@@ -440,7 +440,8 @@ async fn run_stream(
                 break (result, client_end);
             };
             state.metrics().record_upstream_error(STT_POOL, e.class());
-            tracing::info!(parent: &span, error = %e, "the connection closed before answering; moving the turn to a fresh connection");
+            state.metrics().record_turn_move(STT_POOL);
+            tracing::info!(parent: &span, error = %e, "the connection was lost before answering; moving the turn to a fresh connection");
             guard.discard();
             moves += 1;
             guard = match acquire(&state, &state.pools().stt, context.session.as_deref()).await {

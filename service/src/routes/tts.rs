@@ -194,6 +194,7 @@ pub(crate) async fn serve_turn(
                     error = %e,
                     "the connection failed before any audio; retrying on a fresh connection"
                 );
+                state.metrics().record_turn_move(TTS_POOL);
                 // Azure refuses a reused request id.
                 retry.request_id = RequestId::new();
                 retries += 1;

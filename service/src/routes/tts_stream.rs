@@ -377,7 +377,8 @@ async fn run(mut socket: WebSocket, state: AppState, utterance: Utterance) {
         state
             .metrics()
             .record_upstream_error(TTS_STREAM_POOL, e.class());
-        tracing::info!(parent: &span, error = %e, "the connection closed before any audio; moving the utterance to a fresh connection");
+        state.metrics().record_turn_move(TTS_STREAM_POOL);
+        tracing::info!(parent: &span, error = %e, "the connection was lost before any audio; moving the utterance to a fresh connection");
         guard.discard();
         moves += 1;
         guard = match acquire(&state, &state.pools().tts_stream, session.as_deref()).await {
