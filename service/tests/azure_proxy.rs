@@ -251,6 +251,22 @@ async fn a_normal_close_racing_a_turn_is_invisible_before_output_and_1011_after(
         .expect("served after three replacements closed in turn");
     check_tts_turn(&got, rid3b);
 
+    // A drop (no close frame) before anything was sent to the SDK is replayed once too.
+    s.emulator.add_fault(
+        FaultRule::new(Fault::Disconnect {
+            at: TurnPoint::BeforeTurnStart,
+            rst: false,
+        })
+        .target(Target::TtsWs)
+        .once(),
+    );
+    let rid3c = "3CCCD8904BB94E2A8C6E7C1F3A5B2D10";
+    speak(&mut ws, rid3c, "dropped before the turn started", true).await;
+    let got = until_turn_end(&mut ws)
+        .await
+        .expect("served after a drop before the turn started");
+    check_tts_turn(&got, rid3c);
+
     s.emulator.add_fault(
         FaultRule::new(Fault::Close {
             code: 1000,

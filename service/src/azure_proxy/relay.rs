@@ -17,13 +17,14 @@
 //! - anything else with a new `X-RequestId` starts a turn; the turn's messages go upstream
 //!   unchanged, and the upstream's come back unchanged until its `turn.end`.
 //!
-//! An upstream that closes on its own (1000 or 1001: an idle or age close that crossed the
-//! turn's first message on the wire) before the SDK was sent anything is replaced and the
-//! turn replayed on the fresh connection (up to `routes::MAX_MOVES_AFTER_A_NORMAL_CLOSE`
-//! times), so the SDK does not notice. Otherwise, when the upstream fails mid-turn the SDK
-//! sees the close it would see from Azure itself: the upstream's own code when there was
-//! one (4429 throttled, 1007 bad request, 1011 ...), and 1011 for a connection that died
-//! without one or closed normally mid-turn, which the SDKs treat as retryable.
+//! An upstream lost before the SDK was sent anything is replaced and the turn replayed on
+//! the fresh connection, so the SDK does not notice: up to three times after a normal
+//! close (1000 or 1001: an idle or age close that crossed the turn's first message on the
+//! wire), once after a drop or a dead socket (`routes::moves_to_a_fresh_connection`).
+//! Otherwise, when the upstream fails mid-turn the SDK sees the close it would see from
+//! Azure itself: the upstream's own code when there was one (4429 throttled, 1007 bad
+//! request, 1011 ...), and 1011 for a connection that died without one or closed normally
+//! mid-turn, which the SDKs treat as retryable.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ use speech_core::{ErrorClass, SpeechError, WireMessage};
 use tokio::sync::mpsc;
 
 use super::wire::{Route, binary_route, text_route};
-use crate::routes::{MAX_MOVES_AFTER_A_NORMAL_CLOSE, acquire, closed_on_its_own};
+use crate::routes::{acquire, moves_to_a_fresh_connection};
 use crate::state::AppState;
 
 /// Messages buffered per direction during a turn; small so back-pressure reaches the
@@ -254,11 +255,11 @@ where
         );
         let started = Instant::now();
         // Copies of the turn's messages to the upstream, kept while the SDK has been sent
-        // nothing: an upstream that closes on its own before answering (an idle or age
-        // close that crossed the turn's first message on the wire) is replaced and the
-        // turn replayed on the new connection, up to `MAX_MOVES_AFTER_A_NORMAL_CLOSE`
-        // times, so the SDK never notices. A turn of more than `TURN_BUFFER` messages is
-        // not replayable.
+        // nothing: an upstream lost before answering (an idle or age close that crossed
+        // the turn's first message on the wire, a drop) is replaced and the turn replayed
+        // on the new connection, as often as `moves_to_a_fresh_connection` allows, so the
+        // SDK never notices. A turn of more than `TURN_BUFFER` messages is not
+        // replayable.
         let mut replay: Option<Vec<WireMessage>> = Some(vec![first.wire]);
         let mut replays: u32 = 0;
         let mut sent_to_sdk = false;
@@ -327,13 +328,9 @@ where
                     }
                 }
             };
-            let idle_or_age_close = matches!(&outcome, Some(Err(e)) if closed_on_its_own(e));
-            if !(idle_or_age_close
-                && replays < MAX_MOVES_AFTER_A_NORMAL_CLOSE
-                && !sent_to_sdk
-                && replay.is_some()
-                && to_client.is_empty())
-            {
+            let movable =
+                matches!(&outcome, Some(Err(e)) if moves_to_a_fresh_connection(e, replays));
+            if !(movable && !sent_to_sdk && replay.is_some() && to_client.is_empty()) {
                 break (outcome, to_client);
             }
             if let Some(Err(e)) = &outcome {
@@ -345,7 +342,7 @@ where
             // session binds a fresh one.
             drop(guard);
             replays += 1;
-            tracing::info!(parent: &span, replays, "upstream closed before answering; replaying the turn on a fresh connection");
+            tracing::info!(parent: &span, replays, "upstream lost before answering; replaying the turn on a fresh connection");
             guard = match acquire(&down.state, &down.pool, Some(&down.session)).await {
                 Ok((g, _)) => g,
                 Err(e) => {
