@@ -7,7 +7,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::azure::{UPSTREAM_KEY, Upstream};
+use common::azure::{UPSTREAM_KEY, Upstream, idle_close_before_turn};
 use common::sdk::{
     Got, HANG, Ws, binary, check_tts_turn, connect, recognize, speak, until_turn_end,
 };
@@ -214,15 +214,8 @@ async fn a_normal_close_racing_a_turn_is_invisible_before_output_and_1011_after(
     speak(&mut ws, rid1, "first turn", true).await;
     check_tts_turn(&until_turn_end(&mut ws).await.expect("turn 1"), rid1);
 
-    s.emulator.add_fault(
-        FaultRule::new(Fault::Close {
-            code: 1000,
-            reason: Some("Idle timeout".into()),
-            at: TurnPoint::BeforeTurnStart,
-        })
-        .target(Target::TtsWs)
-        .once(),
-    );
+    s.emulator
+        .add_fault(idle_close_before_turn(Target::TtsWs, 1));
     let rid2 = "2222D8904BB94E2A8C6E7C1F3A5B2D10";
     speak(&mut ws, rid2, "crossed an idle close", true).await;
     let got = until_turn_end(&mut ws)
@@ -235,15 +228,8 @@ async fn a_normal_close_racing_a_turn_is_invisible_before_output_and_1011_after(
 
     // Connections warmed together idle out together: the replacements close as well, one
     // after the other (two warm ones and then the next), and the turn is still served.
-    s.emulator.add_fault(
-        FaultRule::new(Fault::Close {
-            code: 1000,
-            reason: Some("Idle timeout".into()),
-            at: TurnPoint::BeforeTurnStart,
-        })
-        .target(Target::TtsWs)
-        .times(3),
-    );
+    s.emulator
+        .add_fault(idle_close_before_turn(Target::TtsWs, 3));
     let rid3b = "3BBBD8904BB94E2A8C6E7C1F3A5B2D10";
     speak(&mut ws, rid3b, "its replacements closed too", true).await;
     let got = until_turn_end(&mut ws)

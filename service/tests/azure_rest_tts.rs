@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::Reply;
+use common::azure::idle_close_before_turn;
 use service::config::TtsTransport;
 use service::secret::Secret;
 use service::test_support::client;
@@ -275,15 +276,6 @@ async fn idle_closes_before_any_audio_move_the_turn_to_a_fresh_connection_a_boun
         c.warm_pool_tts_size = 2;
     })
     .await;
-    let idle_close = |times| {
-        FaultRule::new(Fault::Close {
-            code: 1000,
-            reason: Some("Idle timeout".into()),
-            at: speech_emulator::TurnPoint::BeforeTurnStart,
-        })
-        .target(Target::TtsWs)
-        .times(times)
-    };
     let synthesize = || {
         client()
             .post(up.server.url("/cognitiveservices/v1"))
@@ -292,12 +284,14 @@ async fn idle_closes_before_any_audio_move_the_turn_to_a_fresh_connection_a_boun
             .body(SSML)
             .send()
     };
-    up.emulator.add_fault(idle_close(3));
+    up.emulator
+        .add_fault(idle_close_before_turn(Target::TtsWs, 3));
     let r = synthesize().await.expect("send");
     assert_eq!(r.status(), 200, "three closes in a row are invisible");
     assert_eq!(&r.bytes().await.expect("audio")[..4], b"RIFF");
 
-    up.emulator.add_fault(idle_close(4));
+    up.emulator
+        .add_fault(idle_close_before_turn(Target::TtsWs, 4));
     let r = synthesize().await.expect("send");
     assert_eq!(r.status(), 503, "the fourth close reaches the caller");
     let body = r.text().await.expect("body");

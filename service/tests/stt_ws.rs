@@ -299,8 +299,8 @@ async fn a_second_stream_of_a_busy_session_is_refused_not_hung() {
 /// client as an error, and the stream goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_whose_connection_closes_before_answering_moves_with_its_audio() {
-    use common::azure::{UPSTREAM_KEY, Upstream};
-    use speech_emulator::{EmulatorConfig, Fault, FaultRule, Target, TurnPoint};
+    use common::azure::{UPSTREAM_KEY, Upstream, idle_close_before_turn};
+    use speech_emulator::{EmulatorConfig, Target};
 
     let words = "the words survive the move";
     let up = Upstream::start_with(
@@ -315,15 +315,6 @@ async fn a_turn_whose_connection_closes_before_answering_moves_with_its_audio() 
         },
     )
     .await;
-    let idle_close = |times| {
-        FaultRule::new(Fault::Close {
-            code: 1000,
-            reason: Some("Idle timeout".into()),
-            at: TurnPoint::BeforeTurnStart,
-        })
-        .target(Target::SttWs)
-        .times(times)
-    };
     let (mut ws, _) = connect_async(up.server.ws_url("/api/v1/stt?session_id=moves").as_str())
         .await
         .expect("connect");
@@ -343,7 +334,8 @@ async fn a_turn_whose_connection_closes_before_answering_moves_with_its_audio() 
     assert_eq!(phrase(&events), Some(words), "{events:?}");
     assert!(whole_second(&events), "{events:?}");
 
-    up.emulator.add_fault(idle_close(3));
+    up.emulator
+        .add_fault(idle_close_before_turn(Target::SttWs, 3));
     let events = turn(&mut ws, &audio).await;
     assert_eq!(events[0]["type"], "turn_start", "{events:?}");
     assert_eq!(events[0]["tier"], "dedicated", "{events:?}");
@@ -355,7 +347,8 @@ async fn a_turn_whose_connection_closes_before_answering_moves_with_its_audio() 
     assert!(whole_second(&events), "the moved audio, whole: {events:?}");
     assert_eq!(events.last().unwrap()["type"], "turn_end", "{events:?}");
 
-    up.emulator.add_fault(idle_close(4));
+    up.emulator
+        .add_fault(idle_close_before_turn(Target::SttWs, 4));
     let events = turn(&mut ws, &audio).await;
     let error = events.last().unwrap();
     assert_eq!(

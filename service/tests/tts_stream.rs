@@ -340,6 +340,7 @@ async fn bad_messages_and_parameters_get_clear_reasons() {
 /// the utterance once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_utterance_whose_connection_closes_before_audio_moves_with_its_text() {
+    use common::azure::idle_close_before_turn;
     use speech_emulator::{Fault, FaultRule, Target, TurnPoint};
 
     let s = setup(Duration::ZERO).await;
@@ -369,16 +370,8 @@ async fn an_utterance_whose_connection_closes_before_audio_moves_with_its_text()
     let reference_words = spoken(&msgs);
     assert_eq!(reference_words.len(), pieces.len(), "{msgs:?}");
 
-    let idle_close = |times| {
-        FaultRule::new(Fault::Close {
-            code: 1000,
-            reason: Some("Idle timeout".into()),
-            at: TurnPoint::BeforeTurnStart,
-        })
-        .target(Target::TtsWs)
-        .times(times)
-    };
-    s.emulator.add_fault(idle_close(3));
+    s.emulator
+        .add_fault(idle_close_before_turn(Target::TtsWs, 3));
     let (mut ws, tier, hello) = s.open(query).await;
     assert_eq!(tier, "dedicated");
     let (msgs, audio, close) = say(&mut ws, &pieces).await;
@@ -438,7 +431,8 @@ async fn an_utterance_whose_connection_closes_before_audio_moves_with_its_text()
     let (msgs, _, close) = say(&mut ws, &pieces).await;
     assert_eq!(close.0, Some(1011), "a second drop is not: {msgs:?}");
 
-    s.emulator.add_fault(idle_close(4));
+    s.emulator
+        .add_fault(idle_close_before_turn(Target::TtsWs, 4));
     let (mut ws, _, _) = s.open(query).await;
     let (msgs, audio, close) = say(&mut ws, &pieces).await;
     assert_eq!(audio, 0);

@@ -8,10 +8,24 @@ use service::config::BackendChoice;
 use service::secret::Secret;
 use service::test_support::{LoopbackServer, install_crypto_provider};
 use service::{AppState, Config, build_state};
-use speech_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use speech_emulator::{
+    Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultRule, Target, TurnPoint,
+};
 
 /// The upstream's (Azure's) key: only the service holds it.
 pub const UPSTREAM_KEY: &str = "upstream-azure-key";
+
+/// Azure's idle close (1000, "Idle timeout") crossing a turn's first message, on the next
+/// `times` turns of `target`: the race that connections warmed together run into together.
+pub fn idle_close_before_turn(target: Target, times: u32) -> FaultRule {
+    FaultRule::new(Fault::Close {
+        code: 1000,
+        reason: Some("Idle timeout".into()),
+        at: TurnPoint::BeforeTurnStart,
+    })
+    .target(target)
+    .times(times)
+}
 
 /// The emulator, and the service in front of it.
 pub struct Upstream {
