@@ -224,6 +224,12 @@ pub(crate) fn moves_to_a_fresh_connection(e: &SpeechError, moves: u32) -> bool {
     }
 }
 
+/// The close reason (1013) of a websocket whose next turn could get no connection: names
+/// why (`session_busy`, `pool_exhausted`, ...) for clients that only log the close.
+pub(crate) fn no_connection_reason(e: &ApiError) -> String {
+    format!("no speech connection available: {}", e.code)
+}
+
 /// Whether a connection that failed a turn with this error may serve another one. After
 /// anything but a rejected request or a caller hanging up, its state is unknown: a fresh
 /// connection costs one connect, a broken one would fail the next turn.

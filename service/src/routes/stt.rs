@@ -60,7 +60,7 @@ use tracing::Instrument;
 use super::session_header::{self, SessionHeader};
 use super::{
     Peer, acquire, check_session_cap, client_id, keep_after_error, moves_to_a_fresh_connection,
-    validate_session_id,
+    no_connection_reason, validate_session_id,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::ClientId;
@@ -375,7 +375,7 @@ async fn run_stream(
                 Ok(acquired) => acquired,
                 Err(e) => {
                     send_error(&mut socket, &e).await;
-                    close = (1013, format!("no speech connection available: {}", e.code));
+                    close = (1013, no_connection_reason(&e));
                     break;
                 }
             };
@@ -448,7 +448,7 @@ async fn run_stream(
                 Ok((g, _)) => g,
                 Err(e) => {
                     send_error(&mut socket, &e).await;
-                    close = (1013, format!("no speech connection available: {}", e.code));
+                    close = (1013, no_connection_reason(&e));
                     break 'turns;
                 }
             };

@@ -46,8 +46,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::acquire;
 use super::stt::{StreamContext, is_end_message, send_error, send_json, violation};
+use super::{acquire, no_connection_reason};
 use crate::continuous::{ReplayBuffer, bytes_to_ticks, is_failure_status, rebase, ticks_to_bytes};
 use crate::error::ApiError;
 use crate::state::{AppState, STT_POOL};
@@ -465,7 +465,7 @@ impl Stream<'_> {
             }
             (Purpose::Leg, Err(e)) => {
                 if !self.started {
-                    let reason = format!("no speech connection available: {}", e.code);
+                    let reason = no_connection_reason(&e);
                     return Err((e, (1013, reason)));
                 }
                 tracing::warn!(pool = STT_POOL, error = %e.message, "no connection to resume the stream");

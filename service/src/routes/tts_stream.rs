@@ -58,7 +58,7 @@ use super::session_header::{self, SessionHeader};
 use super::{
     Peer, REQUEST_ID_HEADER, SERVER_TIMING_HEADER, TIER_HEADER, acquire, acquire_timing,
     check_session_cap, client_id, keep_after_error, moves_to_a_fresh_connection,
-    validate_session_id,
+    no_connection_reason, validate_session_id,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, TTS_STREAM_POOL};
@@ -129,6 +129,17 @@ enum ServerMessage<'a> {
         code: &'a str,
         message: &'a str,
     },
+}
+
+impl<'a> ServerMessage<'a> {
+    /// The `error` message for a failure the client is told of.
+    fn error(api: &'a ApiError) -> Self {
+        Self::Error {
+            status: api.status.as_u16(),
+            code: api.code,
+            message: &api.message,
+        }
+    }
 }
 
 /// What the client may send.
@@ -384,15 +395,11 @@ async fn run(mut socket: WebSocket, state: AppState, utterance: Utterance) {
         guard = match acquire(&state, &state.pools().tts_stream, session.as_deref()).await {
             Ok((g, _)) => g,
             Err(api) => {
-                let msg = ServerMessage::Error {
-                    status: api.status.as_u16(),
-                    code: api.code,
-                    message: &api.message,
-                };
+                let msg = ServerMessage::error(&api);
                 let _ = send_json(&mut socket, &msg).await;
                 let frame = CloseFrame {
                     code: 1013,
-                    reason: format!("no speech connection available: {}", api.code).into(),
+                    reason: no_connection_reason(&api).into(),
                 };
                 let _ = socket.send(Message::Close(Some(frame))).await;
                 return;
@@ -445,11 +452,7 @@ async fn run(mut socket: WebSocket, state: AppState, utterance: Utterance) {
         (ClientEnd::Finished, Err(e)) => {
             failed(&state, &e);
             let api = ApiError::from_speech(&e);
-            let msg = ServerMessage::Error {
-                status: api.status.as_u16(),
-                code: api.code,
-                message: &api.message,
-            };
+            let msg = ServerMessage::error(&api);
             let _ = send_json(&mut socket, &msg).await;
             let code = if e.class() == ErrorClass::BadRequest {
                 1008
